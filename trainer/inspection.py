@@ -1,0 +1,96 @@
+"""`trainer inspect`: what is in a data set, before anyone trains on it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.classes import CLASS_NAMES
+from trainer import data as D
+from trainer import viz
+
+
+@dataclass
+class Inspection:
+    """Counts, outliers and class statistics of one data set, and the plots written."""
+
+    summary: dict
+    outliers: D.OutlierReport
+    files: list[Path]
+
+    def text(self) -> str:
+        s = self.summary
+        lines = [
+            f"source:        {s['source']}"
+            + ("  (the official course file)" if s["course_file"] else ""),
+            f"frames:        {s['n_train']} labelled ({s['height']}x{s['width']}), {s['n_test']} test"
+            + (" with labels" if s["test_labelled"] else ""),
+            self.outliers.summary(),
+            f"after removal: {s['n_clean']} frames, {s['big_rock_frames']} contain big rock",
+            "class pixel fractions (after removal):",
+        ]
+        for name in CLASS_NAMES:
+            lines.append(f"  {name:<11} {100 * s['class_fractions'][name]:6.2f} %")
+        lines += [f"wrote {p}" for p in self.files]
+        return "\n".join(lines)
+
+
+def inspect_dataset(
+    path: str | Path, out_dir: str | Path, min_repeats: int | None = None
+) -> Inspection:
+    """Load, validate and describe a data set; write a bar chart and a sample grid.
+
+    Args:
+        path: npz or AI4Mars folder.
+        out_dir: where ``class_distribution.png``, ``samples.png`` and ``inspect.json`` go.
+        min_repeats: outlier threshold (see :func:`trainer.data.find_outliers`).
+
+    Returns:
+        The inspection; its ``text()`` is what the CLI prints.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    mars = D.load_dataset(path)
+    outliers = D.find_outliers(mars.labels, min_repeats)
+    clean = D.drop_outliers(mars, outliers)
+    fractions = D.class_fractions(clean.labels)
+    rock = D.has_big_rock(clean.labels)
+    summary = {
+        "source": str(path),
+        "course_file": path.is_file() and D.is_course_file(path),
+        "n_train": len(mars.images),
+        "n_test": 0 if mars.test_images is None else len(mars.test_images),
+        "test_labelled": mars.test_labels is not None,
+        "height": mars.frame_shape[0],
+        "width": mars.frame_shape[1],
+        "outliers": outliers.count,
+        "n_clean": len(clean.images),
+        "big_rock_frames": int(rock.sum()),
+        "class_fractions": {n: float(f) for n, f in zip(CLASS_NAMES, fractions)},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Samples: show big-rock frames first when there are any, since they are the rare class.
+    rng = np.random.default_rng(0)
+    order = np.concatenate(
+        [rng.permutation(np.flatnonzero(rock))[:4], rng.permutation(np.flatnonzero(~rock))]
+    )
+    pick = order[:16]
+    files = [
+        viz.class_distribution_chart(
+            fractions, out_dir / "class_distribution.png", f"{path.name}: class pixel fractions"
+        ),
+        viz.sample_grid(
+            clean.images[pick],
+            clean.labels[pick],
+            out_dir / "samples.png",
+            titles=[f"frame {clean.index[i]}" for i in pick],
+        ),
+    ]
+    report_path = out_dir / "inspect.json"
+    report_path.write_text(
+        json.dumps({**summary, "outlier_report": outliers.as_dict()}, indent=2) + "\n"
+    )
+    files.append(report_path)
+    return Inspection(summary, outliers, files)

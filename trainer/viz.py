@@ -1,0 +1,104 @@
+"""Plots a person looks at: class distribution, sample grids. matplotlib, headless."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge.classes import CLASS_COLOURS, CLASS_NAMES, colourise
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _legend_handles():
+    from matplotlib.patches import Patch
+
+    return [Patch(color=CLASS_COLOURS[c] / 255, label=n) for c, n in enumerate(CLASS_NAMES)]
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure atomically (temp name, then rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def class_distribution_chart(fractions: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Bar chart of per-class pixel fractions, with the percentages written on the bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bars = ax.bar(
+        CLASS_NAMES, 100 * np.asarray(fractions), color=CLASS_COLOURS / 255, edgecolor="k"
+    )
+    for bar, value in zip(bars, fractions):
+        ax.annotate(
+            f"{100 * value:.2f} %",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_ylabel("pixels (%)")
+    ax.set_title(title or "class pixel fractions")
+    ax.spines[["top", "right"]].set_visible(False)
+    return save_figure(fig, path)
+
+
+def sample_grid(
+    images: np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    path: str | Path,
+    *,
+    predictions: np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+) -> Path:
+    """A grid of frames, each shown above its colourised labels (and prediction, when given).
+
+    Args:
+        images: (N, H, W) in [0, 1] or 0..255.
+        labels: (N, H, W) label maps.
+        path: PNG to write.
+        predictions: optional (N, H, W) predicted label maps, shown under the labels.
+        titles: optional caption per frame.
+        ncols: frames per row.
+    """
+    plt = _pyplot()
+    images = np.asarray(images, np.float32)
+    if images.max(initial=0) > 1.0:
+        images = images / 255.0
+    n = len(images)
+    rows_per = 3 if predictions is not None else 2
+    nrows = int(np.ceil(n / ncols))
+    height = (0.9 * rows_per + 0.25) * nrows + 0.6  # inches: 0.9 per panel, room for titles
+    fig, axes = plt.subplots(nrows * rows_per, ncols, figsize=(1.9 * ncols, height), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        panels = [images[i], colourise(labels[i])]
+        if predictions is not None:
+            panels.append(colourise(predictions[i]))
+        for k, panel in enumerate(panels):
+            ax = axes[r * rows_per + k, c]
+            ax.imshow(
+                panel, cmap="gray" if k == 0 else None, vmin=0, vmax=1, interpolation="nearest"
+            )
+        if titles is not None:
+            axes[r * rows_per, c].set_title(titles[i], fontsize=7)
+    fig.legend(handles=_legend_handles(), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.subplots_adjust(hspace=0.12, wspace=0.05, bottom=0.5 / height)
+    return save_figure(fig, path)
