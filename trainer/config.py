@@ -28,6 +28,33 @@ class DataConfig:
     limit: int | None = None  # use only the first N frames (smoke tests)
 
 
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the report's recipe unless a comment says otherwise."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "marsseg"  # a name from trainer.models.MODELS
+    width: float = 1.0  # channel multiplier; 0.25 trains ~5x faster on a CPU
+    epochs: int = 40
+    batch_size: int = 32  # global: split across replicas under tf.distribute
+    learning_rate: float = 1e-4  # AdamW (report)
+    weight_decay: float = 1e-4
+    loss: str = "ce"  # background-ignoring CE (report's best); e.g. "ce+0.5*dice"
+    lr_patience: int = 3  # ReduceLROnPlateau on val mIoU
+    lr_factor: float = 0.5
+    min_lr: float = 1e-6
+    stop_patience: int = 8  # EarlyStopping on val mIoU, best weights restored
+    seed: int = 0
+    strategy: str = "auto"  # auto | default | mirrored | multiworker
+    cpu_replicas: int = (
+        0  # >1 splits the CPU into logical devices (tests tf.distribute without GPUs)
+    )
+    mixed_precision: bool = False  # mixed_float16 on GPUs (mixed_bfloat16 on CPUs)
+    xla: bool = False  # jit_compile; helps on GPUs, slower on these CPUs
+    steps_per_epoch: int | None = None  # cap batches per epoch (smoke tests)
+    verbose: int = 1  # Keras progress: 1 bar, 2 one line per epoch, 0 silent
+
+
 def to_json(cfg: Any, path: str | Path | None = None) -> str:
     """Serialize a (nested) config dataclass; also write it to ``path`` when given."""
     text = json.dumps(asdict(cfg), indent=2, sort_keys=True)
@@ -61,4 +88,4 @@ def _dataclass_type(cls: type, name: str) -> type | None:
     return None
 
 
-__all__ = ["DataConfig", "field", "from_dict", "to_json"]
+__all__ = ["DataConfig", "TrainConfig", "from_dict", "to_json"]

@@ -102,3 +102,69 @@ def sample_grid(
     fig.legend(handles=_legend_handles(), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.subplots_adjust(hspace=0.12, wspace=0.05, bottom=0.5 / height)
     return save_figure(fig, path)
+
+
+def training_curves(history_csv: str | Path, path: str | Path) -> Path:
+    """Loss, validation mean IoU and learning rate per epoch, from Keras' CSVLogger file."""
+    import csv
+
+    plt = _pyplot()
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    col = lambda k: [float(r[k]) for r in rows] if rows and k in rows[0] else []  # noqa: E731
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for key, label in (("loss", "train"), ("val_loss", "validation")):
+        if col(key):
+            axes[0].plot(epochs, col(key), marker="o", ms=3, label=label)
+    axes[0].set_title("loss")
+    for key, label in (("miou", "train"), ("val_miou", "validation")):
+        if col(key):
+            axes[1].plot(epochs, col(key), marker="o", ms=3, label=label)
+    for name in CLASS_NAMES[1:]:
+        if col(f"val_iou_{name}"):
+            axes[1].plot(
+                epochs,
+                col(f"val_iou_{name}"),
+                lw=0.8,
+                ls="--",
+                color=CLASS_COLOURS[CLASS_NAMES.index(name)] / 255,
+                label=f"val {name}",
+            )
+    axes[1].set_title("mean IoU (classes 1-4)")
+    if col("learning_rate"):
+        axes[2].plot(epochs, col("learning_rate"), marker="o", ms=3)
+        axes[2].set_yscale("log")
+    axes[2].set_title("learning rate")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)
+
+
+def confusion_matrix_plot(cm: np.ndarray, path: str | Path) -> Path:
+    """Row-normalized confusion matrix (true rows 1-4; background truth is not scored)."""
+    plt = _pyplot()
+    cm = np.asarray(cm, dtype=np.float64)[1:, :]
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(norm):
+        ax.text(
+            j,
+            i,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if value > 0.5 else "black",
+        )
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=30, fontsize=8)
+    ax.set_yticks(range(len(CLASS_NAMES) - 1), CLASS_NAMES[1:], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title("confusion (rows sum to 1)")
+    return save_figure(fig, path)

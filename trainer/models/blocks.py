@@ -1,0 +1,95 @@
+"""Small building blocks shared by the models: functions from tensor to tensor, plus the few
+custom layers that Keras lacks. Every op here quantizes to int8 in TFLite builtins."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+def scaled(channels: int, width: float, minimum: int = 8) -> int:
+    """Channel count under a width multiplier, rounded to a multiple of 8 (SIMD-friendly)."""
+    return max(minimum, int(round(channels * width / 8.0)) * 8)
+
+
+def conv_bn_relu(
+    x,
+    filters: int,
+    kernel: int | tuple[int, int] = 3,
+    *,
+    name: str,
+    dilation: int = 1,
+    strides: int = 1,
+):
+    """Conv (no bias) -> BatchNorm -> ReLU; the BN folds into the conv when exported."""
+    x = layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding="same",
+        dilation_rate=dilation,
+        use_bias=False,
+        name=f"{name}_conv",
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def upsample_to(x, size: tuple[int, int], *, name: str, interpolation: str = "bilinear"):
+    """Resize a (B, h, w, C) tensor to ``size`` by an integer factor (static shapes only)."""
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) == tuple(size):
+        return x
+    if size[0] % h or size[1] % w:
+        raise ValueError(
+            f"{name}: cannot upsample {h}x{w} to {size[0]}x{size[1]} by an integer factor"
+        )
+    return layers.UpSampling2D(
+        (size[0] // h, size[1] // w), interpolation=interpolation, name=name
+    )(x)
+
+
+def image_pooling(x, filters: int, *, name: str):
+    """Global average pool -> 1x1 conv-BN-ReLU -> broadcast back to (h, w): the image-level branch."""
+    h, w = x.shape[1], x.shape[2]
+    y = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_gap")(x)  # (B, 1, 1, C)
+    y = conv_bn_relu(y, filters, 1, name=name)
+    return upsample_to(y, (h, w), name=f"{name}_up", interpolation="nearest")
+
+
+@keras.saving.register_keras_serializable(package="marsseg")
+class ChannelPool(layers.Layer):
+    """Channel mean and channel max stacked: (B, H, W, C) -> (B, H, W, 2) (CBAM spatial attention)."""
+
+    def call(self, x):
+        return ops.concatenate(
+            [ops.mean(x, axis=-1, keepdims=True), ops.max(x, axis=-1, keepdims=True)], axis=-1
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2)
+
+
+@keras.saving.register_keras_serializable(package="marsseg")
+class SpatialSoftmax(layers.Layer):
+    """Softmax over all pixels of a single-channel map: (B, H, W, 1) -> (B, H, W, 1), sums to 1.
+
+    Flattened to (B, 1, H*W) so that TFLite sees a plain last-axis SOFTMAX.
+    """
+
+    def call(self, x):
+        h, w = x.shape[1], x.shape[2]
+        flat = ops.reshape(x, (-1, 1, h * w))
+        return ops.reshape(ops.softmax(flat, axis=-1), (-1, h, w, 1))
+
+
+@keras.saving.register_keras_serializable(package="marsseg")
+class ChannelDot(layers.Layer):
+    """Per-pixel dot product of a (B, 1, 1, C) query with a (B, H, W, C) value: -> (B, H, W, 1)."""
+
+    def call(self, inputs):
+        query, value = inputs
+        return ops.sum(query * value, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shapes):
+        return (*input_shapes[1][:-1], 1)
