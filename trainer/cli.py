@@ -255,6 +255,61 @@ def predict(run: Path, data: Path, submission: Path | None, masks: Path | None) 
 
 
 @main.command()
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option("--int8", is_flag=True, help="Full-integer int8 (int8 input and output), calibrated.")
+@click.option("--float16", is_flag=True, help="float16 weights.")
+@click.option("--float32", is_flag=True, help="Plain float32.")
+@click.option(
+    "--calib",
+    default=200,
+    show_default=True,
+    type=int,
+    help="Calibration frames from the training split (big rock oversampled).",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Data set [default: the one recorded in RUN/config.json].",
+)
+@click.option(
+    "--parity-frames",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validation frames for the parity report [default: all].",
+)
+def convert(
+    run: Path,
+    int8: bool,
+    float16: bool,
+    float32: bool,
+    calib: int,
+    data: Path | None,
+    parity_frames: int | None,
+) -> None:
+    """Convert RUN's best model to .tflite and report float-vs-int8 parity.
+
+    Without a precision flag, writes float32 and int8. The int8 model must be integer-only
+    (no float or Flex op), else the command fails naming the op and writes no int8 file.
+    """
+    from trainer.convert import ConvertConfig, convert_run, format_parity
+
+    precisions = tuple(
+        p for p, on in (("float32", float32), ("float16", float16), ("int8", int8)) if on
+    )
+    cfg = ConvertConfig(
+        precisions=precisions or ("float32", "int8"),
+        calibration_frames=calib,
+        parity_frames=parity_frames,
+    )
+    report = convert_run(run, cfg, data)
+    click.echo(format_parity(report))
+    click.echo(
+        f"wrote {', '.join(m['file'] for m in report['models'].values())} and parity.json beside {run}"
+    )
+
+
+@main.command()
 @click.option("--width", default=1.0, show_default=True, type=click.FloatRange(0.05, 4.0))
 def models(width: float) -> None:
     """List the registered models with parameters and MACs at 64x128."""

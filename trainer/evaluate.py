@@ -189,7 +189,7 @@ def predict_run(
 
 def write_submission(predicted: np.ndarray, path: Path) -> Path:
     """Write the Kaggle CSV (``id,0,...,H*W-1``), atomically."""
-    n, h, w = predicted.shape
+    _, h, w = predicted.shape
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w") as f:

@@ -154,7 +154,9 @@ def make_dataset(images, labels, batch_size: int, *, training: bool, cfg: TrainC
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> FitResult:
+def fit(
+    cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None
+) -> FitResult:
     """Train ``cfg.model`` on ``cfg.data`` and fill ``run_dir``.
 
     Args:
@@ -162,6 +164,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> FitRe
         run_dir: output folder; must not hold a run unless ``resume``.
         resume: continue from ``last.keras`` and ``state.json`` (weights, epoch, learning rate
             and best score; AdamW's moment estimates restart).
+        callbacks: extra Keras callbacks, run after the project's own.
 
     Returns:
         Where the run is, its best validation mean IoU and whether it was interrupted.
@@ -234,7 +237,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> FitRe
     )
     val_ds = make_dataset(data.val_images, data.val_labels, cfg.batch_size, training=False, cfg=cfg)
     checkpoint = AtomicCheckpoint(run_dir, best=state["best"])
-    callbacks = [
+    all_callbacks = [
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         keras.callbacks.ReduceLROnPlateau(
@@ -261,7 +264,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> FitRe
             epochs=cfg.epochs,
             initial_epoch=state["epoch"],
             steps_per_epoch=cfg.steps_per_epoch,
-            callbacks=callbacks,
+            callbacks=all_callbacks,
             verbose=cfg.verbose,
             shuffle=False,  # tf.data shuffles
         )
@@ -302,8 +305,7 @@ def write_json(path: Path, obj) -> None:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)  # also seeds numpy's legacy global generator and TensorFlow
 
 
 def _atomic_save(model, path: Path) -> None:

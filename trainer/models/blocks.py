@@ -6,10 +6,18 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+# Keras' default BN momentum (0.99) needs thousands of steps before the moving statistics match
+# the weights; the short CPU budgets of this project have hundreds. 0.9 is PyTorch's default.
+BN_MOMENTUM = 0.9
+
+
+def batch_norm(*, name: str):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
+
 
 def scaled(channels: int, width: float, minimum: int = 8) -> int:
     """Channel count under a width multiplier, rounded to a multiple of 8 (SIMD-friendly)."""
-    return max(minimum, int(round(channels * width / 8.0)) * 8)
+    return max(minimum, round(channels * width / 8.0) * 8)
 
 
 def conv_bn_relu(
@@ -31,7 +39,7 @@ def conv_bn_relu(
         use_bias=False,
         name=f"{name}_conv",
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from trainer.models.blocks import conv_bn_relu, image_pooling, scaled, upsample_to
+from trainer.models.blocks import batch_norm, conv_bn_relu, image_pooling, scaled, upsample_to
 
 
 def build_deeplabv3plus(
@@ -27,7 +27,9 @@ def build_deeplabv3plus(
         A functional ``keras.Model`` named ``deeplabv3plus``.
     """
     h, w = input_shape[:2]
-    c = lambda n: scaled(n, width)  # noqa: E731
+    # At least 16 channels: oneDNN (TF 2.21, CPU) crashes in the backward pass of this encoder
+    # with 8-channel layers (seen at width 0.25).
+    c = lambda n: scaled(n, width, minimum=16)  # noqa: E731
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn_relu(inputs, c(32), name="stem_conv1")
     low = _residual(x, c(64), strides=2, name="enc1")  # (B, H/2, W/2, 64)
@@ -55,8 +57,8 @@ def _residual(x, filters: int, *, strides: int, name: str, dilation: int = 1):
     y = layers.Conv2D(
         filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv2"
     )(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = batch_norm(name=f"{name}_bn2")(y)
     if strides != 1 or x.shape[-1] != filters:
         x = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
-        x = layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+        x = batch_norm(name=f"{name}_proj_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_add")([x, y]))

@@ -31,6 +31,7 @@ from trainer.models.blocks import (
     ChannelDot,
     ChannelPool,
     SpatialSoftmax,
+    batch_norm,
     conv_bn_relu,
     image_pooling,
     scaled,
@@ -140,12 +141,12 @@ def _strip_pooling(x, filters: int, *, name: str):
     rows = layers.Conv2D(filters, (3, 1), padding="same", use_bias=False, name=f"{name}_conv_rows")(
         rows
     )
-    rows = layers.BatchNormalization(name=f"{name}_bn_rows")(rows)
+    rows = batch_norm(name=f"{name}_bn_rows")(rows)
     cols = layers.AveragePooling2D((h, 1), name=f"{name}_pool_cols")(x)  # (B, 1, w, C)
     cols = layers.Conv2D(filters, (1, 3), padding="same", use_bias=False, name=f"{name}_conv_cols")(
         cols
     )
-    cols = layers.BatchNormalization(name=f"{name}_bn_cols")(cols)
+    cols = batch_norm(name=f"{name}_bn_cols")(cols)
     rows = upsample_to(rows, (h, w), name=f"{name}_up_rows", interpolation="nearest")
     cols = upsample_to(cols, (h, w), name=f"{name}_up_cols", interpolation="nearest")
     y = layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_add")([rows, cols]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from trainer.models.blocks import scaled, upsample_to
+from trainer.models.blocks import batch_norm, scaled, upsample_to
 
 DIMS = (32, 64, 160, 256)  # MiT-B0
 HEADS = (1, 2, 5, 8)
@@ -54,7 +54,7 @@ def build_segformer(
     ]
     x = layers.Concatenate(name="dec_concat")(merged[::-1])
     x = layers.Conv2D(dec, 1, use_bias=False, name="dec_fuse_conv")(x)
-    x = layers.ReLU(name="dec_fuse_relu")(layers.BatchNormalization(name="dec_fuse_bn")(x))
+    x = layers.ReLU(name="dec_fuse_relu")(batch_norm(name="dec_fuse_bn")(x))
     logits = layers.Conv2D(num_classes, 1, name="head_conv")(x)
     logits = upsample_to(logits, (h, w), name="head_up")
     outputs = layers.Softmax(name="head_softmax", dtype="float32")(logits)

@@ -1,0 +1,121 @@
+"""The one module that imports a TFLite interpreter.
+
+``ai-edge-litert`` (LiteRT, Google's successor of TFLite) is the default; ``tflite-runtime`` is
+the fallback for boards without a LiteRT wheel. Neither pulls in TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNTIMES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
+INTEGER_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
+
+
+class RuntimeUnavailable(RuntimeError):
+    """No usable TFLite runtime is installed."""
+
+
+def available_runtimes() -> list[str]:
+    """The runtimes importable here, in order of preference."""
+    return [
+        name for name, module in RUNTIMES.items() if importlib.util.find_spec(module.split(".")[0])
+    ]
+
+
+def runtime_version(name: str) -> str:
+    from importlib import metadata
+
+    dist = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}[name]
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def make_interpreter(
+    model_path: str | Path, num_threads: int = 1, runtime: str = "auto", xnnpack: bool = True
+):
+    """Open a .tflite with tensors allocated.
+
+    Args:
+        model_path: the model file.
+        num_threads: CPU threads for the kernels (LiteRT's default is 1; say it explicitly).
+        runtime: ``auto`` (LiteRT, else tflite-runtime), ``litert`` or ``tflite-runtime``.
+        xnnpack: use the XNNPACK delegate (the default delegate); False for the reference kernels'
+            comparison.
+
+    Returns:
+        ``(interpreter, runtime_name)``.
+
+    Raises:
+        RuntimeUnavailable: when the asked runtime is not installed.
+        ValueError: when the file is missing or is not a valid model.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ValueError(f"no model at {model_path}")
+    if runtime == "auto":
+        names = available_runtimes()
+        if not names:
+            raise RuntimeUnavailable(
+                "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)"
+            )
+        runtime = names[0]
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; valid: auto, {', '.join(RUNTIMES)}")
+    try:
+        module = importlib.import_module(RUNTIMES[runtime])
+    except ImportError as err:
+        raise RuntimeUnavailable(f"runtime {runtime} is not installed ({err})") from err
+    kwargs = {"model_path": str(model_path), "num_threads": int(num_threads)}
+    if not xnnpack:
+        kwargs["experimental_op_resolver_type"] = (
+            module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+    try:
+        interpreter = module.Interpreter(**kwargs)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"cannot load {model_path.name} as a TFLite model: {str(err).splitlines()[0]}"
+        ) from err
+    return interpreter, runtime
+
+
+@dataclass
+class OpInfo:
+    """One op of a model and the types of the tensors it reads and writes."""
+
+    index: int
+    name: str
+    input_types: list[str]
+    output_types: list[str]
+    input_names: list[str]
+
+    @property
+    def is_integer(self) -> bool:
+        # Weights of a few ops (e.g. bias) are int32; any float tensor means a float kernel.
+        types = self.input_types + self.output_types
+        return all(t in INTEGER_TYPES for t in types) and not self.name.upper().startswith(
+            ("FLEX", "CUSTOM")
+        )
+
+
+def list_ops(interpreter) -> list[OpInfo]:
+    """Every op of an interpreter's graph with its tensor types."""
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+
+    def describe(indices):
+        valid = [i for i in indices if i >= 0 and i in tensors]
+        return [tensors[i]["dtype"].__name__ for i in valid], [tensors[i]["name"] for i in valid]
+
+    ops = []
+    for op in interpreter._get_ops_details():  # the public API has no op listing
+        in_types, in_names = describe(op["inputs"])
+        out_types, _ = describe(op["outputs"])
+        ops.append(OpInfo(op["index"], op["op_name"], in_types, out_types, in_names))
+    return ops

@@ -1,0 +1,75 @@
+"""Real TFLite conversion and the real LiteRT interpreter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from trainer.cli import main
+from trainer.config import DataConfig, TrainConfig, to_json
+from trainer.convert import ConvertConfig, check_integer_only, convert_run
+from trainer.models import MODELS, build_model
+
+pytestmark = pytest.mark.slow
+
+
+def make_run(tmp_path, npz, name="marsseg", width=0.25):
+    """An (untrained) model saved as a run directory with a config that points at the data."""
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    build_model(name, width=width).save(run_dir / "model.keras")
+    to_json(
+        TrainConfig(data=DataConfig(path=str(npz), limit=60), model=name, width=width),
+        run_dir / "config.json",
+    )
+    return run_dir
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_converts_to_integer_only_int8(name, small_npz, tmp_path):
+    run_dir = make_run(tmp_path, small_npz, name)
+    report = convert_run(
+        run_dir,
+        ConvertConfig(precisions=("float32", "int8"), calibration_frames=8, parity_frames=4),
+    )
+    ops = check_integer_only(run_dir / "model_int8.tflite")
+    assert "CONV_2D" in ops and not any(op.startswith(("FLEX", "CUSTOM")) for op in ops)
+    int8 = report["models"]["int8"]
+    assert int8["size_vs_float32"] < 0.45
+    # the untrained float32 model through LiteRT equals Keras
+    assert report["models"]["float32"]["pixel_agreement"] > 0.99
+    assert report["models"]["float32"]["max_abs_prob_diff"] < 1e-3
+    sidecar = json.loads((run_dir / "model_int8.json").read_text())
+    assert sidecar["classes"]["4"] == "big_rock" and sidecar["calibration"]["frames"] == 8
+    assert json.loads((run_dir / "parity.json").read_text())["frames"] == 4
+
+
+def test_run_without_model_is_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "empty")])
+    assert (
+        result.exit_code == 1 and result.output.count("\n") == 1 and "no model at" in result.output
+    )
+    assert not list((tmp_path / "empty").glob("*.tflite"))
+
+
+def test_empty_calibration_set_writes_nothing(small_npz, tmp_path):
+    run_dir = make_run(tmp_path, small_npz)
+    result = CliRunner().invoke(main, ["convert", str(run_dir), "--int8", "--calib", "0"])
+    assert result.exit_code == 1 and "calibration set is empty" in result.output
+    assert not list(run_dir.glob("*.tflite")) and not list(run_dir.glob(".*partial"))
+
+
+def test_corrupted_keras_file_is_one_line_error(small_npz, tmp_path):
+    run_dir = make_run(tmp_path, small_npz)
+    data = (run_dir / "model.keras").read_bytes()
+    (run_dir / "model.keras").write_bytes(data[: len(data) // 3])
+    result = CliRunner().invoke(main, ["convert", str(run_dir)])
+    assert (
+        result.exit_code == 1
+        and result.output.startswith("Error: cannot load")
+        and result.output.count("\n") == 1
+    )
+    assert not list(run_dir.glob("*.tflite"))

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trainer.losses import LOSSES, class_weights_from_labels, make_loss, parse_loss_spec
+
+
+def _onehot(labels, p_true=1.0, num_classes=5):
+    off = (1.0 - p_true) / (num_classes - 1)
+    probs = np.full((*labels.shape, num_classes), off, np.float32)
+    np.put_along_axis(probs, labels[..., None], p_true, axis=-1)
+    return probs
+
+
+@pytest.fixture
+def labels():
+    return np.random.default_rng(0).integers(0, 5, size=(2, 8, 8)).astype(np.int32)
+
+
+def test_uniform_prediction_costs_log_five(labels):
+    probs = np.full((*labels.shape, 5), 0.2, np.float32)
+    assert float(make_loss("ce")(labels, probs)) == pytest.approx(math.log(5), rel=1e-5)
+
+
+def test_perfect_prediction_costs_nothing(labels):
+    probs = _onehot(labels)
+    for name in ("ce", "dice", "focal", "boundary", "plain_ce"):
+        assert float(make_loss(name)(labels, probs)) == pytest.approx(0.0, abs=1e-4), name
+
+
+def test_background_pixels_are_ignored(labels):
+    probs = _onehot(labels, 0.6)
+    worse = probs.copy()
+    worse[labels == 0] = np.array([0.0, 0.0, 0.0, 0.0, 1.0])  # confidently wrong on background only
+    assert float(make_loss("ce")(labels, worse)) == pytest.approx(
+        float(make_loss("ce")(labels, probs)), rel=1e-6
+    )
+    assert (
+        float(make_loss("plain_ce")(labels, worse))
+        > float(make_loss("plain_ce")(labels, probs)) + 1
+    )
+
+
+def test_hand_computed_weighted_ce():
+    labels = np.array([[[1, 2]]], np.int32)
+    probs = np.array([[[[0, 0.5, 0.5, 0, 0], [0, 0.25, 0.75, 0, 0]]]], np.float32)
+    weights = np.array([0, 1.0, 3.0, 1, 1])
+    expected = (1.0 * -math.log(0.5) + 3.0 * -math.log(0.75)) / 4.0
+    assert float(make_loss("weighted_ce", weights)(labels, probs)) == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
+def test_focal_is_below_ce_and_boundary_above(labels):
+    probs = _onehot(labels, 0.7)
+    ce, focal, bound = (float(make_loss(n)(labels, probs)) for n in ("ce", "focal", "boundary"))
+    assert focal < ce < bound
+
+
+def test_dice_of_disjoint_prediction_hand_computed():
+    labels = np.ones((1, 4, 4), np.int32)
+    # soil and bedrock: (0 + 1) / (16 + 1); sand and big rock absent everywhere: (0 + 1) / (0 + 1)
+    expected = 1 - np.mean([1 / 17, 1 / 17, 1.0, 1.0])
+    assert float(
+        make_loss("dice")(labels, _onehot(np.full((1, 4, 4), 2, np.int32)))
+    ) == pytest.approx(expected, rel=1e-5)
+
+
+def test_spec_parsing_and_errors():
+    assert parse_loss_spec("ce+0.5*dice") == {"ce": 1.0, "dice": 0.5}
+    with pytest.raises(ValueError, match="valid names: " + ", ".join(LOSSES)):
+        parse_loss_spec("ce+lovasz")
+    with pytest.raises(ValueError, match="bad weight"):
+        parse_loss_spec("x*ce")
+    with pytest.raises(ValueError, match="needs class weights"):
+        make_loss("weighted_ce")
+
+
+def test_class_weights_favour_rare_classes():
+    labels = np.array([0] * 50 + [1] * 40 + [2] * 40 + [3] * 15 + [4] * 5)
+    w = class_weights_from_labels(labels)
+    assert w[0] == 0 and w[4] > w[3] > w[1] == w[2]
+    assert class_weights_from_labels(np.array([1, 1, 2]))[4] == pytest.approx(
+        1.5
+    )  # absent: the largest weight

@@ -1,0 +1,170 @@
+"""Real training on tiny synthetic data: the run directory, resume, interrupt, evaluate, predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from trainer.cli import main
+from trainer.config import DataConfig, TrainConfig
+from trainer.train import fit
+
+pytestmark = pytest.mark.slow
+RUN_FILES = (
+    "config.json",
+    "model.keras",
+    "last.keras",
+    "state.json",
+    "history.csv",
+    "curves.png",
+    "metrics.json",
+    "confusion.png",
+)
+
+
+def tiny_config(npz, **overrides) -> TrainConfig:
+    values = {
+        "model": "marsseg",
+        "width": 0.25,
+        "epochs": 2,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "steps_per_epoch": 3,
+        "verbose": 0,
+        **overrides,
+    }
+    return TrainConfig(data=DataConfig(path=str(npz), limit=80, big_rock_repeats=2), **values)
+
+
+def _history_rows(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_npz, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = fit(tiny_config(small_npz), run_dir)
+    return run_dir, result
+
+
+def test_fit_leaves_a_complete_run(trained_run):
+    run_dir, result = trained_run
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    assert not list(run_dir.glob(".*partial*"))
+    assert result.epochs_run == 2 and not result.interrupted
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["mean_iou"] <= 1.0 and set(metrics["per_class_iou"]) == {
+        "soil",
+        "bedrock",
+        "sand",
+        "big_rock",
+    }
+    assert json.loads((run_dir / "config.json").read_text())["model"] == "marsseg"
+    rows = _history_rows(run_dir)
+    assert len(rows) == 2 and "val_miou" in rows[0] and "val_iou_big_rock" in rows[0]
+    assert result.best_miou == pytest.approx(max(float(r["val_miou"]) for r in rows), abs=1e-6)
+
+
+def test_resume_continues_from_the_last_epoch(small_npz, tmp_path):
+    run_dir = tmp_path / "resumable"
+    fit(tiny_config(small_npz, epochs=1), run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["epochs"] = 2
+    (run_dir / "config.json").write_text(json.dumps(config))
+    result = fit(tiny_config(small_npz), run_dir, resume=True)
+    assert [int(r["epoch"]) for r in _history_rows(run_dir)] == [0, 1]
+    assert json.loads((run_dir / "state.json").read_text())["epoch"] == 2 and result.epochs_run == 2
+
+
+def test_existing_run_is_not_overwritten(trained_run, small_npz):
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        fit(tiny_config(small_npz), trained_run[0])
+
+
+def test_keyboard_interrupt_keeps_best_checkpoint_and_history(small_npz, tmp_path):
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    run_dir = tmp_path / "interrupted"
+    result = fit(tiny_config(small_npz, epochs=3), run_dir, callbacks=[Interrupt()])
+    assert result.interrupted and result.epochs_run == 1
+    assert len(_history_rows(run_dir)) == 1
+    from trainer.evaluate import load_model
+
+    assert load_model(run_dir / "model.keras").output_shape == (None, 64, 128, 5)
+    assert (run_dir / "metrics.json").exists() and not list(run_dir.glob(".*partial*"))
+
+
+def test_evaluate_and_predict_cli(trained_run, small_npz, tmp_path):
+    run_dir, _ = trained_run
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["evaluate", str(run_dir), str(small_npz), "--split", "test", "--out", str(tmp_path / "e")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "mean IoU" in result.output and "big_rock" in result.output
+    for name in ("metrics.json", "confusion.png", "worst_frames.png"):
+        assert (tmp_path / "e" / name).is_file()
+    csv_path = tmp_path / "submission.csv"
+    result = runner.invoke(
+        main,
+        [
+            "predict",
+            str(run_dir),
+            str(small_npz),
+            "--submission",
+            str(csv_path),
+            "--masks",
+            str(tmp_path / "masks"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "id," + ",".join(str(i) for i in range(64 * 128))
+    assert len(lines) == 1 + 24
+    values = np.array(lines[1].split(",")[1:], dtype=int)
+    assert values.size == 8192 and set(np.unique(values)) <= {0, 1, 2, 3, 4}
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 24
+
+
+def test_fit_cli_rejects_unknown_model(small_npz, tmp_path):
+    result = CliRunner().invoke(
+        main, ["fit", str(small_npz), "--model", "resnet", "--runs", str(tmp_path)]
+    )
+    assert result.exit_code == 1 and "valid names: deeplabv3plus" in result.output
+
+
+def test_mirrored_strategy_over_two_cpu_devices(small_npz, tmp_path):
+    """MirroredStrategy needs the logical devices before TensorFlow starts: a fresh process."""
+    code = textwrap.dedent(
+        f"""
+        from trainer.train import fit
+        from tests.test_train import tiny_config
+        result = fit(tiny_config({str(small_npz)!r}, epochs=1, strategy="mirrored", cpu_replicas=2),
+                     {str(tmp_path / "mirrored")!r})
+        print("REPLICAS-OK", result.epochs_run)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert "REPLICAS-OK 1" in proc.stdout, proc.stderr[-3000:]
+    assert "2 replica(s)" in proc.stderr

@@ -1,0 +1,325 @@
+"""`trainer convert`: Keras model -> .tflite (int8 full-integer, float16, float32), an
+integer-only check, and a float-vs-int8 parity report through the real LiteRT interpreter.
+
+Export uses a fixed (1, H, W, 1) signature: a dynamic batch turns dilated convolutions into
+SPACE_TO_BATCH_ND/BATCH_TO_SPACE_ND pairs and stops BatchNorm from folding into the convs.
+The SavedModel is written by ``keras.export.ExportArchive`` and converted with
+``TFLiteConverter.from_saved_model`` (a bare ``from_concrete_functions`` can silently lose the
+variables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.classes import CLASS_COLOURS, CLASS_NAMES
+from edge.metrics import score
+from edge.runtime import list_ops, make_interpreter
+from edge.segmenter import Segmenter
+from trainer import data as D
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("float32", "float16", "int8")
+
+
+@dataclass
+class ConvertConfig:
+    """What to produce and how to calibrate."""
+
+    precisions: tuple[str, ...] = ("float32", "int8")
+    calibration_frames: int = 200  # from the training split, every class represented
+    big_rock_share: float = 0.25  # of the calibration frames, when that many contain big rock
+    seed: int = 0
+    parity_frames: int | None = None  # None: the whole validation split
+
+
+class IntegerCheckError(ValueError):
+    """An int8 model still holds float or Flex ops."""
+
+
+def export_saved_model(model, directory: Path, input_shape: tuple[int, int, int]) -> Path:
+    """Write a SavedModel with one fixed-shape ``serving_default`` endpoint (batch 1)."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((1, *input_shape), tf.float32, name="image")],
+    )
+    archive.write_out(str(directory), verbose=False)
+    return directory
+
+
+def convert_saved_model(
+    saved_model: Path, precision: str, calibration: np.ndarray | None = None
+) -> bytes:
+    """Convert a SavedModel to a .tflite flatbuffer.
+
+    Args:
+        saved_model: from :func:`export_saved_model`.
+        precision: ``float32``, ``float16`` (weights) or ``int8`` (full integer, int8 in and out).
+        calibration: float32 frames (N, H, W) in [0, 1] for ``int8``.
+
+    Raises:
+        ValueError: for an unknown precision or an empty calibration set.
+    """
+    import tensorflow as tf
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if precision == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ValueError("int8 needs a non-empty calibration set (--calib N with N >= 1)")
+
+        def representative():
+            for frame in calibration:
+                yield [frame[None, :, :, None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def check_integer_only(model_path: Path) -> list[str]:
+    """Every op of an int8 model must read and write integer tensors only.
+
+    Returns:
+        The sorted op names (for the report).
+
+    Raises:
+        IntegerCheckError: naming each float or Flex op and its float tensors.
+    """
+    interpreter, _ = make_interpreter(model_path, xnnpack=False)  # the graph before delegation
+    ops = list_ops(interpreter)
+    bad = [op for op in ops if not op.is_integer]
+    if bad:
+        details = "; ".join(
+            f"{op.name} (op {op.index}: in {','.join(op.input_types)} -> out {','.join(op.output_types)})"
+            for op in bad[:8]
+        )
+        raise IntegerCheckError(
+            f"{model_path.name} is not integer-only: {len(bad)} float/Flex op(s): {details}"
+        )
+    return sorted({op.name for op in ops})
+
+
+def calibration_frames(
+    images: np.ndarray, labels: np.ndarray, n: int, big_rock_share: float, seed: int
+) -> np.ndarray:
+    """Pick ``n`` calibration frames so that every class is represented, big rock included.
+
+    Up to ``big_rock_share * n`` frames containing big rock come first (they are ~3 % of the
+    data and would otherwise be nearly absent), then a random draw of the rest; if a class is
+    still missing, one frame with it replaces a random pick.
+    """
+    if n < 1:
+        raise ValueError(f"the calibration set must have at least 1 frame, got {n}")
+    if len(images) == 0:
+        raise ValueError("no training frames to calibrate with")
+    rng = np.random.default_rng(seed)
+    rock = np.flatnonzero(D.has_big_rock(labels))
+    picked = list(rng.permutation(rock)[: int(round(big_rock_share * n))])
+    rest = rng.permutation(np.setdiff1d(np.arange(len(images)), picked))
+    picked += list(rest[: max(0, n - len(picked))])
+    for cls in range(1, len(CLASS_NAMES)):
+        if not (labels[picked] == cls).any():
+            having = np.flatnonzero((labels == cls).any(axis=(1, 2)))
+            if len(having):
+                picked[-1] = int(rng.choice(having))
+    return images[np.array(picked[:n])]
+
+
+def run_frames(
+    run_dir: Path, data_path: Path | None = None
+) -> tuple[D.MarsData, np.ndarray, np.ndarray, dict]:
+    """The data of a run, split exactly as training split it: (data, train_idx, val_idx, config)."""
+    config = (
+        json.loads((run_dir / "config.json").read_text())
+        if (run_dir / "config.json").exists()
+        else {}
+    )
+    data_cfg = config.get("data", {})
+    path = Path(data_path or data_cfg.get("path", ""))
+    if not str(path) or not path.exists():
+        raise ValueError(f"cannot find the run's data ({path or 'not recorded'}); pass --data")
+    mars = D.load_dataset(path)
+    if data_cfg.get("limit"):
+        mars = mars.subset(np.arange(min(data_cfg["limit"], len(mars.images))))
+    if data_cfg.get("remove_outliers", True):
+        mars = D.drop_outliers(
+            mars, D.find_outliers(mars.labels, data_cfg.get("outlier_min_repeats"))
+        )
+    train_idx, val_idx = D.split_indices(
+        mars.labels, data_cfg.get("val_fraction", 0.2), data_cfg.get("split_seed", 0)
+    )
+    return mars, train_idx, val_idx, config
+
+
+def convert_run(
+    run: str | Path, cfg: ConvertConfig, data_path: Path | None = None, out_dir: Path | None = None
+) -> dict:
+    """Convert a run's best model to every asked precision, check int8, and write the parity report.
+
+    Args:
+        run: a run directory (``model.keras`` inside) or a ``.keras`` file beside a config.json.
+        cfg: precisions and calibration.
+        data_path: override the data recorded in the run's config.
+        out_dir: where the .tflite files go (default: the run directory).
+
+    Returns:
+        The parity report (also written to ``parity.json``).
+
+    Raises:
+        ValueError: a missing or unreadable model, no data, an empty calibration set.
+        IntegerCheckError: an int8 model that is not integer-only (its file is removed).
+    """
+    from trainer.evaluate import load_model, predict_probabilities, resolve_model_path
+
+    model_path = resolve_model_path(run)
+    run_dir = model_path.parent
+    out_dir = Path(out_dir or run_dir)
+    unknown = set(cfg.precisions) - set(PRECISIONS)
+    if unknown or not cfg.precisions:
+        raise ValueError(
+            f"precisions must be among {', '.join(PRECISIONS)}; got {list(cfg.precisions)}"
+        )
+    if "int8" in cfg.precisions and cfg.calibration_frames < 1:
+        raise ValueError("the calibration set is empty: --calib must be at least 1")
+    model = load_model(model_path)
+    mars, train_idx, val_idx, run_config = run_frames(run_dir, data_path)
+    input_shape = tuple(model.input_shape[1:])
+    calib = None
+    if "int8" in cfg.precisions:
+        calib = calibration_frames(
+            mars.images[train_idx],
+            mars.labels[train_idx],
+            cfg.calibration_frames,
+            cfg.big_rock_share,
+            cfg.seed,
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    produced: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export_saved_model(model, Path(tmp) / "saved_model", input_shape)
+        for precision in cfg.precisions:
+            flatbuffer = convert_saved_model(
+                saved, precision, calib if precision == "int8" else None
+            )
+            target = out_dir / f"model_{precision}.tflite"
+            staging = out_dir / f".{target.name}.partial"
+            staging.write_bytes(flatbuffer)
+            try:
+                ops = check_integer_only(staging) if precision == "int8" else None
+            except IntegerCheckError:
+                staging.unlink()  # never leave a float model under an int8 name
+                raise
+            staging.replace(target)
+            _write_sidecar(target, precision, model_path, run_config, input_shape, calib, ops)
+            produced[precision] = target
+            log.info("wrote %s (%.1f KiB)", target, target.stat().st_size / 1024)
+
+    images, labels = mars.images[val_idx], mars.labels[val_idx]
+    if cfg.parity_frames:
+        images, labels = images[: cfg.parity_frames], labels[: cfg.parity_frames]
+    keras_probs = predict_probabilities(model, images)
+    keras_pred = keras_probs.argmax(-1)
+    keras_score = score(labels, keras_pred)
+    report = {
+        "frames": len(images),
+        "keras": {"mean_iou": keras_score.mean_iou, "per_class_iou": keras_score.per_class},
+        "models": {},
+    }
+    frames_u8 = np.rint(images * 255.0).astype(np.uint8)  # the training frames were uint8 / 255
+    for precision, path in produced.items():
+        segmenter = Segmenter(path)
+        pred = np.empty(labels.shape, np.uint8)
+        max_diff, sum_diff = 0.0, 0.0
+        for i, frame in enumerate(frames_u8):
+            result = segmenter.segment(frame, with_probabilities=True)
+            pred[i] = result.labels
+            diff = np.abs(result.probabilities - keras_probs[i])
+            max_diff, sum_diff = max(max_diff, float(diff.max())), sum_diff + float(diff.mean())
+        s = score(labels, pred)
+        report["models"][precision] = {
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            "mean_iou": s.mean_iou,
+            "per_class_iou": s.per_class,
+            "miou_drop_vs_keras": keras_score.mean_iou - s.mean_iou,
+            "pixel_agreement": float((pred == keras_pred).mean()),
+            "max_abs_prob_diff": max_diff,
+            "mean_abs_prob_diff": sum_diff / max(len(frames_u8), 1),
+        }
+    if "float32" in produced:
+        f32 = report["models"]["float32"]["size_bytes"]
+        for entry in report["models"].values():
+            entry["size_vs_float32"] = entry["size_bytes"] / f32
+    (run_dir / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_parity(report: dict) -> str:
+    """The parity table printed by `trainer convert`."""
+    head = f"{'model':<9} {'size KiB':>9} {'mIoU':>7} {'drop':>7} {'agree %':>8} {'max|dp|':>8} {'mean|dp|':>9}"
+    lines = [
+        f"parity on {report['frames']} validation frames (Keras mIoU {report['keras']['mean_iou']:.4f})",
+        head,
+    ]
+    for name, m in report["models"].items():
+        lines.append(
+            f"{name:<9} {m['size_bytes'] / 1024:>9.1f} {m['mean_iou']:>7.4f} {m['miou_drop_vs_keras']:>+7.4f} "
+            f"{100 * m['pixel_agreement']:>8.2f} {m['max_abs_prob_diff']:>8.4f} {m['mean_abs_prob_diff']:>9.5f}"
+        )
+    return "\n".join(lines)
+
+
+def _write_sidecar(
+    target: Path, precision: str, model_path: Path, run_config: dict, input_shape, calib, ops
+) -> None:
+    config_hash = hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
+    sidecar = {
+        "model": target.name,
+        "precision": precision,
+        "classes": {str(i): n for i, n in enumerate(CLASS_NAMES)},
+        "colours": {n: CLASS_COLOURS[i].tolist() for i, n in enumerate(CLASS_NAMES)},
+        "input": {
+            "shape": [1, *input_shape],
+            "pixels": "grayscale 0..255 divided by 255 to [0, 1], then quantized "
+            "with the model's own input scale/zero point when int8",
+        },
+        "output": "class probabilities (1, H, W, 5); argmax gives the label map",
+        "calibration": None
+        if calib is None
+        else {"frames": len(calib), "from": "training split, big rock oversampled"},
+        "source_run": str(model_path.parent),
+        "architecture": run_config.get("model"),
+        "training_config_sha256": config_hash,
+        "ops": ops,
+    }
+    target.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+
+
+__all__ = [
+    "ConvertConfig",
+    "IntegerCheckError",
+    "check_integer_only",
+    "convert_run",
+    "format_parity",
+]
