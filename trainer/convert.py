@@ -135,7 +135,7 @@ def calibration_frames(
         raise ValueError("no training frames to calibrate with")
     rng = np.random.default_rng(seed)
     rock = np.flatnonzero(D.has_big_rock(labels))
-    picked = list(rng.permutation(rock)[: int(round(big_rock_share * n))])
+    picked = list(rng.permutation(rock)[: round(big_rock_share * n)])
     rest = rng.permutation(np.setdiff1d(np.arange(len(images)), picked))
     picked += list(rest[: max(0, n - len(picked))])
     for cls in range(1, len(CLASS_NAMES)):

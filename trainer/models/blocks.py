@@ -101,3 +101,32 @@ class ChannelDot(layers.Layer):
 
     def compute_output_shape(self, input_shapes):
         return (*input_shapes[1][:-1], 1)
+
+
+@keras.saving.register_keras_serializable(package="marsseg")
+class LayerNorm(layers.Layer):
+    """Layer normalization over the last axis, written with ops that TFLite quantizes to int8.
+
+    Keras' own LayerNormalization computes ``-mean * inv + beta``, and the NEG op has no int8
+    kernel, which leaves a float island in an int8 model; this one only subtracts and multiplies.
+    """
+
+    def __init__(self, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(dim,), initializer="zeros", name="beta")
+
+    def call(self, x):
+        dtype = x.dtype
+        x = ops.cast(x, "float32")  # statistics in float32 under mixed precision
+        centered = x - ops.mean(x, axis=-1, keepdims=True)
+        variance = ops.mean(centered * centered, axis=-1, keepdims=True)
+        y = centered * ops.rsqrt(variance + self.epsilon)
+        return ops.cast(y * self.gamma + self.beta, dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}

@@ -30,6 +30,7 @@ from keras import layers
 from trainer.models.blocks import (
     ChannelDot,
     ChannelPool,
+    LayerNorm,
     SpatialSoftmax,
     batch_norm,
     conv_bn_relu,
@@ -166,7 +167,7 @@ def _polarized_self_attention(x, *, name: str):
         layers.Multiply(name=f"{name}_channel_weigh")([value, query])
     )  # (B, 1, 1, C/2)
     channel = layers.Conv2D(channels, 1, name=f"{name}_channel_up")(pooled)
-    channel = layers.LayerNormalization(name=f"{name}_channel_norm")(channel)
+    channel = LayerNorm(name=f"{name}_channel_norm")(channel)
     channel = layers.Activation("sigmoid", name=f"{name}_channel_sigmoid")(channel)  # (B, 1, 1, C)
     # Spatial-only branch: a pooled, channel-softmaxed query dotted with a value at every pixel.
     squery = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_spatial_pool")(

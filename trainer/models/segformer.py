@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from trainer.models.blocks import batch_norm, scaled, upsample_to
+from trainer.models.blocks import LayerNorm, batch_norm, scaled, upsample_to
 
 DIMS = (32, 64, 160, 256)  # MiT-B0
 HEADS = (1, 2, 5, 8)
@@ -41,10 +41,10 @@ def build_segformer(
         x = layers.Conv2D(
             dim, kernel, strides=stride, padding="same", name=f"stage{stage}_patch_embed"
         )(x)
-        x = layers.LayerNormalization(epsilon=1e-5, name=f"stage{stage}_patch_norm")(x)
+        x = LayerNorm(name=f"stage{stage}_patch_norm")(x)
         for block in range(1, depth + 1):
             x = _transformer_block(x, dim, heads, sr, name=f"stage{stage}_block{block}")
-        x = layers.LayerNormalization(epsilon=1e-5, name=f"stage{stage}_norm")(x)
+        x = LayerNorm(name=f"stage{stage}_norm")(x)
         features.append(x)
     size = features[0].shape[1:3]  # (H/4, W/4)
     dec = scaled(128, width)
@@ -75,11 +75,11 @@ class MatMul(layers.Layer):
 
 def _transformer_block(x, dim: int, heads: int, sr: int, *, name: str):
     """Pre-norm: x + attention(norm(x)); x + MixFFN(norm(x))."""
-    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_norm1")(x)
+    y = LayerNorm(name=f"{name}_norm1")(x)
     x = layers.Add(name=f"{name}_add1")(
         [x, _efficient_attention(y, dim, heads, sr, name=f"{name}_attn")]
     )
-    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_norm2")(x)
+    y = LayerNorm(name=f"{name}_norm2")(x)
     return layers.Add(name=f"{name}_add2")([x, _mix_ffn(y, dim, name=f"{name}_ffn")])
 
 
@@ -95,7 +95,7 @@ def _efficient_attention(x, dim: int, heads: int, sr: int, *, name: str):
     kv = x
     if sr > 1:
         kv = layers.Conv2D(dim, sr, strides=sr, name=f"{name}_reduce")(kv)
-        kv = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_reduce_norm")(kv)
+        kv = LayerNorm(name=f"{name}_reduce_norm")(kv)
     n_kv = kv.shape[1] * kv.shape[2]
     k = layers.Reshape((n_kv, heads, d), name=f"{name}_key_flat")(
         layers.Dense(dim, name=f"{name}_key")(kv)
