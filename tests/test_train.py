@@ -156,7 +156,7 @@ def test_mirrored_strategy_over_two_cpu_devices(small_npz, tmp_path):
         from tests.test_train import tiny_config
         result = fit(tiny_config({str(small_npz)!r}, epochs=1, strategy="mirrored", cpu_replicas=2),
                      {str(tmp_path / "mirrored")!r})
-        print("REPLICAS-OK", result.epochs_run)
+        print("REPLICAS-OK", result.epochs_run, result.replicas)
         """
     )
     proc = subprocess.run(
@@ -166,5 +166,4 @@ def test_mirrored_strategy_over_two_cpu_devices(small_npz, tmp_path):
         timeout=600,
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
-    assert "REPLICAS-OK 1" in proc.stdout, proc.stderr[-3000:]
-    assert "2 replica(s)" in proc.stderr
+    assert "REPLICAS-OK 1 2" in proc.stdout, proc.stderr[-3000:]

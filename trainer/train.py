@@ -44,6 +44,7 @@ class FitResult:
     epochs_run: int
     interrupted: bool
     seconds: float
+    replicas: int = 1
 
 
 def prepare_data(cfg: TrainConfig) -> Prepared:
@@ -255,6 +256,7 @@ def fit(
             restore_best_weights=True,
             verbose=1,
         ),
+        *(callbacks or []),
     ]
     interrupted = False
     try:
@@ -278,6 +280,7 @@ def fit(
         checkpoint.epochs_done,
         interrupted,
         time.perf_counter() - start,
+        strategy.num_replicas_in_sync,
     )
 
 
