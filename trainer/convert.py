@@ -146,32 +146,6 @@ def calibration_frames(
     return images[np.array(picked[:n])]
 
 
-def run_frames(
-    run_dir: Path, data_path: Path | None = None
-) -> tuple[D.MarsData, np.ndarray, np.ndarray, dict]:
-    """The data of a run, split exactly as training split it: (data, train_idx, val_idx, config)."""
-    config = (
-        json.loads((run_dir / "config.json").read_text())
-        if (run_dir / "config.json").exists()
-        else {}
-    )
-    data_cfg = config.get("data", {})
-    path = Path(data_path or data_cfg.get("path", ""))
-    if not str(path) or not path.exists():
-        raise ValueError(f"cannot find the run's data ({path or 'not recorded'}); pass --data")
-    mars = D.load_dataset(path)
-    if data_cfg.get("limit"):
-        mars = mars.subset(np.arange(min(data_cfg["limit"], len(mars.images))))
-    if data_cfg.get("remove_outliers", True):
-        mars = D.drop_outliers(
-            mars, D.find_outliers(mars.labels, data_cfg.get("outlier_min_repeats"))
-        )
-    train_idx, val_idx = D.split_indices(
-        mars.labels, data_cfg.get("val_fraction", 0.2), data_cfg.get("split_seed", 0)
-    )
-    return mars, train_idx, val_idx, config
-
-
 def convert_run(
     run: str | Path, cfg: ConvertConfig, data_path: Path | None = None, out_dir: Path | None = None
 ) -> dict:
@@ -190,7 +164,7 @@ def convert_run(
         ValueError: a missing or unreadable model, no data, an empty calibration set.
         IntegerCheckError: an int8 model that is not integer-only (its file is removed).
     """
-    from trainer.evaluate import load_model, predict_probabilities, resolve_model_path
+    from trainer.evaluate import load_model, predict_probabilities, resolve_model_path, run_split
 
     model_path = resolve_model_path(run)
     run_dir = model_path.parent
@@ -203,7 +177,9 @@ def convert_run(
     if "int8" in cfg.precisions and cfg.calibration_frames < 1:
         raise ValueError("the calibration set is empty: --calib must be at least 1")
     model = load_model(model_path)
-    mars, train_idx, val_idx, run_config = run_frames(run_dir, data_path)
+    mars, train_idx, val_idx = run_split(run_dir, data_path)
+    config_path = run_dir / "config.json"
+    run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
     input_shape = tuple(model.input_shape[1:])
     calib = None
     if "int8" in cfg.precisions:

@@ -467,3 +467,28 @@ def split_indices(
     val_idx = np.sort(np.concatenate(val)).astype(np.int64)
     train_idx = np.setdiff1d(np.arange(n), val_idx)
     return train_idx, val_idx
+
+
+def clean_and_split(
+    mars: MarsData, cfg
+) -> tuple[MarsData, np.ndarray, np.ndarray, OutlierReport | None]:
+    """Apply a run's data settings: first ``limit`` frames, outlier removal, stratified split.
+
+    Training, evaluation and conversion all call this, so they see the same validation frames.
+
+    Args:
+        mars: the loaded data.
+        cfg: a :class:`trainer.config.DataConfig`.
+
+    Returns:
+        ``(clean_data, train_idx, val_idx, outlier_report)``; the report is None when outliers
+        are kept.
+    """
+    if cfg.limit:
+        mars = mars.subset(np.arange(min(cfg.limit, len(mars.images))))
+    report = None
+    if cfg.remove_outliers:
+        report = find_outliers(mars.labels, cfg.outlier_min_repeats)
+        mars = drop_outliers(mars, report)
+    train_idx, val_idx = split_indices(mars.labels, cfg.val_fraction, cfg.split_seed)
+    return mars, train_idx, val_idx, report

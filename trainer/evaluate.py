@@ -64,13 +64,29 @@ def evaluation_frames(
     Returns:
         ``(images, labels, source_index)``.
     """
-    mars = D.load_dataset(data_path)
-    if split == "test":
-        if mars.test_labels is None:
-            raise ValueError(f"{data_path} has no test_labels; evaluate on --split val instead")
-        return mars.test_images, mars.test_labels, np.arange(len(mars.test_images))
-    if split != "val":
+    if split == "val":
+        mars, _, val_idx = run_split(run_dir, data_path)
+        return mars.images[val_idx], mars.labels[val_idx], mars.index[val_idx]
+    if split != "test":
         raise ValueError(f"unknown split {split!r}; valid: val, test")
+    mars = D.load_dataset(data_path)
+    if mars.test_labels is None:
+        raise ValueError(f"{data_path} has no test_labels; evaluate on --split val instead")
+    return mars.test_images, mars.test_labels, np.arange(len(mars.test_images))
+
+
+def run_split(
+    run_dir: Path, data_path: Path | None = None
+) -> tuple[D.MarsData, np.ndarray, np.ndarray]:
+    """A run's data, cleaned and split exactly as its training was: ``(data, train_idx, val_idx)``.
+
+    Args:
+        run_dir: the run (its ``config.json`` gives the data settings; defaults without one).
+        data_path: the data set; by default the one recorded in the config.
+
+    Raises:
+        ValueError: when the data cannot be found.
+    """
     from trainer.config import TrainConfig, from_dict
 
     config_path = run_dir / "config.json"
@@ -79,12 +95,13 @@ def evaluation_frames(
         if config_path.exists()
         else TrainConfig()
     )
-    if cfg.data.limit:
-        mars = mars.subset(np.arange(min(cfg.data.limit, len(mars.images))))
-    if cfg.data.remove_outliers:
-        mars = D.drop_outliers(mars, D.find_outliers(mars.labels, cfg.data.outlier_min_repeats))
-    _, val_idx = D.split_indices(mars.labels, cfg.data.val_fraction, cfg.data.split_seed)
-    return mars.images[val_idx], mars.labels[val_idx], mars.index[val_idx]
+    path = Path(data_path or cfg.data.path)
+    if not str(data_path or cfg.data.path) or not path.exists():
+        raise ValueError(
+            f"cannot find the run's data ({cfg.data.path or 'not recorded'}); pass the data path"
+        )
+    mars, train_idx, val_idx, _ = D.clean_and_split(D.load_dataset(path), cfg.data)
+    return mars, train_idx, val_idx
 
 
 def evaluate_run(

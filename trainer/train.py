@@ -49,15 +49,13 @@ class FitResult:
 
 def prepare_data(cfg: TrainConfig) -> Prepared:
     """Load, validate, drop outliers, split (stratified) and augment the training part offline."""
-    mars = D.load_dataset(cfg.data.path)
-    if cfg.data.limit:
-        mars = mars.subset(np.arange(min(cfg.data.limit, len(mars.images))))
-    info: dict = {"source": mars.source, "frames": len(mars.images)}
-    if cfg.data.remove_outliers:
-        report = D.find_outliers(mars.labels, cfg.data.outlier_min_repeats)
-        mars = D.drop_outliers(mars, report)
+    mars, train_idx, val_idx, report = D.clean_and_split(D.load_dataset(cfg.data.path), cfg.data)
+    info: dict = {
+        "source": mars.source,
+        "frames": len(mars.images) + (report.count if report else 0),
+    }
+    if report is not None:
         info["outliers_removed"] = report.count
-    train_idx, val_idx = D.split_indices(mars.labels, cfg.data.val_fraction, cfg.data.split_seed)
     images, labels, stats = offline_augment(
         mars.images[train_idx],
         mars.labels[train_idx],
