@@ -73,3 +73,19 @@ def test_corrupted_keras_file_is_one_line_error(small_npz, tmp_path):
         and result.output.count("\n") == 1
     )
     assert not list(run_dir.glob("*.tflite"))
+
+
+def test_edge_seg_info_describes_the_int8_model(small_npz, tmp_path):
+    from edge.cli import main as edge_main
+
+    run_dir = make_run(tmp_path, small_npz)
+    convert_run(run_dir, ConvertConfig(precisions=("int8",), calibration_frames=4, parity_frames=2))
+    result = CliRunner().invoke(edge_main, ["info", str(run_dir / "model_int8.tflite")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "(1, 64, 128, 1) int8" in result.output
+        and "integer-only" in result.output
+        and "CONV_2D" in result.output
+    )
+    bad = CliRunner().invoke(edge_main, ["info", str(small_npz)])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: cannot load")
