@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import CLASS_NAMES, colourise
+from edge.classes import colourise
 from edge.metrics import IoUReport, score
 from trainer import data as D
 
@@ -127,7 +127,7 @@ def evaluate_run(
     report, predicted = evaluate_model(model, images, labels)
     out = Path(out_dir) if out_dir else run_dir / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    per_frame = np.array([_frame_miou(t, p) for t, p in zip(labels, predicted)])
+    per_frame = np.array([score(t, p).mean_iou for t, p in zip(labels, predicted)])
     worst = np.argsort(np.nan_to_num(per_frame, nan=2.0))[:8]
     result = {
         "split": split,
@@ -158,10 +158,6 @@ def format_report(result: dict) -> str:
     )
     lines.append(f"pixel accuracy {result['pixel_accuracy']:.4f}")
     return "\n".join(lines + [f"wrote {f}" for f in result.get("files", [])])
-
-
-def _frame_miou(t: np.ndarray, p: np.ndarray) -> float:
-    return score(t, p).mean_iou
 
 
 def predict_run(
@@ -218,7 +214,6 @@ def write_submission(predicted: np.ndarray, path: Path) -> Path:
 
 
 __all__ = [
-    "CLASS_NAMES",
     "evaluate_model",
     "evaluate_run",
     "load_model",
