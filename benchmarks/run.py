@@ -275,6 +275,12 @@ def write_markdown(report: dict) -> str:
 )
 @click.option("--emulated", is_flag=True, help="Mark the timings as emulated (qemu), not board.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic eval set.")
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Measure every model in this process (no child processes, e.g. under qemu-user); the "
+    "peak RSS is then the running maximum, not each model's own.",
+)
 def main(
     models: tuple[Path, ...],
     more_models: tuple[Path, ...],
@@ -288,6 +294,7 @@ def main(
     out: Path,
     emulated: bool,
     seed: int,
+    in_process: bool,
 ) -> None:
     """Benchmark .tflite models side by side: latency, fps, memory, size, mIoU, agreement."""
     from benchmarks.charts import bar_chart, histogram
@@ -340,7 +347,8 @@ def main(
                         "frames": str(tmp / "frames.npy"), "frame_dir": str(frame_dir),
                         "maps": str(tmp / f"maps_{len(maps)}.npy") if k == 0 else None,
                     }  # fmt: skip
-                    result = _in_child(spec)
+                    result = measure(spec) if in_process else _in_child(spec)
+                    result["isolated_process"] = not in_process
                     report["runtime"] = result.pop("runtime")
                     entry["threads"][str(n_threads)] = result
                     if spec["maps"]:
