@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast lint format install clean
+.PHONY: test test-fast lint format install clean demo
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
+	@echo "installing marsseg-edge[train,edge,dev] into $(VENV)"
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[train,edge,dev]'
 	@touch $(STAMP)
@@ -30,6 +31,12 @@ test: lint
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The whole mission on an embedded synthetic data set (DATA=path/to/mars_for_students.npz for
+# the real one; EPOCHS=..., OUT=... and the rest: see tools/demo.sh).
+demo:
+	@echo "[0/7] install ($(VENV))"; start=$$(date +%s); \
+	$(MAKE) --no-print-directory install && DEMO_START=$$start bash tools/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
