@@ -56,7 +56,8 @@ def summary_text(out: Path, seconds: int | None = None) -> str:
             f"{b['pipeline']['fps']:>12.1f}{b['pipeline']['fps'] / a['pipeline']['fps']:>14.2f}x"
         )
     lines += [
-        f"{'pixel agreement':<26}{'':>12}{100 * models['int8']['pixel_agreement']:>11.2f}%",
+        f"{'pixel agreement':<26}{'':>12}{100 * models['int8']['pixel_agreement']:>11.2f}%"
+        f"   ({100 * models['int8'].get('pixel_agreement_labelled', float('nan')):.2f} % on scored pixels)",
         "",
         f"rover run (int8, {edge['config']['threads']} threads): {edge['frames']} frames, "
         f"{edge['errors']} errors, {edge['fps']:.0f} fps, p50 "

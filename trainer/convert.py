@@ -240,6 +240,8 @@ def convert_run(
             "per_class_iou": s.per_class,
             "miou_drop_vs_keras": keras_score.mean_iou - s.mean_iou,
             "pixel_agreement": float((pred == keras_pred).mean()),
+            # the pixels the score counts: background is never scored nor trained for
+            "pixel_agreement_labelled": float((pred == keras_pred)[labels > 0].mean()),
             "max_abs_prob_diff": max_diff,
             "mean_abs_prob_diff": sum_diff / max(len(frames_u8), 1),
         }
@@ -253,7 +255,10 @@ def convert_run(
 
 def format_parity(report: dict) -> str:
     """The parity table printed by `trainer convert`."""
-    head = f"{'model':<9} {'size KiB':>9} {'mIoU':>7} {'drop':>7} {'agree %':>8} {'max|dp|':>8} {'mean|dp|':>9}"
+    head = (
+        f"{'model':<9} {'size KiB':>9} {'mIoU':>7} {'drop':>7} {'agree %':>8} {'labelled':>9} "
+        f"{'max|dp|':>8} {'mean|dp|':>9}"
+    )
     lines = [
         f"parity on {report['frames']} validation frames (Keras mIoU {report['keras']['mean_iou']:.4f})",
         head,
@@ -261,7 +266,8 @@ def format_parity(report: dict) -> str:
     for name, m in report["models"].items():
         lines.append(
             f"{name:<9} {m['size_bytes'] / 1024:>9.1f} {m['mean_iou']:>7.4f} {m['miou_drop_vs_keras']:>+7.4f} "
-            f"{100 * m['pixel_agreement']:>8.2f} {m['max_abs_prob_diff']:>8.4f} {m['mean_abs_prob_diff']:>9.5f}"
+            f"{100 * m['pixel_agreement']:>8.2f} {100 * m['pixel_agreement_labelled']:>9.2f} "
+            f"{m['max_abs_prob_diff']:>8.4f} {m['mean_abs_prob_diff']:>9.5f}"
         )
     return "\n".join(lines)
 
