@@ -90,7 +90,17 @@ class RunStats:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MiB (None where the OS cannot tell)."""
+    """Peak resident memory of this process in MiB (None where the OS cannot tell).
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``ru_maxrss``, which survives ``exec`` and so
+    reports the parent's size for a child started by a big process (the benchmark's workers).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
