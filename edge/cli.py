@@ -148,10 +148,16 @@ def run(
     except (ValueError, RuntimeUnavailable) as err:
         raise Fatal(str(err)) from err
     source = CameraDir(camera_dir, watch=watch, max_queue=max_queue, idle_timeout=idle_timeout)
+    try:
+        writer = OutputWriter(out, overlays=overlay)
+    except OSError as err:
+        raise Fatal(f"cannot write to --out {out}: {err.strerror or err}") from err
     status = StatusLine()
     stats = RunStats()
 
     def stop(signum, _frame):
+        if source.stopped:  # the second Ctrl-C: stop now, without the summary
+            raise KeyboardInterrupt
         stats.stopped_by = signal.Signals(signum).name
         source.stop()
 
@@ -162,7 +168,7 @@ def run(
         err=True,
     )
     try:
-        with OutputWriter(out, overlays=overlay) as writer:
+        with writer:
             run_stream(source, segmenter, writer, labels, status, stats, limit, max_fps)
             status.close()
             summary = stats.summary()
