@@ -39,3 +39,10 @@ def test_demo_pipeline_runs_end_to_end(tmp_path):
     bench = json.loads((out / "report" / "report.json").read_text())
     assert list(bench["models"]) == ["model_float32", "model_int8"]
     assert (out / "runs" / "marsseg" / "parity.json").is_file()
+
+    figures = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "readme_figures.py"), str(out), "--out", str(tmp_path / "docs")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert figures.returncode == 0, figures.stderr
+    assert (tmp_path / "docs" / "overlays.png").read_bytes()[:4] == b"\x89PNG"
