@@ -37,7 +37,8 @@ def test_quick_ablation_of_the_loss_group(small_npz, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "ablations.json").read_text())
     assert {r["variant"] for r in report["rows"]} == {
-        "plain CE", "background-ignoring CE", "class-weighted CE", "CE + dice"
+        "plain CE", "background-ignoring CE", "class-weighted CE", "CE + dice",
+        "CE + 0.1 background CE",
     }  # fmt: skip
     assert all(0 <= r["val_miou"] <= 1 for r in report["rows"])
     text = (out / "ablations.md").read_text()
