@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -136,8 +135,8 @@ def run_all(data: Path, out: Path, budget: Budget, groups: list[str]) -> list[di
                     shutil.rmtree(run_dir)
                 seconds = fit(cfg, run_dir).seconds
                 (run_dir / "seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
-            done[key] = (json.loads((run_dir / "metrics.json").read_text()), seconds)
-        metrics, seconds = done[key]
+            done[key] = (json.loads((run_dir / "metrics.json").read_text()), seconds, run_dir.name)
+        metrics, seconds, run_name = done[key]
         rows.append(
             {
                 "variant": variant.label,
@@ -145,6 +144,7 @@ def run_all(data: Path, out: Path, budget: Budget, groups: list[str]) -> list[di
                 "val_miou": metrics["mean_iou"],
                 "big_rock_iou": metrics["per_class_iou"]["big_rock"],
                 "seconds": seconds,
+                "run": run_name,
             }
         )
         click.echo(
@@ -305,15 +305,15 @@ def main(
         budget = replace(budget, seeds=tuple(int(s) for s in seeds.split(",")))
     if not data.exists():
         write_npz(SyntheticConfig(n_train=3000, n_test=500, seed=0), data, progress=True)
-    start = time.perf_counter()
     rows = run_all(data, out, budget, names)
     stats = summarise(rows)
+    runs = {r["run"]: r["seconds"] for r in rows}  # references shared by groups train once
     settings = (
         f"Data `{data}` (first {budget.limit} frames, fixed split); MarsSeg unless stated, width "
         f"{budget.width}, {budget.epochs} epoch(s)"
         f"{f' of {budget.steps_per_epoch} steps' if budget.steps_per_epoch else ''}, AdamW lr "
         f"{budget.lr}, batch {budget.batch_size}; seeds {', '.join(map(str, budget.seeds))}; "
-        f"{time.perf_counter() - start:.0f} s on this machine (finished runs reused)."
+        f"{len(runs)} training runs, {sum(runs.values()) / 60:.0f} min of training on this machine."
     )
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(stats, names, settings)
