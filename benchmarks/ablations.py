@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from benchmarks.compare_models import _finished
+from benchmarks.compare_models import DATA_OPTION, _finished
 
 
 @dataclass(frozen=True)
@@ -260,13 +260,7 @@ def bar_chart(stats: dict[str, dict], groups: list[str], path: Path) -> Path:
 
 
 @click.command()
-@click.option(
-    "--data",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("data/synthetic.npz"),
-    show_default=True,
-    help="Synthetic (or real) npz; a synthetic one is generated if missing.",
-)
+@DATA_OPTION
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -120,14 +120,18 @@ def markdown_table(rows: list[dict], settings: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command()
-@click.option(
+# Shared with benchmarks/ablations.py.
+DATA_OPTION = click.option(
     "--data",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("data/synthetic.npz"),
     show_default=True,
     help="Synthetic (or real) npz; a synthetic one is generated if missing.",
 )
+
+
+@click.command()
+@DATA_OPTION
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

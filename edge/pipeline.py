@@ -41,6 +41,7 @@ class RunStats:
     )
     scored_frames: int = 0
     stopped_by: str = "end of input"
+    warned_label_shape: bool = False
 
     @property
     def wall_s(self) -> float:
@@ -141,7 +142,6 @@ def run_stream(
         The statistics; ``stats.summary()`` is the report.
     """
     stats = stats or RunStats()
-    warned_shape = False
     period = 1.0 / max_fps if max_fps else 0.0
     taken = 0
     for frame in frames:
@@ -149,63 +149,8 @@ def run_stream(
         frame_start = time.perf_counter()
         stats.dropped = getattr(frames, "dropped", 0)
         record = {"frame": frame.name, "index": frame.index, "time": time.time()}
-        try:
-            if frame.image is None:
-                raise BadFrame(frame.error or f"{frame.name}: unreadable")
-            t0 = time.perf_counter_ns()
-            seg = segmenter.segment(frame.image)
-            t1 = time.perf_counter_ns()
-            name = frame.name
-            if writer is not None:
-                name = writer.output_name(frame.name, frame.path)
-                writer.write_images(name, frame.image, seg.labels)
-            t2 = time.perf_counter_ns()
-        except Exception as err:  # one bad frame must not end the run
-            stats.errors += 1
-            reason = str(err) if isinstance(err, BadFrame) else f"{type(err).__name__}: {err}"
-            log.warning("skipped frame %s: %s", frame.name, reason)
-            record.update(status="error", error=reason, dropped=stats.dropped)
-            if writer is not None:
-                writer.log(record)
-            if on_frame:
-                on_frame(stats)
-            if _finished(taken, limit, stats, frame_start, period):
-                break
-            continue
-
-        timings = dict(seg.timings_us)
-        timings["read"] = frame.read_us
-        timings["write"] = (t2 - t1) / 1e3
-        # total = the frame's time in this process: read + segment (all stages) + write
-        timings["total"] = frame.read_us + (t2 - t0) / 1e3
-        for stage in STAGES:
-            stats.timings_us[stage].append(timings[stage])
-        stats.frames += 1
-
-        truth = _truth(frame, labels_dir)
-        if truth is not None:
-            if truth.shape == seg.labels.shape:
-                stats.confusion += np.bincount(
-                    truth.ravel().astype(np.int64) * NUM_CLASSES + seg.labels.ravel(),
-                    minlength=NUM_CLASSES**2,
-                ).reshape(NUM_CLASSES, NUM_CLASSES)
-                stats.scored_frames += 1
-            elif not warned_shape:
-                log.warning(
-                    "label %s is %s but the frame is %s: not scored (warned once)",
-                    frame.name,
-                    truth.shape,
-                    seg.labels.shape,
-                )
-                warned_shape = True
-        record.update(
-            status="ok",
-            output=name,
-            shape=list(seg.labels.shape),
-            timings_ms={k: round(v / 1e3, 3) for k, v in timings.items()},
-            class_fractions=class_fractions(seg.labels),
-            dropped=stats.dropped,
-        )
+        record.update(_segment_one(frame, segmenter, writer, labels_dir, stats))
+        record["dropped"] = stats.dropped
         if writer is not None:
             writer.log(record)
         if on_frame:
@@ -215,6 +160,65 @@ def run_stream(
     stats.dropped = getattr(frames, "dropped", stats.dropped)
     stats.ended = time.perf_counter()
     return stats
+
+
+def _segment_one(
+    frame: Frame,
+    segmenter: Segmenter,
+    writer: OutputWriter | None,
+    labels_dir: Path | None,
+    stats: RunStats,
+) -> dict:
+    """Segment, write and score one frame; returns its telemetry fields (status ok or error)."""
+    try:
+        if frame.image is None:
+            raise BadFrame(frame.error or f"{frame.name}: unreadable")
+        t0 = time.perf_counter_ns()
+        seg = segmenter.segment(frame.image)
+        t1 = time.perf_counter_ns()
+        name = frame.name
+        if writer is not None:
+            name = writer.output_name(frame.name, frame.path)
+            writer.write_images(name, frame.image, seg.labels)
+        t2 = time.perf_counter_ns()
+    except Exception as err:  # one bad frame must not end the run
+        stats.errors += 1
+        reason = str(err) if isinstance(err, BadFrame) else f"{type(err).__name__}: {err}"
+        log.warning("skipped frame %s: %s", frame.name, reason)
+        return {"status": "error", "error": reason}
+
+    timings = dict(seg.timings_us)
+    timings["read"] = frame.read_us
+    timings["write"] = (t2 - t1) / 1e3
+    # total = the frame's time in this process: read + segment (all stages) + write
+    timings["total"] = frame.read_us + (t2 - t0) / 1e3
+    for stage in STAGES:
+        stats.timings_us[stage].append(timings[stage])
+    stats.frames += 1
+
+    truth = _truth(frame, labels_dir)
+    if truth is not None:
+        if truth.shape == seg.labels.shape:
+            stats.confusion += np.bincount(
+                truth.ravel().astype(np.int64) * NUM_CLASSES + seg.labels.ravel(),
+                minlength=NUM_CLASSES**2,
+            ).reshape(NUM_CLASSES, NUM_CLASSES)
+            stats.scored_frames += 1
+        elif not stats.warned_label_shape:
+            log.warning(
+                "label %s is %s but the frame is %s: not scored (warned once)",
+                frame.name,
+                truth.shape,
+                seg.labels.shape,
+            )
+            stats.warned_label_shape = True
+    return {
+        "status": "ok",
+        "output": name,
+        "shape": list(seg.labels.shape),
+        "timings_ms": {k: round(v / 1e3, 3) for k, v in timings.items()},
+        "class_fractions": class_fractions(seg.labels),
+    }
 
 
 def _finished(taken: int, limit: int | None, stats: RunStats, start: float, period: float) -> bool:
