@@ -56,7 +56,7 @@ def info(model: Path, tensors: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("edge-seg-out"),
     show_default=True,
-    help="Where masks/, overlays/, telemetry.jsonl and summary.json go.",
+    help="Where masks/, overlays/, telemetry.jsonl (appended to) and summary.json go.",
 )
 @click.option("--overlay", is_flag=True, help="Also write colour overlays (overlays/<frame>.png).")
 @click.option(
