@@ -63,7 +63,7 @@ def measure(spec: dict) -> dict:
     t0 = time.perf_counter_ns()
     seg = Segmenter(spec["model"], spec["threads"], spec["runtime"], spec["xnnpack"])
     init_us = (time.perf_counter_ns() - t0) / 1e3
-    interp, index = seg.interpreter, seg._input["index"]
+    interp, index = seg.interpreter, seg.input_index
     tensors = [seg.preprocess(f) for f in frames[: min(len(frames), 64)]]
 
     def invoke(i: int) -> float:
