@@ -282,8 +282,6 @@ def main(
     seeds: str | None,
 ) -> None:
     """Train every ablation variant with one reduced budget; write ablations.md/.json/.png."""
-    from trainer.synthetic import SyntheticConfig, write_npz
-
     names = [g.strip() for g in groups.split(",") if g.strip()] or list(GROUPS)
     unknown = [g for g in names if g not in GROUPS]
     if unknown:
@@ -297,8 +295,6 @@ def main(
         budget = replace(budget, limit=limit)
     if seeds:
         budget = replace(budget, seeds=tuple(int(s) for s in seeds.split(",")))
-    if not data.exists():
-        write_npz(SyntheticConfig(n_train=3000, n_test=500, seed=0), data, progress=True)
     rows = run_all(data, out, budget, names)
     stats = summarise(rows)
     runs = {r["run"]: r["seconds"] for r in rows}  # references shared by groups train once

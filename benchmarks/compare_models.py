@@ -120,12 +120,21 @@ def markdown_table(rows: list[dict], settings: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _synthetic_if_missing(_ctx, _param, data: Path) -> Path:
+    if not data.exists():
+        from trainer.synthetic import SyntheticConfig, write_npz
+
+        write_npz(SyntheticConfig(n_train=3000, n_test=500, seed=0), data, progress=True)
+    return data
+
+
 # Shared with benchmarks/ablations.py.
 DATA_OPTION = click.option(
     "--data",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("data/synthetic.npz"),
     show_default=True,
+    callback=_synthetic_if_missing,
     help="Synthetic (or real) npz; a synthetic one is generated if missing.",
 )
 
@@ -172,10 +181,7 @@ def main(
 ) -> None:
     """Train every registered model with one budget; write compare.md and compare.json."""
     from trainer.models import MODELS
-    from trainer.synthetic import SyntheticConfig, write_npz
 
-    if not data.exists():
-        write_npz(SyntheticConfig(n_train=3000, n_test=500, seed=0), data, progress=True)
     names = [m for m in models.split(",") if m] or list(MODELS)
     unknown = set(names) - set(MODELS)
     if unknown:

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.classes import CLASS_NAMES, NUM_CLASSES
-from edge.metrics import score
+from edge.metrics import class_fractions, score
 from trainer import data as D
 from trainer.synthetic import SyntheticConfig, generate
 
@@ -57,7 +57,7 @@ def measure(frames: int = 3000, seed: int = 0) -> dict:
         "outliers_found": report.count,
         "outliers_match": bool(np.array_equal(report.indices, synthetic.outlier_index)),
         "class_fractions_percent": {
-            n: round(100 * f, 2) for n, f in zip(CLASS_NAMES, D.class_fractions(labels))
+            n: round(100 * f, 2) for n, f in zip(CLASS_NAMES, class_fractions(labels))
         },
         "big_rock_frames": int(D.has_big_rock(labels).sum()),
         "intensity_only_miou": round(result.mean_iou, 4),

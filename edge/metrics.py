@@ -101,3 +101,9 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> IoUReport:
         confusion=cm,
         pixel_accuracy=accuracy,
     )
+
+
+def class_fractions(labels: np.ndarray) -> np.ndarray:
+    """Pixel fraction of every class, (NUM_CLASSES,); labels of any shape."""
+    labels = np.asarray(labels)
+    return np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] / max(labels.size, 1)

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.classes import CLASS_NAMES, NUM_CLASSES
 from edge.frames import BadFrame, Frame, find_label, read_label
-from edge.metrics import iou_per_class
+from edge.metrics import class_fractions, confusion_matrix, iou_per_class
 from edge.segmenter import Segmenter
 from edge.sinks import OutputWriter
 
@@ -110,11 +110,6 @@ def peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def class_fractions(labels: np.ndarray) -> dict[str, float]:
-    counts = np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
-    return {name: round(float(c) / labels.size, 4) for name, c in zip(CLASS_NAMES, counts)}
-
-
 def run_stream(
     frames: Iterable[Frame],
     segmenter: Segmenter,
@@ -199,10 +194,7 @@ def _segment_one(
     truth = _truth(frame, labels_dir)
     if truth is not None:
         if truth.shape == seg.labels.shape:
-            stats.confusion += np.bincount(
-                truth.ravel().astype(np.int64) * NUM_CLASSES + seg.labels.ravel(),
-                minlength=NUM_CLASSES**2,
-            ).reshape(NUM_CLASSES, NUM_CLASSES)
+            stats.confusion += confusion_matrix(truth, seg.labels)
             stats.scored_frames += 1
         elif not stats.warned_label_shape:
             log.warning(
@@ -217,7 +209,9 @@ def _segment_one(
         "output": name,
         "shape": list(seg.labels.shape),
         "timings_ms": {k: round(v / 1e3, 3) for k, v in timings.items()},
-        "class_fractions": class_fractions(seg.labels),
+        "class_fractions": {
+            name: round(float(f), 4) for name, f in zip(CLASS_NAMES, class_fractions(seg.labels))
+        },
     }
 
 

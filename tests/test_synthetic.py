@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.data_hardness import LIMIT, measure
+from edge.metrics import class_fractions
 from trainer import data as D
 from trainer.synthetic import SyntheticConfig, generate, outlier_mask
 
@@ -33,7 +34,7 @@ def test_frames_look_like_the_course_data():
     assert s.images.dtype == np.uint8 and s.images.shape == (400, 64, 128)
     assert s.images.min() >= 2 and s.images.max() <= 254
     keep = np.setdiff1d(np.arange(400), s.outlier_index)
-    fractions = D.class_fractions(s.labels[keep])
+    fractions = class_fractions(s.labels[keep])
     # course: 24.3 / 33.9 / 23.3 / 18.4 / 0.13 %
     np.testing.assert_allclose(fractions[:4], [0.243, 0.339, 0.233, 0.184], atol=0.06)
     assert 0 < fractions[4] < 0.01

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.classes import CLASS_NAMES, NUM_CLASSES
+from edge.metrics import class_fractions
 
 log = logging.getLogger(__name__)
 
@@ -400,14 +401,12 @@ def find_outliers(labels: np.ndarray, min_repeats: int | None = None) -> Outlier
     groups = []
     for digest, frames in by_hash.items():
         if len(frames) >= min_repeats:
-            counts = np.bincount(labels[frames[0]].ravel(), minlength=NUM_CLASSES) / labels[0].size
+            fractions = class_fractions(labels[frames[0]])
             groups.append(
                 {
                     "hash": digest,
                     "frames": frames,
-                    "class_fractions": {
-                        CLASS_NAMES[c]: float(counts[c]) for c in range(NUM_CLASSES)
-                    },
+                    "class_fractions": {n: float(f) for n, f in zip(CLASS_NAMES, fractions)},
                 }
             )
     groups.sort(key=lambda g: -len(g["frames"]))
@@ -419,13 +418,6 @@ def drop_outliers(data: MarsData, report: OutlierReport) -> MarsData:
     """The data without the report's outlier frames."""
     keep = np.setdiff1d(np.arange(len(data.images)), report.indices)
     return data.subset(keep)
-
-
-def class_fractions(labels: np.ndarray) -> np.ndarray:
-    """Pixel fraction of every class, (NUM_CLASSES,)."""
-    return np.bincount(np.asarray(labels).ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] / max(
-        labels.size, 1
-    )
 
 
 def has_big_rock(labels: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.classes import CLASS_NAMES
+from edge.metrics import class_fractions
 from trainer import data as D
 from trainer import viz
 
@@ -55,7 +56,7 @@ def inspect_dataset(
     mars = D.load_dataset(path)
     outliers = D.find_outliers(mars.labels, min_repeats)
     clean = D.drop_outliers(mars, outliers)
-    fractions = D.class_fractions(clean.labels)
+    fractions = class_fractions(clean.labels)
     rock = D.has_big_rock(clean.labels)
     summary = {
         "source": str(path),
