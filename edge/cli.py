@@ -103,7 +103,16 @@ def info(model: Path, tensors: bool) -> None:
     "--labels",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder of true label files named like the frames (.png 0..4 or .npy): adds the mIoU.",
+    help="Folder of true label files named like the frames (NAME.png, NAME_merged.png or "
+    "NAME.npy): adds the mIoU and the big-rock figures to the summary.",
+)
+@click.option(
+    "--label-format",
+    type=click.Choice(["auto", "ai4mars", "model"]),
+    default="auto",
+    show_default=True,
+    help="ai4mars: 0-3 soil, bedrock, sand, big rock and 255 unlabelled (the release's PNGs); "
+    "model: the model's own values; auto: ai4mars for a folder that looks like the release's.",
 )
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Stop after this many frames."
@@ -121,6 +130,7 @@ def run(
     runtime: str,
     no_xnnpack: bool,
     labels: Path | None,
+    label_format: str,
     limit: int | None,
 ) -> None:
     """Segment the frames of --camera-dir with --model; write masks, overlays and telemetry.
@@ -131,7 +141,7 @@ def run(
 
     Exit codes: 0 done, 2 bad model, camera folder or options.
     """
-    from edge.frames import CameraDir
+    from edge.frames import CameraDir, LabelReader
     from edge.pipeline import RunStats, StatusLine, format_summary, run_stream
     from edge.runtime import RuntimeUnavailable
     from edge.segmenter import Segmenter
@@ -145,6 +155,7 @@ def run(
         raise Fatal("--idle-timeout only applies with --watch")
     try:
         segmenter = Segmenter(model, threads=threads, runtime=runtime, xnnpack=not no_xnnpack)
+        truth = None if labels is None else LabelReader(labels, segmenter.num_classes, label_format)
     except (ValueError, RuntimeUnavailable) as err:
         raise Fatal(str(err)) from err
     source = CameraDir(camera_dir, watch=watch, max_queue=max_queue, idle_timeout=idle_timeout)
@@ -162,14 +173,18 @@ def run(
         source.stop()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    size = "{}x{}".format(*segmenter.input_shape)
     click.echo(
-        f"{model.name} ({segmenter.input_dtype.name} in, {segmenter.runtime}, {threads} threads) "
-        f"on {camera_dir}{' (watching)' if watch else ''} -> {out}",
+        f"{model.name} ({size} {segmenter.input_dtype.name} in, {segmenter.num_classes} classes, "
+        f"{segmenter.runtime}, {threads} threads) on {camera_dir}"
+        f"{' (watching)' if watch else ''} -> {out}",
         err=True,
     )
+    if truth is not None:
+        click.echo(truth.describe(), err=True)
     try:
         with writer:
-            run_stream(source, segmenter, writer, labels, status, stats, limit, max_fps)
+            run_stream(source, segmenter, writer, truth, status, stats, limit, max_fps)
             status.close()
             summary = stats.summary()
             summary["config"] = {
@@ -182,6 +197,7 @@ def run(
                 "max_fps": max_fps,
                 "max_queue": max_queue,
                 "labels": str(labels) if labels else None,
+                "label_format": truth.format if truth else None,
             }
             writer.write_json("summary.json", summary)
     finally:

@@ -1,22 +1,22 @@
 """Confusion matrix and mean IoU in numpy; the one definition of the score.
 
-The score of the Mars terrain task is the mean IoU over classes 1-4: background (label 0) is
-never scored. Pixels whose *true* label is background are left out of the confusion matrix
-entirely, so predicting anything there costs nothing. ``trainer.metrics`` implements the same
+The score of the Mars terrain task is the mean IoU over the scored classes (1-4 of
+:data:`edge.classes.MARS`): the ignored label (background, 0) is never scored. Pixels whose *true*
+label is ignored are left out of the IoU entirely, so predicting anything there costs nothing. ``trainer.metrics`` implements the same
 definition as a streaming Keras metric and is tested against this module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.classes import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES
+from edge.classes import MARS, LabelSet
 
 
 def confusion_matrix(
-    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = MARS.num_classes
 ) -> np.ndarray:
     """Count (true, predicted) label pairs.
 
@@ -43,31 +43,31 @@ def confusion_matrix(
     )
 
 
-def iou_per_class(cm: np.ndarray, ignore_background: bool = True) -> np.ndarray:
+def iou_per_class(cm: np.ndarray, ignore: int | None = 0) -> np.ndarray:
     """IoU of every class from a confusion matrix.
 
     Args:
         cm: confusion matrix, rows true, columns predicted.
-        ignore_background: drop the row of true background first (the task's definition).
+        ignore: drop the row of this true label first (the task's definition: background).
 
     Returns:
         float64 array (num_classes,); NaN where a class is absent from both truth and prediction.
     """
     cm = np.asarray(cm, dtype=np.float64).copy()
-    if ignore_background:
-        cm[0, :] = 0.0
+    if ignore is not None:
+        cm[ignore, :] = 0.0
     tp = np.diag(cm)
     union = cm.sum(axis=0) + cm.sum(axis=1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
 
 
-def mean_iou(cm: np.ndarray, classes: tuple[int, ...] = SCORED_CLASSES) -> float:
-    """Mean IoU over ``classes`` (1-4 by default), skipping classes absent from truth and prediction.
+def mean_iou(cm: np.ndarray, label_set: LabelSet = MARS) -> float:
+    """Mean IoU over the scored classes, skipping classes absent from truth and prediction.
 
     Returns NaN when none of them occurs.
     """
-    ious = iou_per_class(cm)[list(classes)]
+    ious = iou_per_class(cm, label_set.ignore)[list(label_set.scored)]
     return float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
 
 
@@ -79,31 +79,79 @@ class IoUReport:
     per_class: dict[str, float]
     confusion: np.ndarray
     pixel_accuracy: float
+    hazards: dict[str, dict] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
+        """JSON-ready: a NaN (class absent from truth and prediction) becomes None."""
         return {
-            "mean_iou": self.mean_iou,
-            "per_class_iou": self.per_class,
-            "pixel_accuracy": self.pixel_accuracy,
+            "mean_iou": _finite_or_none(self.mean_iou),
+            "per_class_iou": {k: _finite_or_none(v) for k, v in self.per_class.items()},
+            "pixel_accuracy": _finite_or_none(self.pixel_accuracy),
+            "hazards": self.hazards,
             "confusion": self.confusion.tolist(),
         }
 
 
-def score(y_true: np.ndarray, y_pred: np.ndarray) -> IoUReport:
-    """Mean IoU (classes 1-4), per-class IoU and pixel accuracy on non-background pixels."""
-    cm = confusion_matrix(y_true, y_pred)
-    ious = iou_per_class(cm)
-    scored = cm[1:, :]
-    accuracy = float(np.trace(cm[1:, 1:]) / scored.sum()) if scored.sum() else float("nan")
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def report_from_confusion(cm: np.ndarray, label_set: LabelSet = MARS) -> IoUReport:
+    """Mean IoU, per-class IoU and pixel accuracy (on scored pixels) of a confusion matrix."""
+    cm = np.asarray(cm)
+    ious = iou_per_class(cm, label_set.ignore)
+    rows = list(label_set.scored)
+    scored = cm[rows, :].sum()
+    correct = sum(cm[c, c] for c in rows)
     return IoUReport(
-        mean_iou=mean_iou(cm),
-        per_class={CLASS_NAMES[c]: float(ious[c]) for c in SCORED_CLASSES},
+        mean_iou=mean_iou(cm, label_set),
+        per_class={label_set.names[c]: float(ious[c]) for c in label_set.scored},
         confusion=cm,
-        pixel_accuracy=accuracy,
+        pixel_accuracy=float(correct / scored) if scored else float("nan"),
+        hazards=hazard_report(cm, label_set),
     )
 
 
-def class_fractions(labels: np.ndarray) -> np.ndarray:
-    """Pixel fraction of every class, (NUM_CLASSES,); labels of any shape."""
+def score(y_true: np.ndarray, y_pred: np.ndarray, label_set: LabelSet = MARS) -> IoUReport:
+    """Mean IoU over the scored classes, per-class IoU and pixel accuracy on scored pixels."""
+    return report_from_confusion(confusion_matrix(y_true, y_pred, label_set.num_classes), label_set)
+
+
+def class_fractions(labels: np.ndarray, num_classes: int = MARS.num_classes) -> np.ndarray:
+    """Pixel fraction of every class, (num_classes,); labels of any shape."""
     labels = np.asarray(labels)
-    return np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] / max(labels.size, 1)
+    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes] / max(labels.size, 1)
+
+
+def hazard_report(cm: np.ndarray, label_set: LabelSet = MARS) -> dict[str, dict]:
+    """For every hazard class: IoU, recall, precision, and the share of its predicted pixels that
+    lie on ignored (unlabelled) ground: sky, far field or rover hardware in AI4Mars, where a
+    hazard report is always false.
+
+    Returns:
+        {class name: {"iou", "recall", "precision", "on_unlabelled", "predicted_pixels"}};
+        a ratio without pixels to count is None.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    ious = iou_per_class(cm, label_set.ignore)
+    out = {}
+    for name in label_set.hazards:
+        k = label_set.index(name)
+        predicted = cm[:, k].sum()
+        predicted_scored = predicted - (
+            cm[label_set.ignore, k] if label_set.ignore is not None else 0
+        )
+        out[name] = {
+            "iou": None if np.isnan(ious[k]) else float(ious[k]),
+            "recall": _ratio(cm[k, k], cm[k, :].sum()),
+            "precision": _ratio(cm[k, k], predicted_scored),
+            "on_unlabelled": None
+            if label_set.ignore is None
+            else _ratio(cm[label_set.ignore, k], predicted),
+            "predicted_pixels": int(predicted),
+        }
+    return out
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den > 0 else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from edge.modelmeta import read_model_metadata
 from edge.runtime import list_ops, make_interpreter
 
 
@@ -26,6 +27,7 @@ def describe(path: Path, tensors: bool = False) -> str:
             lines.append(
                 f"{kind:<6} {d['name']}: {tuple(int(v) for v in d['shape'])} {d['dtype'].__name__} ({quant})"
             )
+    lines += _metadata_lines(path)
     ops = list_ops(interpreter)
     floats = [op for op in ops if not op.is_integer]
     lines.append(
@@ -44,3 +46,33 @@ def describe(path: Path, tensors: bool = False) -> str:
                 f"{tuple(int(v) for v in t['shape'])} scale {scale:.4g} zp {zero}"
             )
     return "\n".join(lines)
+
+
+def _metadata_lines(path: Path) -> list[str]:
+    try:
+        meta = read_model_metadata(path)
+    except ValueError as err:
+        return [f"metadata: unreadable ({err})"]
+    if meta is None:
+        return [
+            "metadata: none (classes, colours and preprocessing unknown; convert with `trainer convert`)"
+        ]
+    p, labels = meta.preprocessing, meta.labels
+    lines = [
+        f"metadata: {meta.source}"
+        + "".join(
+            f", {k} {meta.info[k]}"
+            for k in ("name", "architecture", "precision", "loss")
+            if meta.info.get(k) is not None
+        ),
+        f"classes: {', '.join(labels.names)}"
+        + (f" (not scored: {labels.names[labels.ignore]})" if labels.ignore is not None else ""),
+        f"hazard classes: {', '.join(labels.hazards) or 'none'}",
+        f"preprocessing: {p.height}x{p.width}, crop {p.crop}, grey level x {p.scale:.6g}",
+    ]
+    if meta.info.get("predicts_ignored_label") is False:
+        lines.append(
+            "warning: trained without a background target: it labels sky and rover hardware "
+            "arbitrarily (hazard flags unreliable there)"
+        )
+    return lines

@@ -16,9 +16,9 @@ from typing import TextIO
 
 import numpy as np
 
-from edge.classes import CLASS_NAMES, NUM_CLASSES
-from edge.frames import BadFrame, Frame, find_label, read_label
-from edge.metrics import class_fractions, confusion_matrix, iou_per_class
+from edge.classes import MARS, LabelSet
+from edge.frames import BadFrame, Frame, LabelReader
+from edge.metrics import class_fractions, confusion_matrix, report_from_confusion
 from edge.segmenter import Segmenter
 from edge.sinks import OutputWriter
 
@@ -36,10 +36,10 @@ class RunStats:
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
     timings_us: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
-    confusion: np.ndarray = field(
-        default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    )
+    label_set: LabelSet = MARS
+    confusion: np.ndarray | None = None  # (C, C), made at the first labelled frame
     scored_frames: int = 0
+    labels_missing: int = 0  # frames whose label file was not found (with --labels)
     stopped_by: str = "end of input"
     warned_label_shape: bool = False
 
@@ -79,14 +79,13 @@ class RunStats:
             "latency_ms": latency,
             "peak_rss_mb": peak_rss_mb(),
             "scored_frames": self.scored_frames,
+            "labels_missing": self.labels_missing,
         }
         if self.scored_frames:
-            ious = iou_per_class(self.confusion)
-            out["miou"] = float(np.nanmean(ious[1:]))
-            out["iou"] = {
-                CLASS_NAMES[c]: None if np.isnan(ious[c]) else float(ious[c])
-                for c in range(1, NUM_CLASSES)
-            }
+            report = report_from_confusion(self.confusion, self.label_set).as_dict()
+            out["miou"] = report["mean_iou"]
+            out["iou"] = report["per_class_iou"]
+            out["hazards"] = report["hazards"]
         return out
 
 
@@ -114,7 +113,7 @@ def run_stream(
     frames: Iterable[Frame],
     segmenter: Segmenter,
     writer: OutputWriter | None = None,
-    labels_dir: Path | None = None,
+    labels: LabelReader | None = None,
     on_frame: Callable[[RunStats], None] | None = None,
     stats: RunStats | None = None,
     limit: int | None = None,
@@ -127,7 +126,7 @@ def run_stream(
             Its ``dropped`` attribute, if any, is copied into the statistics.
         segmenter: the model.
         writer: where masks, overlays and telemetry go (None: nowhere, e.g. a benchmark).
-        labels_dir: true label files named like the frames; they make the summary's mIoU.
+        labels: true label maps for the frames (named like them); they make the summary's mIoU.
         on_frame: called after every frame (a status line).
         stats: continue these statistics (the caller may hold them to report after a signal).
         limit: stop after this many frames (segmented or not).
@@ -137,6 +136,7 @@ def run_stream(
         The statistics; ``stats.summary()`` is the report.
     """
     stats = stats or RunStats()
+    stats.label_set = segmenter.labels
     period = 1.0 / max_fps if max_fps else 0.0
     taken = 0
     for frame in frames:
@@ -144,7 +144,7 @@ def run_stream(
         frame_start = time.perf_counter()
         stats.dropped = getattr(frames, "dropped", 0)
         record = {"frame": frame.name, "index": frame.index, "time": time.time()}
-        record.update(_segment_one(frame, segmenter, writer, labels_dir, stats))
+        record.update(_segment_one(frame, segmenter, writer, labels, stats))
         record["dropped"] = stats.dropped
         if writer is not None:
             writer.log(record)
@@ -154,6 +154,13 @@ def run_stream(
             break
     stats.dropped = getattr(frames, "dropped", stats.dropped)
     stats.ended = time.perf_counter()
+    if labels is not None and stats.frames and not stats.scored_frames:
+        log.warning(
+            "no label in %s matched any of the %d frames (looked for NAME.png, NAME_merged.png "
+            "and NAME.npy): no mIoU",
+            labels.folder,
+            stats.frames,
+        )
     return stats
 
 
@@ -161,7 +168,7 @@ def _segment_one(
     frame: Frame,
     segmenter: Segmenter,
     writer: OutputWriter | None,
-    labels_dir: Path | None,
+    labels: LabelReader | None,
     stats: RunStats,
 ) -> dict:
     """Segment, write and score one frame; returns its telemetry fields (status ok or error)."""
@@ -191,10 +198,13 @@ def _segment_one(
         stats.timings_us[stage].append(timings[stage])
     stats.frames += 1
 
-    truth = _truth(frame, labels_dir)
+    truth = _truth(frame, labels, stats)
     if truth is not None:
         if truth.shape == seg.labels.shape:
-            stats.confusion += confusion_matrix(truth, seg.labels)
+            n = stats.label_set.num_classes
+            if stats.confusion is None:
+                stats.confusion = np.zeros((n, n), np.int64)
+            stats.confusion += confusion_matrix(truth, seg.labels, n)
             stats.scored_frames += 1
         elif not stats.warned_label_shape:
             log.warning(
@@ -210,7 +220,10 @@ def _segment_one(
         "shape": list(seg.labels.shape),
         "timings_ms": {k: round(v / 1e3, 3) for k, v in timings.items()},
         "class_fractions": {
-            name: round(float(f), 4) for name, f in zip(CLASS_NAMES, class_fractions(seg.labels))
+            name: round(float(f), 4)
+            for name, f in zip(
+                stats.label_set.names, class_fractions(seg.labels, stats.label_set.num_classes)
+            )
         },
     }
 
@@ -225,19 +238,25 @@ def _finished(taken: int, limit: int | None, stats: RunStats, start: float, peri
     return False
 
 
-def _truth(frame: Frame, labels_dir: Path | None) -> np.ndarray | None:
+def _truth(frame: Frame, labels: LabelReader | None, stats: RunStats) -> np.ndarray | None:
     if frame.label is not None:
         return frame.label
-    if labels_dir is None:
-        return None
-    path = find_label(labels_dir, frame.name)
-    if path is None:
+    if labels is None:
         return None
     try:
-        return read_label(path)
+        truth = labels.read_for(frame.name)
     except BadFrame as err:
         log.warning("label for %s not used: %s", frame.name, err)
         return None
+    if truth is None:
+        stats.labels_missing += 1
+        if stats.labels_missing == 20 and not stats.scored_frames:
+            log.warning(
+                "no label in %s for the first 20 frames (looked for NAME.png, NAME_merged.png, "
+                "NAME.npy); is --labels the right folder?",
+                labels.folder,
+            )
+    return truth
 
 
 class StatusLine:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import NUM_CLASSES
+from edge.modelmeta import ModelMetadata, default_metadata, read_model_metadata
 from edge.runtime import make_interpreter
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Segmentation:
-    """The result for one frame: the class map, optionally probabilities, and stage timings (us)."""
+    """The result for one frame: the class map at the frame's size, optionally the probabilities
+    at the model's size, and stage timings (us)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
@@ -25,12 +26,13 @@ class Segmentation:
 
 
 class Segmenter:
-    """Runs a segmentation .tflite on uint8 grayscale frames.
+    """Runs a segmentation .tflite on uint8 grayscale frames of any size.
 
-    The input and output quantization (scale, zero point) are read from the model itself. A frame
-    is scaled to [0, 1] exactly as in training, then quantized when the model's input is integer.
-    Frames of another size are resized to the model's input (bilinear) and the class map is
-    resized back (nearest), with one warning.
+    Everything about the model comes from the model: the input and output quantization from its
+    tensors, and the classes, colours and preprocessing from its metadata
+    (:mod:`edge.modelmeta`). A frame is prepared exactly as training prepared its frames
+    (:class:`edge.preprocess.Preprocessing`), scaled to [0, 1], quantized when the input is
+    integer, and the class map is brought back to the frame's own size.
 
     Args:
         model_path: the .tflite.
@@ -39,7 +41,8 @@ class Segmenter:
         xnnpack: use the XNNPACK delegate.
 
     Raises:
-        ValueError: if the model's input is not (1, H, W, 1) or its output not (1, H, W, 5).
+        ValueError: if the model has more than one input, its input is not (1, H, W, 1), its
+            output not (1, H, W, C), or its metadata disagrees with its tensors.
     """
 
     def __init__(
@@ -48,24 +51,72 @@ class Segmenter:
         self.model_path = Path(model_path)
         self.interpreter, self.runtime = make_interpreter(model_path, threads, runtime, xnnpack)
         self.threads = threads
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
-        shape_in, shape_out = tuple(self._input["shape"]), tuple(self._output["shape"])
+        name = self.model_path.name
+        inputs, outputs = (
+            self.interpreter.get_input_details(),
+            self.interpreter.get_output_details(),
+        )
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                f"{name}: {len(inputs)} input(s) and {len(outputs)} output(s); a segmentation "
+                "model has one grayscale input and one probability output"
+            )
+        self._input, self._output = inputs[0], outputs[0]
+        shape_in = tuple(int(v) for v in self._input["shape"])
+        shape_out = tuple(int(v) for v in self._output["shape"])
         if len(shape_in) != 4 or shape_in[0] != 1 or shape_in[3] != 1:
             raise ValueError(
-                f"{self.model_path.name}: input shape {shape_in}, expected (1, H, W, 1) grayscale; "
+                f"{name}: input shape {shape_in}, expected (1, H, W, 1) grayscale; "
                 "export with a fixed batch of 1 (trainer convert)"
             )
-        if len(shape_out) != 4 or shape_out[1:3] != shape_in[1:3] or shape_out[3] != NUM_CLASSES:
+        if len(shape_out) != 4 or shape_out[1:3] != shape_in[1:3] or shape_out[3] < 2:
             raise ValueError(
-                f"{self.model_path.name}: output shape {shape_out}, expected (1, H, W, {NUM_CLASSES})"
+                f"{name}: output shape {shape_out}, expected (1, {shape_in[1]}, {shape_in[2]}, C) "
+                "class probabilities"
             )
         self.input_shape = shape_in[1:3]
+        self.num_classes = shape_out[3]
+        self.metadata = self._metadata()
+        self.labels = self.metadata.labels
+        self.preprocessing = self.metadata.preprocessing
         self.input_dtype = np.dtype(self._input["dtype"])
         self.output_dtype = np.dtype(self._output["dtype"])
         self.input_quant = tuple(self._input["quantization"])
         self.output_quant = tuple(self._output["quantization"])
-        self._warned_resize = False
+        # grey level -> input value, computed once: quantizing a frame is then one table lookup
+        self._lut = self._input_table()
+
+    def _metadata(self) -> ModelMetadata:
+        meta = read_model_metadata(self.model_path)
+        name = self.model_path.name
+        if meta is None:
+            log.warning(
+                "%s carries no marsseg-edge metadata: classes are named class_0..class_%d, label 0 "
+                "is unscored, no class is a hazard, frames are resized whole (convert with "
+                "`trainer convert` to embed the real ones)",
+                name,
+                self.num_classes - 1,
+            )
+            return default_metadata(*self.input_shape, self.num_classes)
+        if meta.preprocessing.size != self.input_shape:
+            raise ValueError(
+                f"{name}: its metadata says {meta.preprocessing.height}x{meta.preprocessing.width} "
+                f"input but the tensor is {self.input_shape[0]}x{self.input_shape[1]}"
+            )
+        if meta.labels.num_classes != self.num_classes:
+            raise ValueError(
+                f"{name}: its metadata names {meta.labels.num_classes} classes but the output has "
+                f"{self.num_classes} channels"
+            )
+        return meta
+
+    def _input_table(self) -> np.ndarray:
+        x = np.arange(256, dtype=np.float32) * np.float32(self.preprocessing.scale)
+        if self.quantized:
+            scale, zero = self.input_quant
+            info = np.iinfo(self.input_dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        return x.astype(self.input_dtype)
 
     @property
     def input_index(self) -> int:
@@ -77,26 +128,22 @@ class Segmenter:
         return self.input_dtype.kind in "iu"
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """uint8 (H, W) frame -> the model's input tensor (1, H, W, 1)."""
+        """uint8 (any size) frame -> the model's input tensor (1, H, W, 1)."""
         frame = np.asarray(frame)
-        if frame.shape != self.input_shape:
-            frame = self._resize(frame, self.input_shape, bilinear=True)
-        x = frame.astype(np.float32) / 255.0
-        if self.quantized:
-            scale, zero = self.input_quant
-            info = np.iinfo(self.input_dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        return x.astype(self.input_dtype)[None, :, :, None]
+        if frame.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 grey levels, got {frame.dtype}")
+        return self._lut[self.preprocessing.prepare(frame)][None, :, :, None]
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """Dequantize the output to float probabilities (H, W, C)."""
         if self.output_dtype.kind in "iu":
             scale, zero = self.output_quant
-            return (raw.astype(np.float32) - zero) * scale
+            return (raw.astype(np.float32) - zero) * np.float32(scale)
         return raw.astype(np.float32)
 
     def segment(self, frame: np.ndarray, with_probabilities: bool = False) -> Segmentation:
-        """Segment one uint8 grayscale frame (any size)."""
+        """Segment one uint8 grayscale frame (any size); the class map has the frame's size."""
+        frame = np.asarray(frame)
         t0 = time.perf_counter_ns()
         tensor = self.preprocess(frame)
         t1 = time.perf_counter_ns()
@@ -107,8 +154,8 @@ class Segmenter:
         # argmax of int8 scores equals argmax of the probabilities (monotonic dequantization)
         labels = raw.argmax(axis=-1).astype(np.uint8)
         probs = self.probabilities(raw) if with_probabilities else None
-        if labels.shape != np.asarray(frame).shape[:2]:
-            labels = self._resize(labels, np.asarray(frame).shape[:2], bilinear=False)
+        if labels.shape != frame.shape[:2]:
+            labels = self.preprocessing.restore(labels, frame.shape, fill=self.labels.ignore or 0)
         t3 = time.perf_counter_ns()
         timings = {
             "preprocess": (t1 - t0) / 1e3,
@@ -116,16 +163,3 @@ class Segmenter:
             "postprocess": (t3 - t2) / 1e3,
         }
         return Segmentation(labels, probs, timings)
-
-    def _resize(self, array: np.ndarray, size: tuple[int, int], bilinear: bool) -> np.ndarray:
-        from PIL import Image
-
-        if not self._warned_resize:
-            log.warning(
-                "frames are %s, the model takes %s: resizing (warned once)",
-                array.shape,
-                tuple(size),
-            )
-            self._warned_resize = True
-        method = Image.BILINEAR if bilinear else Image.NEAREST
-        return np.asarray(Image.fromarray(array).resize((size[1], size[0]), method))

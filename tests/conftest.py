@@ -73,10 +73,20 @@ def band_frame(rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.n
     return values[labels], labels
 
 
+def band_metadata(precision: str = "float32"):
+    """The metadata document of the band models: the Mars classes, 64x128 frames."""
+    from edge.classes import MARS
+    from edge.modelmeta import ModelMetadata
+    from edge.preprocess import Preprocessing
+
+    return ModelMetadata(MARS, Preprocessing(64, 128), {"name": "bands", "precision": precision})
+
+
 @pytest.fixture(scope="session")
 def band_models(tmp_path_factory) -> dict[str, Path]:
-    """float32 and int8 .tflite of the band model, and an RGB-input one (the wrong shape)."""
-    from trainer.convert import convert_saved_model, export_saved_model
+    """float32 and int8 .tflite of the band model (with metadata), the int8 one without
+    metadata, and an RGB-input one (the wrong shape)."""
+    from trainer.convert import convert_saved_model, embed_metadata, export_saved_model
 
     folder = tmp_path_factory.mktemp("band_models")
     rng = np.random.default_rng(3)
@@ -85,8 +95,12 @@ def band_models(tmp_path_factory) -> dict[str, Path]:
     model = build_band_model()
     saved = export_saved_model(model, folder / "saved", (64, 128, 1))
     for precision in ("float32", "int8"):
+        flatbuffer = convert_saved_model(saved, precision, calibration)
         paths[precision] = folder / f"bands_{precision}.tflite"
-        paths[precision].write_bytes(convert_saved_model(saved, precision, calibration))
+        paths[precision].write_bytes(embed_metadata(flatbuffer, band_metadata(precision)))
+        if precision == "int8":
+            paths["bare"] = folder / "bands_bare.tflite"
+            paths["bare"].write_bytes(flatbuffer)
     rgb = export_saved_model(build_band_model(3), folder / "saved_rgb", (64, 128, 3))
     paths["rgb"] = folder / "bands_rgb.tflite"
     paths["rgb"].write_bytes(convert_saved_model(rgb, "float32"))

@@ -7,6 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from edge.modelmeta import read_model_metadata
 from trainer.cli import main
 from trainer.config import DataConfig, TrainConfig, to_json
 from trainer.convert import ConvertConfig, check_integer_only, convert_run
@@ -19,7 +20,7 @@ def make_run(tmp_path, npz, name="marsseg", width=0.25):
     """An (untrained) model saved as a run directory with a config that points at the data."""
     run_dir = tmp_path / name
     run_dir.mkdir()
-    build_model(name, width=width).save(run_dir / "model.keras")
+    build_model(name, (64, 128, 1), width=width).save(run_dir / "model.keras")
     to_json(
         TrainConfig(data=DataConfig(path=str(npz), limit=60), model=name, width=width),
         run_dir / "config.json",
@@ -42,7 +43,10 @@ def test_every_model_converts_to_integer_only_int8(name, small_npz, tmp_path):
     assert report["models"]["float32"]["pixel_agreement"] > 0.99
     assert report["models"]["float32"]["max_abs_prob_diff"] < 1e-3
     sidecar = json.loads((run_dir / "model_int8.json").read_text())
-    assert sidecar["classes"]["4"] == "big_rock" and sidecar["calibration"]["frames"] == 8
+    embedded = read_model_metadata(run_dir / "model_int8.tflite")
+    assert embedded.source == "embedded" and embedded.document() == sidecar
+    assert embedded.labels.names[4] == "big_rock" and sidecar["calibration"]["frames"] == 8
+    assert embedded.preprocessing.size == (64, 128) and embedded.info["architecture"] == name
     assert json.loads((run_dir / "parity.json").read_text())["frames"] == 4
 
 

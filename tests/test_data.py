@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -140,44 +142,168 @@ def test_split_rejects_bad_fraction():
         D.split_indices(np.zeros((4, 8, 8), np.uint8), 1.5)
 
 
-@pytest.fixture
-def ai4mars_dir(tmp_path):
-    """A tiny AI4Mars-like folder: 3 NAVCAM JPGs (one unlabelled) and 2 label PNGs."""
-    rng = np.random.default_rng(5)
-    images, labels = tmp_path / "msl" / "images" / "edr", tmp_path / "msl" / "labels" / "train"
-    images.mkdir(parents=True)
-    labels.mkdir(parents=True)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8)).save(
-            images / f"NLA_{i}.JPG"
-        )
-    for i in range(2):
-        label = np.full((256, 256), 255, np.uint8)
-        label[128:, :128], label[128:, 128:], label[64:128, :], label[96:112, 96:160] = 0, 1, 2, 3
-        Image.fromarray(label).save(labels / f"NLA_{i}.png")
-    return tmp_path / "msl"
+# ----------------------------------------------------------------------------------------------
+# AI4Mars: tiny folders in both release layouts.
 
 
-def test_ai4mars_folder_is_mapped_and_downsampled(ai4mars_dir):
-    data = D.load_dataset(ai4mars_dir)
-    assert data.images.shape == (2, 64, 128) and data.labels.shape == (2, 64, 128)
-    assert 0.0 <= data.images.min() and data.images.max() <= 1.0
-    # 255 -> 0, 0..3 -> 1..4; centre crop keeps rows 64..192 of 256
-    assert set(np.unique(data.labels)) == {1, 2, 3, 4}
-    assert data.labels[0, -1, 0] == 1 and data.labels[0, -1, -1] == 2 and data.labels[0, 0, 0] == 3
+def navcam_id(i: int, site: int) -> str:
+    """A NAVCAM product id like the release's: camera, clock, EDR, site and drive."""
+    return f"NLB_{400000000 + i:09d}EDR_F{site:03d}0000NCAM00{i:03d}M1"
 
 
-def test_ai4mars_rejects_unknown_label_values(ai4mars_dir):
-    Image.fromarray(np.full((256, 256), 7, np.uint8)).save(
-        ai4mars_dir / "labels" / "train" / "NLA_0.png"
+def ai4mars_label(size: int, i: int) -> np.ndarray:
+    """Rows 0-3 unlabelled (255, "sky"), then bands of soil, bedrock, sand; a big rock in frames
+    0 and 1."""
+    label = np.full((size, size), 255, np.uint8)
+    label[4:12], label[12:20], label[20:] = 0, 1, 2
+    if i < 2:
+        label[22:26, 4:8] = 3
+    return label
+
+
+def make_ai4mars(
+    root: Path, layout: str = "ncam", n_train: int = 6, n_test: int = 2, masks: bool = True
+) -> Path:
+    """An AI4Mars folder: ``layout`` ``ncam`` (msl/ncam/...) or ``merged`` (msl/...), 32x32
+    frames, train labels, the min1 and min3 expert test sets, rover and range masks.
+
+    Frame i is at site i // 2 (two frames per rover position); test frames come after the
+    training ones and also have a train label (the loader must not train on them).
+    """
+    cam = root / "msl" / "ncam" if layout == "ncam" else root / "msl"
+    folders = {
+        k: cam / v
+        for k, v in {
+            "edr": "images/edr", "mxy": "images/mxy", "rng": "images/rng-30m",
+            "train": "labels/train", "min1": "labels/test/masked-gold-min1-100agree",
+            "min3": "labels/test/masked-gold-min3-100agree",
+        }.items()
+    }  # fmt: skip
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_train + n_test):
+        name = navcam_id(i, site=i // 2)
+        grey = np.full((32, 32), 40 + 15 * i % 200, np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, -1)).save(folders["edr"] / f"{name}.JPG")
+        Image.fromarray(ai4mars_label(32, i)).save(folders["train"] / f"{name}.png")
+        if i >= n_train:
+            for agreement in ("min1", "min3"):
+                merged = ai4mars_label(32, i)
+                merged[20:] = 3 if agreement == "min1" else 2  # tells the two sets apart
+                Image.fromarray(merged).save(folders[agreement] / f"{name}_merged.png")
+        if masks:
+            rover = np.zeros((32, 32), np.uint8)
+            rover[28:, :] = 1  # the bottom rows are rover hardware
+            far = np.zeros((16, 16), np.uint8)  # masks of another size are resized
+            far[2:4, :] = 1  # beyond 30 m: label rows 4-7
+            Image.fromarray(rover).save(folders["mxy"] / f"{name.replace('EDR', 'MXY')}.png")
+            Image.fromarray(far).save(folders["rng"] / f"{name.replace('EDR', 'RNG')}.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folders["edr"] / "unlabelled_frame.JPG")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["ncam", "merged"])
+@pytest.mark.parametrize("entry", ["root", "msl", "camera", "images/edr"])
+def test_ai4mars_found_from_the_root_or_any_folder_under_it(tmp_path, layout, entry):
+    root = make_ai4mars(tmp_path, layout)
+    camera = root / "msl" / ("ncam" if layout == "ncam" else "")
+    path = {
+        "root": root,
+        "msl": root / "msl",
+        "camera": camera,
+        "images/edr": camera / "images" / "edr",
+    }
+    data = D.load_dataset(path[entry], size=(16, 16))
+    assert data.layout == "ai4mars" and data.images.shape == (6, 16, 16)
+    assert data.test_images.shape == (2, 16, 16) and len(data.test_names) == 2
+    # the test frames also have train labels: they must not be trained on
+    assert not set(data.names) & set(data.test_names)
+
+
+def test_ai4mars_labels_are_mapped_and_masks_applied(tmp_path):
+    data = D.load_dataset(make_ai4mars(tmp_path), size=(32, 32))
+    labels = data.labels[0]
+    assert (labels[:4] == 0).all()  # 255 -> 0 (sky)
+    assert (labels[4:8] == 0).all()  # soil, but the range mask says beyond 30 m
+    assert (labels[8:12] == 1).all() and (labels[12:20] == 2).all()  # soil 0 -> 1, bedrock 1 -> 2
+    assert (labels[22:26, 4:8] == 4).all() and (labels[20:22] == 3).all()  # big rock, sand
+    assert (labels[28:] == 0).all()  # rover hardware
+    assert data.images.dtype == np.float32 and data.images[3].mean() == pytest.approx(
+        85 / 255, abs=0.02
     )
+
+
+def test_ai4mars_test_split_follows_the_agreement_level(tmp_path):
+    root = make_ai4mars(tmp_path)
+    min3 = D.load_dataset(root, size=(32, 32), agreement=3)
+    min1 = D.load_dataset(root, size=(32, 32), agreement=1)
+    assert (min3.test_labels[:, 24, 16] == 3).all()  # sand
+    assert (min1.test_labels[:, 24, 16] == 4).all()  # big rock
+
+
+def test_ai4mars_without_masks_or_test_split(tmp_path):
+    root = make_ai4mars(tmp_path, n_test=0, masks=False)
+    data = D.load_dataset(root, size=(32, 32))
+    assert data.test_images is None and (data.labels[:, 4:8] == 1).all()
+
+
+def test_ai4mars_frame_size_is_the_callers_and_nothing_is_cropped(tmp_path):
+    root = make_ai4mars(tmp_path)
+    data = D.load_dataset(root, size=(8, 16))
+    assert data.images.shape[1:] == (8, 16) and data.preprocessing.size == (8, 16)
+    assert (data.labels[0, 0] == 0).all() and (data.labels[0, 3] == 2).all()  # top and bottom kept
+    cropped = D.load_dataset(root, size=(8, 16), crop="centre")  # keeps the middle 16 rows
+    assert cropped.preprocessing.crop == "centre" and (cropped.labels[0, 0] == 1).all()
+
+
+def test_ai4mars_through_a_symlinked_folder(tmp_path):
+    make_ai4mars(tmp_path / "store")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "ai4mars").symlink_to(tmp_path / "store", target_is_directory=True)
+    assert len(D.load_dataset(tmp_path / "datasets", size=(16, 16)).images) == 6
+
+
+def test_ai4mars_groups_keep_a_rover_position_on_one_side(tmp_path):
+    data = D.load_dataset(make_ai4mars(tmp_path, n_train=12, n_test=0), size=(16, 16))
+    assert len(np.unique(data.groups)) == 6
+    for seed in range(4):
+        train, val = D.split_indices(data.labels, 0.34, seed, data.groups)
+        assert not set(data.groups[train]) & set(data.groups[val])
+        assert len(val) in (4, 6)
+
+
+def test_outlier_filter_is_for_the_course_file_only(tmp_path):
+    from trainer.config import DataConfig
+
+    root = make_ai4mars(tmp_path, n_train=12, n_test=0)
+    data = D.load_dataset(root, size=(16, 16))  # frames 2-11 share one mask: honest, kept
+    clean, _, _, report = D.clean_and_split(data, DataConfig(path=str(root)))
+    assert report is None and len(clean.images) == 12
+    forced = DataConfig(remove_outliers=True, group_split=False)
+    assert D.clean_and_split(data, forced)[3].count == 10
+
+
+def test_ai4mars_rejects_unknown_label_values(tmp_path):
+    root = make_ai4mars(tmp_path)
+    label = root / "msl" / "ncam" / "labels" / "train" / f"{navcam_id(0, 0)}.png"
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(label)
     with pytest.raises(ValueError, match=r"label values \[7\]"):
-        D.load_ai4mars(ai4mars_dir)
+        D.load_dataset(root)
 
 
-def test_ai4mars_without_pairs(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "images" / "a.jpg")
-    with pytest.raises(ValueError, match="no image has a label"):
-        D.load_ai4mars(tmp_path)
+def test_ai4mars_without_pairs_or_layout(tmp_path):
+    root = tmp_path / "copy"
+    (root / "images" / "edr").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "images" / "edr" / "a.jpg")
+    with pytest.raises(ValueError, match="no frame has a label of the same name"):
+        D.load_dataset(root)
+    (tmp_path / "other" / "frames").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not an AI4Mars folder"):
+        D.load_dataset(tmp_path / "other" / "frames")
+
+
+def test_npz_keeps_its_own_size(small_npz):
+    with pytest.raises(ValueError, match="holds 64x128 frames"):
+        D.load_dataset(small_npz, size=(96, 96))
+    assert D.load_dataset(small_npz, size=(64, 128)).frame_shape == (64, 128)

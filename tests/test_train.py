@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from trainer.cli import main
 from trainer.config import DataConfig, TrainConfig
-from trainer.train import fit
+from trainer.train import fit, resume_config
 
 pytestmark = pytest.mark.slow
 RUN_FILES = (
@@ -79,12 +79,16 @@ def test_fit_leaves_a_complete_run(trained_run):
 def test_resume_continues_from_the_last_epoch(small_npz, tmp_path):
     run_dir = tmp_path / "resumable"
     fit(tiny_config(small_npz, epochs=1), run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    config["epochs"] = 2
-    (run_dir / "config.json").write_text(json.dumps(config))
-    result = fit(tiny_config(small_npz), run_dir, resume=True)
-    assert [int(r["epoch"]) for r in _history_rows(run_dir)] == [0, 1]
+    cfg, changes = resume_config(run_dir, {"epochs": 2, "learning_rate": 5e-4, "width": 0.25})
+    assert changes == ["epochs 1 -> 2", "learning_rate 0.001 -> 0.0005"]  # width unchanged
+    result = fit(cfg, run_dir, resume=True)
+    rows = _history_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-3, 5e-4])
     assert json.loads((run_dir / "state.json").read_text())["epoch"] == 2 and result.epochs_run == 2
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 2
+    with pytest.raises(ValueError, match=r"cannot change width \(0.25 in the run, 0.5 asked\)"):
+        resume_config(run_dir, {"width": 0.5})
 
 
 def test_existing_run_is_not_overwritten(trained_run, small_npz):
@@ -152,9 +156,9 @@ def test_mirrored_strategy_over_two_cpu_devices(small_npz, tmp_path):
     """MirroredStrategy needs the logical devices before TensorFlow starts: a fresh process."""
     code = textwrap.dedent(
         f"""
-        from trainer.train import fit
+        from trainer.train import fit, resume_config
         from tests.test_train import tiny_config
-        result = fit(tiny_config({str(small_npz)!r}, epochs=1, strategy="mirrored", cpu_replicas=2),
+        result = fit(tiny_config({str(small_npz)!r}, epochs=1, strategy="mirrored", replicas=2),
                      {str(tmp_path / "mirrored")!r})
         print("REPLICAS-OK", result.epochs_run, result.replicas)
         """

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import MISSING
 from pathlib import Path
 
 import click
+
+from trainer.config import TrainConfig
 
 
 class _ValueErrorsAsUsage(click.Group):
@@ -23,8 +26,9 @@ class _ValueErrorsAsUsage(click.Group):
 @click.group(cls=_ValueErrorsAsUsage)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
-    """Train, evaluate and convert Mars terrain segmentation models (64x128 grayscale frames).
+    """Train, evaluate and convert Mars terrain segmentation models (grayscale frames).
 
+    Data: the course npz (64x128 frames), a synthetic npz, or AI4Mars (any size, --size).
     Labels: 0 background/unlabelled (never scored), 1 soil, 2 bedrock, 3 sand, 4 big rock.
     The score is the mean IoU over classes 1-4.
     """
@@ -45,82 +49,101 @@ def main(verbose: bool) -> None:
     help="Folder for the plots and inspect.json [default: inspect_<DATA name>].",
 )
 @click.option(
+    "--size",
+    default=None,
+    help="Frame size HxW for folder data sets [default: 128x128 for AI4Mars].",
+)
+@click.option(
     "--min-repeats",
     type=click.IntRange(min=2),
     default=None,
     help="A mask shared by this many frames marks them as outliers [default: 0.5 % of frames, >= 3].",
 )
-def inspect(data: Path, out: Path | None, min_repeats: int | None) -> None:
+@click.option(
+    "--outliers/--no-outliers",
+    "outliers",
+    default=None,
+    help="Look for the course file's outliers (frames sharing one mask) [default: npz only].",
+)
+def inspect(
+    data: Path, out: Path | None, size: str | None, min_repeats: int | None, outliers: bool | None
+) -> None:
     """Describe DATA (course npz or AI4Mars folder): counts, outliers, class fractions.
 
     Writes a class-distribution bar chart and a sample grid.
     """
+    from edge.preprocess import parse_size
     from trainer.inspection import inspect_dataset
 
-    result = inspect_dataset(data, out or Path(f"inspect_{data.stem}"), min_repeats)
+    result = inspect_dataset(
+        data,
+        out or Path(f"inspect_{data.name}"),
+        min_repeats,
+        parse_size(size) if size else None,
+        outliers,
+    )
     click.echo(result.text())
 
 
-@main.command()
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option("--model", default="marsseg", show_default=True, help="A name from `trainer models`.")
+def config_options(cls):
+    """One click option per setting of the config dataclass ``cls`` (nested ones flattened).
+
+    The help text and the default shown come from the dataclass; every option defaults to None
+    here, so that the command can tell what the user gave (on --resume, only that changes).
+    """
+    from trainer.config import _field_type, flat_fields
+
+    def decorate(fn):
+        for key, spec in reversed(list(flat_fields(cls).items())):
+            meta = spec.metadata
+            if not meta.get("cli", True):
+                continue
+            flag = meta.get("flag") or "--" + key.split(".")[-1].replace("_", "-")
+            kind, _ = _field_type(spec)
+            default = spec.default if spec.default_factory is MISSING else spec.default_factory()
+            help_text = meta["help"]
+            if "default" not in help_text:
+                help_text += f"  [default: {'none' if default is None else default}]"
+            param = key.replace(".", "__")
+            if kind is bool:
+                names = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
+                fn = click.option(names, param, default=None, help=help_text)(fn)
+                continue
+            if meta.get("choices"):
+                kind_type = click.Choice([str(c) for c in meta["choices"]])
+            else:
+                kind_type = {int: click.INT, float: click.FLOAT}.get(kind, click.STRING)
+            fn = click.option(flag, param, type=kind_type, default=None, help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+def given_settings(options: dict) -> dict:
+    """{dotted key: value} of the config options the user gave."""
+    return {k.replace("__", "."): v for k, v in options.items() if v is not None}
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("data", type=click.Path(exists=True, path_type=Path), required=False)
 @click.option(
-    "--width",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0.05, 4.0),
-    help="Channel multiplier (0.25 trains ~5x faster on a CPU).",
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON settings (nested like a run's config.json, or flat dotted keys); options win.",
 )
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Global batch."
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set any setting by its dotted key, e.g. --set data.size=96x96 (repeatable).",
 )
 @click.option(
-    "--lr",
-    "learning_rate",
-    default=1e-4,
-    show_default=True,
-    type=float,
-    help="AdamW learning rate.",
-)
-@click.option(
-    "--loss",
-    default="ce",
-    show_default=True,
-    help="ce (background ignored), plain_ce, weighted_ce, dice, focal, boundary, or sums like 'ce+0.5*dice'.",
-)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.9))
-@click.option(
-    "--keep-outliers",
+    "--no-offline-aug",
     is_flag=True,
-    help="Do not drop frames whose mask repeats (the alien pictures).",
-)
-@click.option(
-    "--no-offline-aug", is_flag=True, help="Skip the flip/MaskDropout/big-rock offline recipe."
-)
-@click.option("--big-rock-repeats", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--pixel-aug",
-    is_flag=True,
-    help="Add online brightness/contrast/noise (the report found it hurts).",
-)
-@click.option(
-    "--strategy",
-    type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
-    default="auto",
-    show_default=True,
-    help="tf.distribute: mirrored = all local GPUs; multiworker reads TF_CONFIG.",
-)
-@click.option(
-    "--mixed-precision", is_flag=True, help="mixed_float16 on GPUs (mixed_bfloat16 on CPUs)."
-)
-@click.option("--xla", is_flag=True, help="Compile with XLA (jit_compile); helps on GPUs.")
-@click.option(
-    "--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap batches per epoch."
-)
-@click.option(
-    "--limit", type=click.IntRange(min=2), default=None, help="Use only the first N frames."
+    help="Skip the report's offline recipe (flip, MaskDropout, big-rock copies).",
 )
 @click.option(
     "--runs",
@@ -128,70 +151,64 @@ def inspect(data: Path, out: Path | None, min_repeats: int | None) -> None:
     default=Path("runs"),
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of run directories.",
 )
 @click.option("--name", default=None, help="Run name [default: <model>-<timestamp>].")
-@click.option("--resume", is_flag=True, help="Continue the run --name from its last epoch.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run --name from its last epoch; the schedule (epochs, --lr, patience, "
+    "strategy...) may change, the model and data come from the run.",
+)
+@config_options(TrainConfig)
 def fit(
-    data: Path,
-    model: str,
-    width: float,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    loss: str,
-    seed: int,
-    val_fraction: float,
-    keep_outliers: bool,
+    data: Path | None,
+    config_file: Path | None,
+    assignments: tuple[str, ...],
     no_offline_aug: bool,
-    big_rock_repeats: int,
-    pixel_aug: bool,
-    strategy: str,
-    mixed_precision: bool,
-    xla: bool,
-    steps_per_epoch: int | None,
-    limit: int | None,
     runs_dir: Path,
     name: str | None,
     resume: bool,
+    **options,
 ) -> None:
     """Train a model on DATA and write runs/<name>/ (best model, history, curves, metrics).
 
-    AdamW, background-ignoring loss, ReduceLROnPlateau and EarlyStopping on the validation mean
-    IoU (classes 1-4). Ctrl-C stops cleanly, keeping the best checkpoint and the history.
+    DATA is the course npz, a synthetic npz or an AI4Mars folder (its root or any folder under
+    it). AdamW, ReduceLROnPlateau and EarlyStopping on the validation mean IoU (background not
+    scored); Ctrl-C stops cleanly, keeping the best checkpoint and the history. The resolved
+    settings are saved as config.json in the run.
     """
     import time as _time
 
-    from trainer.config import DataConfig, TrainConfig
+    from trainer.config import load_config_file, parse_assignments, with_values
     from trainer.train import fit as run_fit
+    from trainer.train import resume_config
 
-    if resume and not name:
-        raise click.UsageError("--resume needs --name of the run to continue")
-    offline = not no_offline_aug
-    cfg = TrainConfig(
-        data=DataConfig(
-            path=str(data),
-            val_fraction=val_fraction,
-            remove_outliers=not keep_outliers,
-            flip=offline,
-            mask_dropout_fraction=0.25 if offline else 0.0,
-            big_rock_repeats=big_rock_repeats if offline else 1,
-            online_pixel=pixel_aug,
-            limit=limit,
-        ),
-        model=model,
-        width=width,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        loss=loss,
-        seed=seed,
-        strategy=strategy,
-        mixed_precision=mixed_precision,
-        xla=xla,
-        steps_per_epoch=steps_per_epoch,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    run_dir = runs_dir / (name or f"{model}-{_time.strftime('%Y%m%d-%H%M%S')}")
+    values = load_config_file(config_file) if config_file else {}
+    values.update(parse_assignments(assignments))
+    values.update(given_settings(options))
+    if no_offline_aug:
+        values.update({"data.flip": False, "data.mask_dropout_fraction": 0.0})
+        values.update({"data.big_rock_repeats": 1})
+    if data is not None:
+        values["data.path"] = str(data)
+    values.setdefault("verbose", 1 if sys.stdout.isatty() else 2)
+    if resume:
+        if not name:
+            raise click.UsageError("--resume needs --name of the run to continue")
+        run_dir = runs_dir / name
+        values.pop("verbose", None)
+        cfg, changes = resume_config(run_dir, values)
+        cfg.verbose = 1 if sys.stdout.isatty() else 2
+        click.echo(
+            f"resuming {run_dir}: " + ("; ".join(changes) if changes else "no setting changed"),
+            err=True,
+        )
+    else:
+        if "data.path" not in values:
+            raise click.UsageError("give DATA (a data set path), or --config with data.path")
+        cfg = with_values(TrainConfig(), values)
+        run_dir = runs_dir / (name or f"{cfg.model}-{_time.strftime('%Y%m%d-%H%M%S')}")
     result = run_fit(cfg, run_dir, resume=resume)
     click.echo(
         f"{'interrupted' if result.interrupted else 'done'} after {result.epochs_run} epoch(s) in "
@@ -311,14 +328,31 @@ def convert(
 
 @main.command()
 @click.option("--width", default=1.0, show_default=True, type=click.FloatRange(0.05, 4.0))
-def models(width: float) -> None:
-    """List the registered models with parameters and MACs at 64x128."""
-    from trainer.models import MODELS, build_model, count_macs
+@click.option(
+    "--size",
+    default="128x128",
+    show_default=True,
+    help="Frame size HxW (the AI4Mars default; the course file is 64x128).",
+)
+@click.option("--classes", default=5, show_default=True, type=click.IntRange(min=2))
+def models(width: float, size: str, classes: int) -> None:
+    """List the registered models with parameters and MACs at one frame size."""
+    from edge.preprocess import parse_size
+    from trainer.models import MODELS, STRIDES, build_model, count_macs
 
-    click.echo(f"{'model':<15} {'parameters':>12} {'GMAC/frame':>11}")
+    h, w = parse_size(size)
+    click.echo(f"at {h}x{w}, {classes} classes, width {width:g}")
+    click.echo(f"{'model':<15} {'parameters':>12} {'GMAC/frame':>11}  sides")
     for name in MODELS:
-        model = build_model(name, width=width)
-        click.echo(f"{name:<15} {model.count_params():>12,} {count_macs(model) / 1e9:>11.2f}")
+        try:
+            model = build_model(name, (h, w, 1), classes, width=width)
+        except ValueError:
+            click.echo(f"{name:<15} {'-':>12} {'-':>11}  need multiples of {STRIDES[name]}")
+            continue
+        click.echo(
+            f"{name:<15} {model.count_params():>12,} {count_macs(model) / 1e9:>11.2f}  "
+            f"multiples of {STRIDES[name]}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,19 @@
-"""Typed configs. CLI flags override the defaults; the resolved config is saved as config.json."""
+"""Typed configs: the one place where the settings, their defaults and their help live.
+
+``trainer fit`` builds its command-line options from these dataclasses (:func:`click_options`),
+reads ``--config FILE`` and ``--set key=value`` on top, and saves the resolved config as
+``config.json`` in the run directory. Each field's ``metadata`` carries its help text, and
+``resume=True`` on the fields that may change when a run is resumed (the schedule, not the model
+or the data).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,55 +21,124 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def setting(
+    default: Any, help: str, *, flag: str | None = None, choices=None, resume=False, cli=True
+):
+    """A dataclass field with its help text (and, optionally, its CLI flag and choices)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "resume": resume, "cli": cli}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
     """Which frames to train on and how to prepare them."""
 
-    path: str = ""  # course npz, AI4Mars folder, or a synthetic npz
-    val_fraction: float = 0.2  # held out, stratified on big rock
-    split_seed: int = 0  # the split stays fixed when the training seed changes
-    remove_outliers: bool = True  # the course's 110 alien frames share one mask
-    outlier_min_repeats: int | None = None  # None: 0.5 % of the frames, at least 3
-    flip: bool = True  # offline: add every frame's horizontal flip (report)
-    mask_dropout_fraction: float = 0.25  # offline: MaskDropout on a quarter of the flips (report)
-    big_rock_repeats: int = 4  # offline: big-rock frames appear 4x (report)
-    online_geometric: bool = True  # online: flip + small affine
-    online_pixel: bool = False  # online: brightness/contrast/noise; the report found it hurts
-    limit: int | None = None  # use only the first N frames (smoke tests)
+    path: str = setting("", "course npz, synthetic npz or AI4Mars folder", cli=False)
+    size: str | None = setting(
+        None,
+        "Frame size HxW for folder data sets (AI4Mars: default 128x128, the whole frame); an npz "
+        "is used at its own size.",
+    )
+    crop: str = setting(
+        "none",
+        "none: resize the whole frame; centre: centre crop to the aspect of --size first.",
+        choices=("none", "centre"),
+    )
+    test_agreement: int = setting(
+        3, "AI4Mars expert test set: masked-gold-min<N>-100agree.", choices=(1, 2, 3)
+    )
+    val_fraction: float = setting(0.2, "Share of frames held out for validation.")
+    split_seed: int = setting(0, "Seed of the split (fixed when the training seed changes).")
+    group_split: bool = setting(
+        True, "Keep AI4Mars frames of one rover position (site/drive) on one side of the split."
+    )
+    remove_outliers: bool | None = setting(
+        None,
+        "Drop frames whose mask repeats (the course file's alien pictures) [default: course npz "
+        "only].",
+        flag="--remove-outliers/--keep-outliers",
+    )
+    outlier_min_repeats: int | None = setting(
+        None, "A mask repeated this often marks outliers [default: 0.5 % of frames, >= 3]."
+    )
+    flip: bool = setting(True, "Offline: add every frame's horizontal flip (report).")
+    mask_dropout_fraction: float = setting(
+        0.25, "Offline: MaskDropout on this share of the flips (report)."
+    )
+    big_rock_repeats: int = setting(4, "Offline: frames with big rock appear this many times.")
+    online_geometric: bool = setting(True, "Online: flip + small affine.")
+    online_pixel: bool = setting(
+        False, "Online: brightness/contrast/noise (the report found it hurts)."
+    )
+    limit: int | None = setting(None, "Use only the first N frames (smoke tests).")
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            from edge.preprocess import parse_size
+
+            self.size = "{}x{}".format(*parse_size(self.size))
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """``size`` as (height, width), or None (the data's own or default size)."""
+        return None if self.size is None else tuple(int(v) for v in self.size.split("x"))
 
 
 @dataclass
 class TrainConfig:
-    """One training run. Defaults are the report's recipe unless a comment says otherwise."""
+    """One training run. Defaults are the report's recipe unless the help says otherwise."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: str = "marsseg"  # a name from trainer.models.MODELS
-    width: float = 1.0  # channel multiplier; 0.25 trains ~5x faster on a CPU
-    epochs: int = 40
-    batch_size: int = 32  # global: split across replicas under tf.distribute
-    learning_rate: float = 1e-4  # AdamW (report)
-    weight_decay: float = 1e-4
-    loss: str = "ce"  # background-ignoring CE (report's best); e.g. "ce+0.5*dice"
-    lr_patience: int = 3  # ReduceLROnPlateau on val mIoU
-    lr_factor: float = 0.5
-    min_lr: float = 1e-6
-    stop_patience: int = 8  # EarlyStopping on val mIoU, best weights restored
-    seed: int = 0
-    strategy: str = "auto"  # auto | default | mirrored | multiworker
-    cpu_replicas: int = (
-        0  # >1 splits the CPU into logical devices (tests tf.distribute without GPUs)
+    model: str = setting("marsseg", "A name from `trainer models`.")
+    width: float = setting(1.0, "Channel multiplier (0.25 trains ~5x faster on a CPU).")
+    epochs: int = setting(40, "Epochs in all (on --resume: may be raised).", resume=True)
+    batch_size: int = setting(32, "Global batch, split across replicas.", resume=True)
+    learning_rate: float = setting(1e-4, "AdamW learning rate (report).", flag="--lr", resume=True)
+    weight_decay: float = setting(1e-4, "AdamW weight decay.", resume=True)
+    loss: str = setting(
+        "ce",
+        "ce (background ignored), plain_ce, weighted_ce, dice, focal, boundary, or sums like "
+        "'ce+0.5*dice'.",
     )
-    mixed_precision: bool = False  # mixed_float16 on GPUs (mixed_bfloat16 on CPUs)
-    xla: bool = False  # jit_compile; helps on GPUs, slower on these CPUs
-    steps_per_epoch: int | None = None  # cap batches per epoch (smoke tests)
-    verbose: int = 1  # Keras progress: 1 bar, 2 one line per epoch, 0 silent
+    lr_patience: int = setting(3, "ReduceLROnPlateau patience on val mIoU.", resume=True)
+    lr_factor: float = setting(0.5, "ReduceLROnPlateau factor.", resume=True)
+    min_lr: float = setting(1e-6, "ReduceLROnPlateau floor.", resume=True)
+    stop_patience: int = setting(
+        8, "EarlyStopping patience on val mIoU (best weights restored).", resume=True
+    )
+    seed: int = setting(0, "Seed of weights, shuffling and augmentation.")
+    strategy: str = setting(
+        "auto",
+        "tf.distribute: auto (all GPUs if several), default (one device), mirrored (local GPUs, "
+        "or --replicas CPU devices), multiworker (TF_CONFIG).",
+        choices=("auto", "default", "mirrored", "multiworker"),
+        resume=True,
+    )
+    replicas: int = setting(
+        0, "Split the CPU into N logical devices (data parallelism on any machine).", resume=True
+    )
+    mixed_precision: bool = setting(
+        False, "mixed_float16 on GPUs (mixed_bfloat16 on CPUs).", resume=True
+    )
+    xla: bool = setting(False, "Compile with XLA (helps on GPUs, slower on CPUs).", resume=True)
+    steps_per_epoch: int | None = setting(None, "Cap batches per epoch.", resume=True)
+    verbose: int = setting(1, "Keras progress: 1 bar, 2 a line per epoch, 0 silent.", cli=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Serialization.
 
 
 def to_json(cfg: Any, path: str | Path | None = None) -> str:
-    """Serialize a (nested) config dataclass; also write it to ``path`` when given."""
+    """Serialize a (nested) config dataclass; also write it to ``path`` (atomically) when given."""
     text = json.dumps(asdict(cfg), indent=2, sort_keys=True)
     if path is not None:
-        Path(path).write_text(text + "\n")
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
     return text
 
 
@@ -70,22 +149,184 @@ def from_dict(cls: type[T], values: dict) -> T:
         ValueError: naming unknown keys and listing the valid ones.
     """
     names = {f.name: f for f in dataclasses.fields(cls)}
+    values = {_RENAMED.get(k, k): v for k, v in values.items()}
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
     kwargs = {}
     for key, value in values.items():
-        sub = _dataclass_type(cls, key)
+        sub = _nested_type(cls, key)
         kwargs[key] = from_dict(sub, value) if sub and isinstance(value, dict) else value
     return cls(**kwargs)
 
 
-def _dataclass_type(cls: type, name: str) -> type | None:
-    default = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if default.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        value = default.default_factory()  # type: ignore[misc]
+# Keys that older runs saved under another name.
+_RENAMED = {"cpu_replicas": "replicas"}
+
+
+def _nested_type(cls: type, name: str) -> type | None:
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if spec.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = spec.default_factory()  # type: ignore[misc]
         return type(value) if dataclasses.is_dataclass(value) else None
     return None
 
 
-__all__ = ["DataConfig", "TrainConfig", "from_dict", "to_json"]
+# ----------------------------------------------------------------------------------------------
+# Flat keys ("data.size", "epochs"): the CLI, --set and --resume speak in these.
+
+
+def flat_fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every leaf field of a (nested) config class by its dotted key."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        sub = _nested_type(cls, f.name)
+        if sub is not None:
+            out.update(flat_fields(sub, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """{dotted key: value} of a config instance."""
+    out = {}
+    for key in flat_fields(type(cfg)):
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = value
+    return out
+
+
+def with_values(cfg: T, values: dict[str, Any]) -> T:
+    """A copy of ``cfg`` with the dotted keys of ``values`` replaced (each converted and checked
+    against its field's type and choices).
+
+    Raises:
+        ValueError: for an unknown key or a value of the wrong kind, naming both.
+    """
+    fields = flat_fields(type(cfg))
+    tree = asdict(cfg)
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown setting {key!r}; valid: {', '.join(sorted(fields))}")
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = coerce(fields[key], value, key)
+    return from_dict(type(cfg), tree)
+
+
+def parse_assignments(items: typing.Iterable[str]) -> dict[str, str]:
+    """``["epochs=5", "data.size=96x96"]`` -> {key: text}.
+
+    Raises:
+        ValueError: for an item without ``=``.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                f"--set expects key=value (e.g. epochs=5, data.size=96x96), got {item!r}"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON config (nested like config.json, or flat with dotted keys) as flat {key: value}.
+
+    Raises:
+        ValueError: if it is not a JSON object.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read the config {path}: {err}") from err
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings")
+
+    def walk(node: dict, prefix: str) -> dict:
+        flat = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flat.update(walk(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    return walk(doc, "")
+
+
+def coerce(spec: dataclasses.Field, value: Any, key: str) -> Any:
+    """Convert ``value`` (a JSON value or the text of --set) to the field's type.
+
+    Raises:
+        ValueError: when it does not fit, naming the key, the value and what was expected.
+    """
+    kind, optional = _field_type(spec)
+    if value is None or (
+        optional and isinstance(value, str) and value.lower() in ("none", "null", "")
+    ):
+        if optional:
+            return None
+        raise ValueError(f"{key} cannot be empty")
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                truth = {
+                    "true": True,
+                    "1": True,
+                    "yes": True,
+                    "false": False,
+                    "0": False,
+                    "no": False,
+                }
+                value = truth[value.lower()]
+            converted = bool(value)
+        elif kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            converted = int(value)
+        elif kind is float:
+            converted = float(value)
+        else:
+            converted = str(value)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"{key}={value!r} is not a valid {'true/false' if kind is bool else kind.__name__}"
+        ) from None
+    choices = spec.metadata.get("choices")
+    if choices and converted not in choices:
+        raise ValueError(f"{key}={converted!r} is not one of {', '.join(map(str, choices))}")
+    return converted
+
+
+def _field_type(spec: dataclasses.Field) -> tuple[type, bool]:
+    """(base type, optional) of a field annotated like ``int | None``."""
+    hint = spec.type
+    if isinstance(hint, str):  # from __future__ annotations
+        hint = eval(hint, {"typing": typing}, {})  # our own annotations, e.g. "int | None"
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()
+    if args:
+        base = [a for a in args if a is not type(None)]
+        return base[0], type(None) in args
+    return hint, False
+
+
+__all__ = [
+    "DataConfig",
+    "TrainConfig",
+    "coerce",
+    "flat_fields",
+    "flatten",
+    "from_dict",
+    "load_config_file",
+    "parse_assignments",
+    "setting",
+    "to_json",
+    "with_values",
+]

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import CLASS_COLOURS, CLASS_NAMES
 from edge.metrics import score
+from edge.modelmeta import METADATA_KEY, ModelMetadata
 from edge.runtime import list_ops, make_interpreter
 from edge.segmenter import Segmenter
+from edge.sinks import atomic_write_bytes
 from trainer import data as D
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def check_integer_only(model_path: Path) -> list[str]:
 def calibration_frames(
     images: np.ndarray, labels: np.ndarray, n: int, big_rock_share: float, seed: int
 ) -> np.ndarray:
-    """Pick ``n`` calibration frames so that every class is represented, big rock included.
+    """Pick ``n`` calibration frames so that every class present is represented, big rock too.
 
     Up to ``big_rock_share * n`` frames containing big rock come first (they are ~3 % of the
     data and would otherwise be nearly absent), then a random draw of the rest; if a class is
@@ -138,7 +139,7 @@ def calibration_frames(
     picked = list(rng.permutation(rock)[: round(big_rock_share * n)])
     rest = rng.permutation(np.setdiff1d(np.arange(len(images)), picked))
     picked += list(rest[: max(0, n - len(picked))])
-    for cls in range(1, len(CLASS_NAMES)):
+    for cls in np.unique(labels):
         if not (labels[picked] == cls).any():
             having = np.flatnonzero((labels == cls).any(axis=(1, 2)))
             if len(having):
@@ -191,6 +192,7 @@ def convert_run(
             cfg.seed,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    info = _provenance(model_path, run_config, mars)
     produced: dict[str, Path] = {}
     with tempfile.TemporaryDirectory() as tmp:
         saved = export_saved_model(model, Path(tmp) / "saved_model", input_shape)
@@ -206,8 +208,22 @@ def convert_run(
             except IntegerCheckError:
                 staging.unlink()  # never leave a float model under an int8 name
                 raise
+            meta = ModelMetadata(
+                mars.label_set,
+                mars.preprocessing,
+                {
+                    **info,
+                    "precision": precision,
+                    "file": target.name,
+                    "calibration": None
+                    if calib is None or precision != "int8"
+                    else {"frames": len(calib), "from": "training split, big rock oversampled"},
+                    "ops": ops,
+                },
+            )
+            staging.write_bytes(embed_metadata(flatbuffer, meta))
             staging.replace(target)
-            _write_sidecar(target, precision, model_path, run_config, input_shape, calib, ops)
+            atomic_write_bytes(target.with_suffix(".json"), meta.to_bytes())
             produced[precision] = target
             log.info("wrote %s (%.1f KiB)", target, target.stat().st_size / 1024)
 
@@ -216,12 +232,13 @@ def convert_run(
         images, labels = images[: cfg.parity_frames], labels[: cfg.parity_frames]
     keras_probs = predict_probabilities(model, images)
     keras_pred = keras_probs.argmax(-1)
-    keras_score = score(labels, keras_pred)
+    keras_score = score(labels, keras_pred, mars.label_set)
     report = {
         "frames": len(images),
-        "keras": {"mean_iou": keras_score.mean_iou, "per_class_iou": keras_score.per_class},
+        "keras": _scores(keras_score),
         "models": {},
     }
+    label_set = mars.label_set
     frames_u8 = np.rint(images * 255.0).astype(np.uint8)  # the training frames were uint8 / 255
     for precision, path in produced.items():
         segmenter = Segmenter(path)
@@ -232,12 +249,11 @@ def convert_run(
             pred[i] = result.labels
             diff = np.abs(result.probabilities - keras_probs[i])
             max_diff, sum_diff = max(max_diff, float(diff.max())), sum_diff + float(diff.mean())
-        s = score(labels, pred)
+        s = score(labels, pred, label_set)
         report["models"][precision] = {
             "file": path.name,
             "size_bytes": path.stat().st_size,
-            "mean_iou": s.mean_iou,
-            "per_class_iou": s.per_class,
+            **_scores(s),
             "miou_drop_vs_keras": keras_score.mean_iou - s.mean_iou,
             "pixel_agreement": float((pred == keras_pred).mean()),
             # the pixels the score counts: background is never scored nor trained for
@@ -249,8 +265,65 @@ def convert_run(
         f32 = report["models"]["float32"]["size_bytes"]
         for entry in report["models"].values():
             entry["size_vs_float32"] = entry["size_bytes"] / f32
-    (run_dir / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_bytes(run_dir / "parity.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
+
+
+def _scores(report) -> dict:
+    d = report.as_dict()
+    return {k: d[k] for k in ("mean_iou", "per_class_iou", "hazards")}
+
+
+def embed_metadata(flatbuffer: bytes, meta: ModelMetadata) -> bytes:
+    """The flatbuffer with ``meta`` in its metadata table (entry :data:`METADATA_KEY`), replacing
+    an earlier entry of that name."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(meta.to_bytes(), dtype=np.uint8)
+    entries = [m for m in (model.metadata or []) if _name(m.name) != METADATA_KEY]
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY
+    model.buffers.append(buffer)
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*entries, entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _name(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _provenance(model_path: Path, run_config: dict, mars: D.MarsData) -> dict:
+    """What a model document records of where the model came from."""
+    import datetime
+
+    import tensorflow as tf
+
+    from trainer.losses import parse_loss_spec
+
+    config_hash = hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
+    loss = run_config.get("loss", "ce")
+    terms = parse_loss_spec(loss)
+    metrics_path = model_path.parent / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return {
+        "name": model_path.parent.name,
+        "architecture": run_config.get("model"),
+        "width": run_config.get("width"),
+        "loss": loss,
+        # whether training gave the ignored label a target: only then does the model say
+        # "background" on sky and rover hardware instead of an arbitrary class
+        "predicts_ignored_label": bool({"background", "plain_ce"} & set(terms)),
+        "source_run": str(model_path.parent),
+        "data": {"source": mars.source, "layout": mars.layout},
+        "validation_mean_iou": metrics.get("mean_iou"),
+        "training_config_sha256": config_hash,
+        "converted_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "converter": f"tensorflow {tf.__version__}",
+    }
 
 
 def format_parity(report: dict) -> str:
@@ -270,32 +343,6 @@ def format_parity(report: dict) -> str:
             f"{m['max_abs_prob_diff']:>8.4f} {m['mean_abs_prob_diff']:>9.5f}"
         )
     return "\n".join(lines)
-
-
-def _write_sidecar(
-    target: Path, precision: str, model_path: Path, run_config: dict, input_shape, calib, ops
-) -> None:
-    config_hash = hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
-    sidecar = {
-        "model": target.name,
-        "precision": precision,
-        "classes": {str(i): n for i, n in enumerate(CLASS_NAMES)},
-        "colours": {n: CLASS_COLOURS[i].tolist() for i, n in enumerate(CLASS_NAMES)},
-        "input": {
-            "shape": [1, *input_shape],
-            "pixels": "grayscale 0..255 divided by 255 to [0, 1], then quantized "
-            "with the model's own input scale/zero point when int8",
-        },
-        "output": "class probabilities (1, H, W, 5); argmax gives the label map",
-        "calibration": None
-        if calib is None
-        else {"frames": len(calib), "from": "training split, big rock oversampled"},
-        "source_run": str(model_path.parent),
-        "architecture": run_config.get("model"),
-        "training_config_sha256": config_hash,
-        "ops": ops,
-    }
-    target.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
 __all__ = [

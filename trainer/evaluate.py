@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import colourise
-from edge.metrics import IoUReport, score
+from edge.classes import MARS, LabelSet, colourise
+from edge.metrics import IoUReport, confusion_matrix, report_from_confusion, score
 from trainer import data as D
 
 log = logging.getLogger(__name__)
@@ -47,38 +47,38 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> np
     return model.predict(images[..., None].astype(np.float32), batch_size=batch_size, verbose=0)
 
 
+def predict_labels(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class maps (N, H, W) uint8, predicted in batches (the probabilities are not kept)."""
+    out = np.empty(images.shape[:3], np.uint8)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        out[start : start + len(chunk)] = predict_probabilities(model, chunk, batch_size).argmax(-1)
+    return out
+
+
 def evaluate_model(
-    model, images: np.ndarray, labels: np.ndarray, batch_size: int = 64
+    model, images: np.ndarray, labels: np.ndarray, label_set: LabelSet = MARS, batch_size: int = 64
 ) -> tuple[IoUReport, np.ndarray]:
-    """Score a model; returns the report and the predicted label maps."""
-    predicted = predict_probabilities(model, images, batch_size).argmax(-1).astype(np.uint8)
-    return score(labels, predicted), predicted
+    """Score a model at its own resolution; returns the report and the predicted label maps."""
+    predicted = predict_labels(model, images, batch_size)
+    return score(labels, predicted, label_set), predicted
 
 
-def evaluation_frames(
-    run_dir: Path, data_path: Path, split: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frames to evaluate on: the run's validation split (recomputed from its config), or the
-    labelled test set.
+def run_config(run_dir: Path):
+    """The run's :class:`trainer.config.TrainConfig` (the defaults when it has no config.json)."""
+    from trainer.config import TrainConfig, from_dict
 
-    Returns:
-        ``(images, labels, source_index)``.
-    """
-    if split == "val":
-        mars, _, val_idx = run_split(run_dir, data_path)
-        return mars.images[val_idx], mars.labels[val_idx], mars.index[val_idx]
-    if split != "test":
-        raise ValueError(f"unknown split {split!r}; valid: val, test")
-    mars = D.load_dataset(data_path)
-    if mars.test_labels is None:
-        raise ValueError(f"{data_path} has no test_labels; evaluate on --split val instead")
-    return mars.test_images, mars.test_labels, np.arange(len(mars.test_images))
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        return from_dict(TrainConfig, json.loads(config_path.read_text()))
+    return TrainConfig()
 
 
 def run_split(
     run_dir: Path, data_path: Path | None = None
 ) -> tuple[D.MarsData, np.ndarray, np.ndarray]:
-    """A run's data, cleaned and split exactly as its training was: ``(data, train_idx, val_idx)``.
+    """A run's data, loaded, cleaned and split exactly as its training was:
+    ``(data, train_idx, val_idx)``.
 
     Args:
         run_dir: the run (its ``config.json`` gives the data settings; defaults without one).
@@ -87,32 +87,73 @@ def run_split(
     Raises:
         ValueError: when the data cannot be found.
     """
-    from trainer.config import TrainConfig, from_dict
+    from dataclasses import replace
 
-    config_path = run_dir / "config.json"
-    cfg = (
-        from_dict(TrainConfig, json.loads(config_path.read_text()))
-        if config_path.exists()
-        else TrainConfig()
-    )
-    path = Path(data_path or cfg.data.path)
-    if not str(data_path or cfg.data.path) or not path.exists():
+    cfg = run_config(run_dir)
+    path = str(data_path or cfg.data.path)
+    if not path or not Path(path).exists():
         raise ValueError(
             f"cannot find the run's data ({cfg.data.path or 'not recorded'}); pass the data path"
         )
-    mars, train_idx, val_idx, _ = D.clean_and_split(D.load_dataset(path), cfg.data)
+    data_cfg = replace(cfg.data, path=path)
+    mars, train_idx, val_idx, _ = D.clean_and_split(D.load_data(data_cfg), data_cfg)
     return mars, train_idx, val_idx
+
+
+def evaluation_frames(
+    run_dir: Path, data_path: Path, split: str
+) -> tuple[D.MarsData, np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
+    """The frames to evaluate on: the run's validation split (recomputed from its config), or the
+    labelled test set.
+
+    Returns:
+        ``(data, images, labels, source_index, names)``; names are the AI4Mars ids, else None.
+    """
+    if split == "val":
+        mars, _, val_idx = run_split(run_dir, data_path)
+        names = None if mars.names is None else [mars.names[i] for i in val_idx]
+        return mars, mars.images[val_idx], mars.labels[val_idx], mars.index[val_idx], names
+    if split != "test":
+        raise ValueError(f"unknown split {split!r}; valid: val, test")
+    cfg = run_config(run_dir).data
+    mars = D.load_dataset(data_path, cfg.frame_size, cfg.crop, cfg.test_agreement)
+    if mars.test_labels is None:
+        what = (
+            "no labels/test/masked-gold-min*-100agree folder"
+            if mars.layout == "ai4mars"
+            else "no test_labels"
+        )
+        raise ValueError(f"{data_path} has {what}; evaluate on --split val instead")
+    index = np.arange(len(mars.test_images))
+    return mars, mars.test_images, mars.test_labels, index, mars.test_names
+
+
+def native_score(
+    mars: D.MarsData, predicted: np.ndarray, names: list[str], test: bool
+) -> IoUReport:
+    """Score class maps at the frames' own resolution: each map is brought back with the
+    preprocessing's :meth:`~edge.preprocess.Preprocessing.restore` (what the rover does) and
+    compared with the full-size label (masks applied)."""
+    n = mars.label_set.num_classes
+    cm = np.zeros((n, n), np.int64)
+    for pred, truth in zip(predicted, D.native_labels(mars, names, test)):
+        restored = mars.preprocessing.restore(pred, truth.shape, fill=mars.label_set.ignore or 0)
+        cm += confusion_matrix(truth, restored, n)
+    return report_from_confusion(cm, mars.label_set)
 
 
 def evaluate_run(
     run: str | Path, data_path: str | Path, split: str = "val", out_dir: str | Path | None = None
 ) -> dict:
-    """Per-class IoU, mean IoU, confusion matrix PNG and a PNG of the worst frames.
+    """Per-class IoU, mean IoU, big-rock figures, confusion matrix PNG and the worst frames.
+
+    On an AI4Mars folder the score is also computed at the frames' own resolution (the model's
+    maps restored as the rover restores them), which is what ``edge-seg run --labels`` measures.
 
     Args:
         run: run directory or ``.keras`` file.
         data_path: the data set (npz or AI4Mars folder).
-        split: ``val`` (the run's own validation split) or ``test`` (needs ``test_labels``).
+        split: ``val`` (the run's own validation split) or ``test`` (needs test labels).
         out_dir: where to write; by default ``<run>/eval_<split>``.
 
     Returns:
@@ -123,26 +164,38 @@ def evaluate_run(
     model_path = resolve_model_path(run)
     run_dir = model_path.parent
     model = load_model(model_path)
-    images, labels, index = evaluation_frames(run_dir, Path(data_path), split)
-    report, predicted = evaluate_model(model, images, labels)
+    mars, images, labels, index, names = evaluation_frames(run_dir, Path(data_path), split)
+    label_set = mars.label_set
+    report, predicted = evaluate_model(model, images, labels, label_set)
     out = Path(out_dir) if out_dir else run_dir / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    per_frame = np.array([score(t, p).mean_iou for t, p in zip(labels, predicted)])
+    per_frame = np.array([score(t, p, label_set).mean_iou for t, p in zip(labels, predicted)])
     worst = np.argsort(np.nan_to_num(per_frame, nan=2.0))[:8]
     result = {
         "split": split,
         "frames": len(images),
+        "resolution": "{}x{}".format(*images.shape[1:3]),
         **report.as_dict(),
-        "worst_frames": [{"index": int(index[i]), "miou": float(per_frame[i])} for i in worst],
+        "worst_frames": [
+            {
+                "index": int(index[i]),
+                "name": None if names is None else names[i],
+                "miou": float(per_frame[i]),
+            }
+            for i in worst
+        ],
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    viz.confusion_matrix_plot(report.confusion, out / "confusion.png")
+    if names is not None and mars.layout == "ai4mars":
+        result["native"] = native_score(mars, predicted, names, split == "test").as_dict()
+    _write_json(out / "metrics.json", result)
+    viz.confusion_matrix_plot(report.confusion, out / "confusion.png", label_set)
     viz.sample_grid(
         images[worst],
         labels[worst],
         out / "worst_frames.png",
         predictions=predicted[worst],
         titles=[f"frame {index[i]}: mIoU {per_frame[i]:.2f}" for i in worst],
+        label_set=label_set,
     )
     result["files"] = [str(out / n) for n in ("metrics.json", "confusion.png", "worst_frames.png")]
     return result
@@ -150,14 +203,44 @@ def evaluate_run(
 
 def format_report(result: dict) -> str:
     """The per-class IoU table printed by `trainer evaluate`."""
-    lines = [f"{result['split']} split, {result['frames']} frames", f"{'class':<10} {'IoU':>7}"]
+    native = result.get("native")
+    head = f"{'class':<10} {'IoU':>7}" + (f" {'native':>7}" if native else "")
+    lines = [
+        f"{result['split']} split, {result['frames']} frames at {result['resolution']}"
+        + ("; native: scored at the frames' own size, as the rover is" if native else ""),
+        head,
+    ]
+
+    def cell(value):
+        return f"{value:7.4f}" if value is not None else f"{'-':>7}"
+
     for name, value in result["per_class_iou"].items():
-        lines.append(f"{name:<10} {value:7.4f}")
+        lines.append(
+            f"{name:<10} {cell(value)}"
+            + (f" {cell(native['per_class_iou'][name])}" if native else "")
+        )
     lines.append(
-        f"{'mean IoU':<10} {result['mean_iou']:7.4f}   (classes 1-4, background not scored)"
+        f"{'mean IoU':<10} {cell(result['mean_iou'])}"
+        + (f" {cell(native['mean_iou'])}" if native else "")
+        + "   (background not scored)"
     )
     lines.append(f"pixel accuracy {result['pixel_accuracy']:.4f}")
+    for name, h in result.get("hazards", {}).items():
+        lines.append(
+            f"{name}: recall {_pct(h['recall'])}, precision {_pct(h['precision'])}; "
+            f"{_pct(h['on_unlabelled'])} of predicted {name} pixels lie on unlabelled ground"
+        )
     return "\n".join(lines + [f"wrote {f}" for f in result.get("files", [])])
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def predict_run(
@@ -179,20 +262,21 @@ def predict_run(
 
     if submission is None and masks_dir is None:
         raise ValueError("nothing to write: give --submission FILE.csv and/or --masks DIR")
-    model = load_model(resolve_model_path(run))
-    mars = D.load_dataset(data_path)
+    model_path = resolve_model_path(run)
+    model = load_model(model_path)
+    cfg = run_config(model_path.parent).data
+    mars = D.load_dataset(data_path, cfg.frame_size, cfg.crop, cfg.test_agreement)
     if mars.test_images is None or len(mars.test_images) == 0:
-        raise ValueError(f"{data_path} has no test_set to predict")
-    predicted = (
-        predict_probabilities(model, mars.test_images, batch_size).argmax(-1).astype(np.uint8)
-    )
+        raise ValueError(f"{data_path} has no test set to predict")
+    predicted = predict_labels(model, mars.test_images, batch_size)
     if submission is not None:
         write_submission(predicted, Path(submission))
     if masks_dir is not None:
         masks_dir = Path(masks_dir)
         masks_dir.mkdir(parents=True, exist_ok=True)
         for i, mask in enumerate(predicted):
-            Image.fromarray(colourise(mask)).save(masks_dir / f"{i:05d}.png")
+            name = mars.test_names[i] if mars.test_names else f"{i:05d}"
+            Image.fromarray(colourise(mask, mars.label_set)).save(masks_dir / f"{name}.png")
     return {
         "frames": len(predicted),
         "submission": str(submission) if submission else None,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import CLASS_NAMES
 from edge.metrics import class_fractions
 from trainer import data as D
 from trainer import viz
@@ -19,57 +18,82 @@ class Inspection:
     """Counts, outliers and class statistics of one data set, and the plots written."""
 
     summary: dict
-    outliers: D.OutlierReport
+    outliers: D.OutlierReport | None
     files: list[Path]
 
     def text(self) -> str:
         s = self.summary
         lines = [
-            f"source:        {s['source']}"
+            f"source:        {s['source']} ({s['layout']})"
             + ("  (the official course file)" if s["course_file"] else ""),
             f"frames:        {s['n_train']} labelled ({s['height']}x{s['width']}), {s['n_test']} test"
             + (" with labels" if s["test_labelled"] else ""),
-            self.outliers.summary(),
-            f"after removal: {s['n_clean']} frames, {s['big_rock_frames']} contain big rock",
-            "class pixel fractions (after removal):",
         ]
-        for name in CLASS_NAMES:
-            lines.append(f"  {name:<11} {100 * s['class_fractions'][name]:6.2f} %")
+        if s.get("groups"):
+            lines.append(
+                f"positions:     {s['groups']} rover positions (a split keeps each on one side)"
+            )
+        if self.outliers is not None:
+            lines += [
+                self.outliers.summary(),
+                f"after removal: {s['n_clean']} frames, {s['big_rock_frames']} contain big rock",
+                "class pixel fractions (after removal):",
+            ]
+        else:
+            lines += [
+                "outliers:      not looked for (the course file's filter; AI4Mars frames are real)",
+                f"big rock:      in {s['big_rock_frames']} frames",
+                "class pixel fractions:",
+            ]
+        for name, value in s["class_fractions"].items():
+            lines.append(f"  {name:<11} {100 * value:6.2f} %")
         lines += [f"wrote {p}" for p in self.files]
         return "\n".join(lines)
 
 
 def inspect_dataset(
-    path: str | Path, out_dir: str | Path, min_repeats: int | None = None
+    path: str | Path,
+    out_dir: str | Path,
+    min_repeats: int | None = None,
+    size: tuple[int, int] | None = None,
+    remove_outliers: bool | None = None,
 ) -> Inspection:
     """Load, validate and describe a data set; write a bar chart and a sample grid.
 
     Args:
-        path: npz or AI4Mars folder.
+        path: npz or AI4Mars folder (its root or any folder under it).
         out_dir: where ``class_distribution.png``, ``samples.png`` and ``inspect.json`` go.
         min_repeats: outlier threshold (see :func:`trainer.data.find_outliers`).
+        size: frame size for folder data sets.
+        remove_outliers: look for the course file's outliers (default: course layout only).
 
     Returns:
         The inspection; its ``text()`` is what the CLI prints.
     """
     path, out_dir = Path(path), Path(out_dir)
-    mars = D.load_dataset(path)
-    outliers = D.find_outliers(mars.labels, min_repeats)
-    clean = D.drop_outliers(mars, outliers)
-    fractions = class_fractions(clean.labels)
+    mars = D.load_dataset(path, size)
+    outliers = None
+    clean = mars
+    if D.removes_outliers(mars, remove_outliers):
+        outliers = D.find_outliers(mars.labels, min_repeats)
+        clean = D.drop_outliers(mars, outliers)
+    label_set = mars.label_set
+    fractions = class_fractions(clean.labels, label_set.num_classes)
     rock = D.has_big_rock(clean.labels)
     summary = {
         "source": str(path),
+        "layout": mars.layout,
+        "groups": None if mars.groups is None else len(np.unique(mars.groups)),
         "course_file": path.is_file() and D.is_course_file(path),
         "n_train": len(mars.images),
         "n_test": 0 if mars.test_images is None else len(mars.test_images),
         "test_labelled": mars.test_labels is not None,
         "height": mars.frame_shape[0],
         "width": mars.frame_shape[1],
-        "outliers": outliers.count,
+        "outliers": None if outliers is None else outliers.count,
         "n_clean": len(clean.images),
         "big_rock_frames": int(rock.sum()),
-        "class_fractions": {n: float(f) for n, f in zip(CLASS_NAMES, fractions)},
+        "class_fractions": {n: float(f) for n, f in zip(label_set.names, fractions)},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     # Samples: show big-rock frames first when there are any, since they are the rare class.
@@ -80,18 +104,25 @@ def inspect_dataset(
     pick = order[:16]
     files = [
         viz.class_distribution_chart(
-            fractions, out_dir / "class_distribution.png", f"{path.name}: class pixel fractions"
+            fractions,
+            out_dir / "class_distribution.png",
+            f"{path.name}: class pixel fractions",
+            label_set,
         ),
         viz.sample_grid(
             clean.images[pick],
             clean.labels[pick],
             out_dir / "samples.png",
-            titles=[f"frame {clean.index[i]}" for i in pick],
+            titles=[
+                clean.names[i][:16] if clean.names else f"frame {clean.index[i]}" for i in pick
+            ],
+            label_set=label_set,
         ),
     ]
     report_path = out_dir / "inspect.json"
+    outlier_report = None if outliers is None else outliers.as_dict()
     report_path.write_text(
-        json.dumps({**summary, "outlier_report": outliers.as_dict()}, indent=2) + "\n"
+        json.dumps({**summary, "outlier_report": outlier_report}, indent=2) + "\n"
     )
     files.append(report_path)
     return Inspection(summary, outliers, files)

@@ -1,8 +1,11 @@
 """Segmentation losses on softmax probabilities (B, H, W, C) and integer labels (B, H, W[, 1]).
 
-Background pixels (label 0) are unlabelled or sky and are never scored, so every loss here
-ignores them by default: they contribute nothing and do not count in the mean. The report found
-the background-ignoring cross-entropy best; it is the default.
+Background pixels (label 0) are unlabelled, sky or rover hardware and are never scored, so the
+class losses here ignore them by default: they contribute nothing and do not count in the mean
+(the report found the background-ignoring cross-entropy best). A model trained that way has no
+target on those pixels and labels them arbitrarily; the ``background`` term gives them one (class
+0, "no terrain here"), which a rover needs so that sky and its own wheels are not reported as
+rocks. Terms add up in a spec such as ``"afd+0.5*background"``.
 """
 
 from __future__ import annotations
@@ -82,14 +85,77 @@ def boundary(y_true, y_pred, *, weight: float = 4.0, ignore_background: bool = T
     return _masked_mean(nll * (1.0 + weight * edge), mask)
 
 
+def background(y_true, y_pred):
+    """Cross-entropy towards class 0 on the background pixels only (mean over them).
+
+    Added to a class loss it teaches the model to answer "background" where there is no
+    terrain to label (sky, far field, rover hardware), instead of an arbitrary class.
+    """
+    labels, probs, _ = _prepare(y_true, y_pred)
+    return _masked_mean(-ops.log(probs[..., 0]), ops.cast(labels == 0, "float32"))
+
+
+def adaptive_focal_dice(y_true, y_pred, *, weights, gamma: float = 2.0, smooth: float = 1.0):
+    """The MarsSeg paper's loss: per-class focal + Dice terms weighted by w_k = 1/(IoU_k + a).
+
+    Every scored class counts equally (its focal term is the mean over its own pixels), and a
+    class the model gets wrong (low IoU) counts more; the weights come from
+    :class:`AdaptiveWeights`, updated from the training IoU after every epoch. Background pixels
+    are ignored.
+
+    Args:
+        weights: per-class weights (C,), entry 0 unused; normalized here to mean 1.
+    """
+    labels, probs, onehot = _prepare(y_true, y_pred)
+    mask = ops.cast(labels > 0, "float32")[..., None]  # (B, H, W, 1)
+    t = (onehot * mask)[..., 1:]  # scored classes only: (B, H, W, C-1)
+    p = (probs * mask)[..., 1:]
+    p_true = ops.sum(onehot * probs, axis=-1, keepdims=True)  # (B, H, W, 1)
+    focal_px = -((1.0 - p_true) ** gamma) * ops.log(p_true)
+    axes = (0, 1, 2)
+    focal_k = ops.sum(focal_px * t, axis=axes) / ops.maximum(ops.sum(t, axis=axes), 1.0)
+    dice_k = 1.0 - (2.0 * ops.sum(p * t, axis=axes) + smooth) / (
+        ops.sum(p, axis=axes) + ops.sum(t, axis=axes) + smooth
+    )
+    w = ops.cast(weights, "float32")[1:]
+    w = w / ops.maximum(ops.mean(w), EPS)
+    return ops.mean(w * (focal_k + dice_k))
+
+
 LOSSES: dict[str, LossFn] = {
-    "ce": cross_entropy,  # background ignored: the report's best and the default
+    "ce": cross_entropy,  # background ignored: the report's best
     "plain_ce": lambda t, p: cross_entropy(t, p, ignore_background=False),
     "weighted_ce": cross_entropy,  # with class weights from label frequencies
     "dice": dice,
     "focal": focal,
     "boundary": boundary,
+    "afd": adaptive_focal_dice,  # the MarsSeg paper's adaptive focal + Dice
+    "background": background,  # class 0 on background pixels (sky, rover): see the module doc
 }
+
+
+class AdaptiveWeights:
+    """The class weights of ``afd``: w_k = 1 / (IoU_k + alpha), kept in a variable so that a
+    compiled training step sees each update.
+
+    Args:
+        num_classes: size of the label set.
+        alpha: keeps the weight of a class at IoU 0 finite (1/alpha).
+    """
+
+    def __init__(self, num_classes: int, alpha: float = 0.5):
+        import keras
+
+        self.alpha = alpha
+        self.variable = keras.Variable(
+            np.full(num_classes, 1.0 / alpha, np.float32), trainable=False, name="afd_weights"
+        )
+
+    def update(self, ious: np.ndarray) -> np.ndarray:
+        """Set the weights from per-class IoU (C,); NaN (class unseen) counts as IoU 0."""
+        weights = 1.0 / (np.nan_to_num(np.asarray(ious, np.float64), nan=0.0) + self.alpha)
+        self.variable.assign(weights.astype(np.float32))
+        return weights
 
 
 def class_weights_from_labels(labels: np.ndarray, num_classes: int = 5) -> np.ndarray:
@@ -128,14 +194,23 @@ def parse_loss_spec(spec: str) -> dict[str, float]:
     return terms
 
 
-def make_loss(spec: str = "ce", class_weights: np.ndarray | None = None) -> LossFn:
-    """A Keras loss function from a spec such as ``"ce"`` or ``"ce+0.5*dice"``.
+def make_loss(
+    spec: str | dict[str, float] = "ce",
+    class_weights: np.ndarray | None = None,
+    adaptive: AdaptiveWeights | None = None,
+) -> LossFn:
+    """A Keras loss function from a spec such as ``"ce"`` or ``"afd+0.5*background"``.
 
     Args:
-        spec: ``+``-separated terms, each ``[weight*]name`` with a name from :data:`LOSSES`.
+        spec: ``+``-separated terms, each ``[weight*]name`` with a name from :data:`LOSSES`, or
+            the dict :func:`parse_loss_spec` made of one.
         class_weights: needed by ``weighted_ce``.
+        adaptive: the weights of ``afd`` (default: equal weights that never change).
+
+    Raises:
+        ValueError: for a bad spec, or ``weighted_ce`` without class weights.
     """
-    terms = parse_loss_spec(spec)
+    terms = parse_loss_spec(spec) if isinstance(spec, str) else dict(spec)
     if "weighted_ce" in terms and class_weights is None:
         raise ValueError(
             "weighted_ce needs class weights; compute them with class_weights_from_labels"
@@ -145,11 +220,13 @@ def make_loss(spec: str = "ce", class_weights: np.ndarray | None = None) -> Loss
         total = 0.0
         for name, weight in terms.items():
             fn = LOSSES[name]
-            value = (
-                fn(y_true, y_pred, class_weights=class_weights)
-                if name == "weighted_ce"
-                else fn(y_true, y_pred)
-            )
+            if name == "weighted_ce":
+                value = fn(y_true, y_pred, class_weights=class_weights)
+            elif name == "afd":
+                w = adaptive.variable if adaptive is not None else ops.ones((y_pred.shape[-1],))
+                value = fn(y_true, y_pred, weights=w)
+            else:
+                value = fn(y_true, y_pred)
             total = total + weight * value
         return total
 

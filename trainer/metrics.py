@@ -1,7 +1,8 @@
-"""Streaming Keras metrics: mean IoU over classes 1-4 and per-class IoU.
+"""Streaming Keras metrics: mean IoU over the scored classes and per-class IoU.
 
-Same definition as ``edge.metrics`` (tested to agree to 1e-6): pixels whose true label is
-background are left out; a class absent from both truth and prediction is skipped in the mean.
+Same definition as ``edge.metrics`` (tested to agree to 1e-6): pixels whose true label is the
+ignored one (background) are left out; a class absent from both truth and prediction is skipped
+in the mean.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from edge.classes import CLASS_NAMES, NUM_CLASSES
+from edge.classes import MARS, LabelSet
 
 
 @keras.saving.register_keras_serializable(package="marsseg")
@@ -19,20 +20,21 @@ class MeanIoU(keras.metrics.Metric):
     Args:
         num_classes: size of the label set.
         class_id: report this one class's IoU instead of the mean.
+        ignore: the true label left out of the matrix (None: every pixel counts).
     """
 
     def __init__(
         self,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int = MARS.num_classes,
         class_id: int | None = None,
+        ignore: int | None = 0,
         name: str | None = None,
         **kwargs,
     ):
-        if name is None:
-            name = "miou" if class_id is None else f"iou_{CLASS_NAMES[class_id]}"
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name or ("miou" if class_id is None else f"iou_{class_id}"), **kwargs)
         self.num_classes = num_classes
         self.class_id = class_id
+        self.ignore = ignore
         # float64: counts pass 2^24 after ~2,000 frames, where float32 stops counting exactly
         self.confusion = self.add_variable(
             shape=(num_classes, num_classes), initializer="zeros", dtype="float64", name="confusion"
@@ -41,7 +43,10 @@ class MeanIoU(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         predicted = ops.reshape(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), (-1,))
-        scored = ops.cast(labels > 0, "float64")  # true background is never scored
+        if self.ignore is None:
+            scored = ops.ones_like(labels, dtype="float64")
+        else:
+            scored = ops.cast(labels != self.ignore, "float64")
         index = labels * self.num_classes + predicted
         counts = ops.segment_sum(scored, index, num_segments=self.num_classes**2)
         self.confusion.assign_add(ops.reshape(counts, (self.num_classes, self.num_classes)))
@@ -56,18 +61,26 @@ class MeanIoU(keras.metrics.Metric):
         iou, valid = self.iou()
         if self.class_id is not None:
             return ops.cast(iou[self.class_id], "float32")
-        valid = ops.cast(valid, "float64")[1:]
-        return ops.cast(ops.sum(iou[1:] * valid) / ops.maximum(ops.sum(valid), 1.0), "float32")
+        keep = [c != self.ignore for c in range(self.num_classes)]
+        valid = ops.cast(valid, "float64") * ops.convert_to_tensor(keep, dtype="float64")
+        return ops.cast(ops.sum(iou * valid) / ops.maximum(ops.sum(valid), 1.0), "float32")
 
     def reset_state(self):
         self.confusion.assign(ops.zeros_like(self.confusion))
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "class_id": self.class_id}
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "class_id": self.class_id,
+            "ignore": self.ignore,
+        }
 
 
-def segmentation_metrics(num_classes: int = NUM_CLASSES) -> list[MeanIoU]:
-    """The mean IoU and one IoU per scored class, for ``model.compile``."""
-    return [MeanIoU(num_classes)] + [
-        MeanIoU(num_classes, class_id=c) for c in range(1, num_classes)
+def segmentation_metrics(label_set: LabelSet = MARS) -> list[MeanIoU]:
+    """The mean IoU (``miou``) and one IoU per scored class (``iou_<name>``) for ``compile``."""
+    n, ignore = label_set.num_classes, label_set.ignore
+    return [MeanIoU(n, ignore=ignore)] + [
+        MeanIoU(n, class_id=c, ignore=ignore, name=f"iou_{label_set.names[c]}")
+        for c in label_set.scored
     ]

@@ -1,9 +1,13 @@
 """`trainer fit`: train a registered model and leave a complete run directory.
 
-A run directory holds ``config.json`` (resolved), ``model.keras`` (best by validation mean IoU),
-``last.keras`` + ``state.json`` (for ``--resume``), ``history.csv``, ``curves.png``,
-``metrics.json`` and ``confusion.png``. Every file is written to a temporary name first and
-renamed, so an interrupted run never leaves half a checkpoint.
+A run directory holds ``config.json`` (resolved), ``data.json`` (frames, split, classes,
+preprocessing), ``model.keras`` (best by validation mean IoU), ``last.keras`` + ``state.json``
+(for ``--resume``), ``history.csv`` (with the learning rate), ``curves.png``, ``metrics.json`` and
+``confusion.png``. Every file is written to a temporary name first and renamed, so an interrupted
+run never leaves half a checkpoint.
+
+:func:`fit` is a short sequence of named steps: check the run directory, pick the distribution
+strategy, seed, load and prepare the data, build and compile the model, train, finish.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from edge.classes import LabelSet
+from edge.preprocess import Preprocessing
 from trainer import data as D
 from trainer.augment import augment_pair, offline_augment, online_pipeline
-from trainer.config import TrainConfig, from_dict, to_json
+from trainer.config import TrainConfig, flat_fields, flatten, from_dict, to_json, with_values
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,8 @@ class Prepared:
     train_labels: np.ndarray
     val_images: np.ndarray
     val_labels: np.ndarray
+    label_set: LabelSet
+    preprocessing: Preprocessing
     info: dict
 
 
@@ -47,15 +55,193 @@ class FitResult:
     replicas: int = 1
 
 
+def fit(
+    cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None
+) -> FitResult:
+    """Train ``cfg.model`` on ``cfg.data`` and fill ``run_dir``.
+
+    Args:
+        cfg: the resolved configuration (saved as ``config.json``); on ``resume``, the one
+            :func:`resume_config` returned.
+        run_dir: output folder; must not hold a run unless ``resume``.
+        resume: continue from ``last.keras`` and ``state.json`` (weights, epoch, learning rate
+            and best score; AdamW's moment estimates restart).
+        callbacks: extra Keras callbacks, run after the project's own.
+
+    Returns:
+        Where the run is, its best validation mean IoU and whether it was interrupted.
+
+    Raises:
+        ValueError: for a bad config, data, or a run directory in the wrong state.
+    """
+    from trainer.losses import parse_loss_spec
+    from trainer.models import MODELS
+
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    state = _run_state(run_dir, resume, cfg)
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; valid names: {', '.join(sorted(MODELS))}")
+    loss_terms = parse_loss_spec(cfg.loss)  # the one parse: fails before any data is loaded
+    strategy = select_strategy(cfg.strategy, cfg.replicas)
+    _seed_everything(cfg.seed)
+    _set_precision(cfg.mixed_precision)
+    data = prepare_data(cfg)
+    _write_run_files(run_dir, cfg, data)
+    with strategy.scope():
+        model, adaptive = build_training_model(cfg, data, loss_terms, state, run_dir)
+    log.info(
+        "%s: %s parameters, %d replica(s)",
+        cfg.model,
+        f"{model.count_params():,}",
+        strategy.num_replicas_in_sync,
+    )
+    checkpoint = AtomicCheckpoint(run_dir, best=state["best"])
+    all_callbacks = make_callbacks(cfg, run_dir, checkpoint, data.label_set, adaptive, resume)
+    interrupted = train_model(model, data, cfg, state["epoch"], all_callbacks + (callbacks or []))
+    finish_run(run_dir, data.val_images, data.val_labels, data.label_set)
+    return FitResult(
+        run_dir,
+        float(checkpoint.best or 0.0),
+        checkpoint.epochs_done,
+        interrupted,
+        time.perf_counter() - start,
+        strategy.num_replicas_in_sync,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps of fit().
+
+
+def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig) -> dict:
+    """The state to start from: a fresh one, or the run's ``state.json`` on ``resume``."""
+    state_path = run_dir / "state.json"
+    if resume:
+        if not state_path.exists():
+            raise ValueError(
+                f"nothing to resume in {run_dir}: no state.json (start without --resume)"
+            )
+        state = json.loads(state_path.read_text())
+        if cfg.learning_rate != _saved_config(run_dir).learning_rate:
+            state["lr"] = cfg.learning_rate  # an explicit new rate wins over the schedule's
+        return state
+    if (run_dir / "model.keras").exists() or state_path.exists():
+        raise ValueError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --name"
+        )
+    return {"epoch": 0, "best": None, "lr": cfg.learning_rate}
+
+
+def resume_config(run_dir: str | Path, overrides: dict) -> tuple[TrainConfig, list[str]]:
+    """The config of a run to resume, with the settings that may change replaced.
+
+    Architecture and data settings come from the run; the schedule (epochs, learning rate,
+    patience, strategy, ...: the fields marked ``resume``) may change.
+
+    Args:
+        run_dir: the run.
+        overrides: {dotted key: value} the user gave.
+
+    Returns:
+        ``(config, changes)``, where each change reads ``"epochs 40 -> 60"``.
+
+    Raises:
+        ValueError: when the run has no config, or an override changes a fixed setting.
+    """
+    saved = _saved_config(Path(run_dir))
+    fields = flat_fields(TrainConfig)
+    current = flatten(saved)
+    wanted = flatten(with_values(saved, overrides))
+    changes, refused = [], []
+    for key in overrides:
+        if wanted[key] == current[key]:
+            continue
+        if fields[key].metadata.get("resume"):
+            changes.append(f"{key} {current[key]} -> {wanted[key]}")
+        else:
+            refused.append(f"{key} ({current[key]} in the run, {wanted[key]} asked)")
+    if refused:
+        raise ValueError(
+            f"cannot change {', '.join(refused)} on --resume: the architecture and the data come "
+            "from the run; start a new run (another --name) to change them"
+        )
+    return with_values(saved, {k: wanted[k] for k in overrides}), changes
+
+
+def _saved_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise ValueError(f"{run_dir} has no config.json: it is not a run of `trainer fit`")
+    return from_dict(TrainConfig, json.loads(path.read_text()))
+
+
+def select_strategy(name: str, replicas: int = 0):
+    """The ``tf.distribute`` strategy for ``name``.
+
+    - ``auto``: MirroredStrategy over all GPUs when there are several, or over ``replicas``
+      logical CPU devices when that is > 1; else the default strategy.
+    - ``default``: one device.
+    - ``mirrored``: MirroredStrategy over all GPUs, or over ``replicas`` (>= 2) logical CPUs.
+    - ``multiworker``: MultiWorkerMirroredStrategy, configured by the ``TF_CONFIG`` variable.
+
+    Raises:
+        ValueError: for an unknown name, ``multiworker`` without ``TF_CONFIG``, or ``mirrored``
+            with neither GPUs nor ``replicas``.
+    """
+    import tensorflow as tf
+
+    valid = ("auto", "default", "mirrored", "multiworker")
+    if name not in valid:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(valid)}")
+    if replicas > 1:
+        split_cpu(replicas)
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if name == "default" or (name == "auto" and len(gpus) < 2 and len(cpus) < 2):
+        return tf.distribute.get_strategy()
+    if name in ("auto", "mirrored"):
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        if len(cpus) < 2:
+            raise ValueError(
+                "--strategy mirrored found no GPU and one CPU device: add --replicas N to split "
+                "the CPU into N devices, or use --strategy default"
+            )
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError(
+            "--strategy multiworker needs TF_CONFIG, e.g. "
+            '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def split_cpu(replicas: int) -> None:
+    """Split the CPU into ``replicas`` logical devices (before TensorFlow initializes them).
+
+    Raises:
+        ValueError: when TensorFlow has already initialized its devices with another count.
+    """
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+        )
+    except RuntimeError as err:  # devices already initialized in this process
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != replicas:
+            raise ValueError(
+                f"cannot split the CPU into {replicas} devices: TensorFlow already started with "
+                f"{have} in this process ({err})"
+            ) from err
+
+
 def prepare_data(cfg: TrainConfig) -> Prepared:
     """Load, validate, drop outliers, split (stratified) and augment the training part offline."""
-    mars, train_idx, val_idx, report = D.clean_and_split(D.load_dataset(cfg.data.path), cfg.data)
-    info: dict = {
-        "source": mars.source,
-        "frames": len(mars.images) + (report.count if report else 0),
-    }
-    if report is not None:
-        info["outliers_removed"] = report.count
+    mars, train_idx, val_idx, report = D.clean_and_split(D.load_data(cfg.data), cfg.data)
     images, labels, stats = offline_augment(
         mars.images[train_idx],
         mars.labels[train_idx],
@@ -64,64 +250,126 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         big_rock_repeats=cfg.data.big_rock_repeats,
         seed=cfg.seed,
     )
-    info.update(
-        train_frames=len(train_idx),
-        val_frames=len(val_idx),
-        train_after_augmentation=len(images),
-        val_source_index=mars.index[val_idx].tolist(),
-    )
+    info: dict = {
+        "source": mars.source,
+        "layout": mars.layout,
+        "frames": len(mars.images) + (report.count if report else 0),
+        "outliers_removed": report.count if report else 0,
+        "train_frames": len(train_idx),
+        "val_frames": len(val_idx),
+        "train_after_augmentation": len(images),
+        "mask_dropout": stats.mask_dropout,
+        "grouped_split": bool(cfg.data.group_split and mars.groups is not None),
+        "val_source_index": mars.index[val_idx].tolist(),
+        "labels": mars.label_set.as_dict(),
+        "preprocessing": mars.preprocessing.as_dict(),
+    }
+    if mars.names is not None:
+        info["val_names"] = [mars.names[i] for i in val_idx]
     log.info(
-        "data: %d frames (%s outliers removed) -> %d train (%d after offline augmentation), %d validation",
+        "data: %d frames (%d outliers removed) -> %d train (%d after offline augmentation), "
+        "%d validation%s; frames %dx%d",
         info["frames"],
-        info.get("outliers_removed", 0),
+        info["outliers_removed"],
         len(train_idx),
         len(images),
         len(val_idx),
+        " (split by rover position)" if info["grouped_split"] else "",
+        *mars.frame_shape,
     )
-    info["mask_dropout"] = stats.mask_dropout
-    return Prepared(images, labels, mars.images[val_idx], mars.labels[val_idx], info)
+    return Prepared(
+        images,
+        labels,
+        mars.images[val_idx],
+        mars.labels[val_idx],
+        mars.label_set,
+        mars.preprocessing,
+        info,
+    )
 
 
-def select_strategy(name: str, cpu_replicas: int = 0):
-    """The ``tf.distribute`` strategy for ``name``.
+def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    to_json(cfg, run_dir / "config.json")
+    write_json(run_dir / "data.json", data.info)
 
-    - ``auto``: MirroredStrategy over all GPUs when there are several, else the default.
-    - ``default``: one device.
-    - ``mirrored``: MirroredStrategy over all GPUs, or over ``cpu_replicas`` logical CPUs.
-    - ``multiworker``: MultiWorkerMirroredStrategy, configured by the ``TF_CONFIG`` variable.
 
-    Raises:
-        ValueError: for an unknown name, or ``multiworker`` without ``TF_CONFIG``.
-    """
-    import tensorflow as tf
+def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, state: dict, run_dir):
+    """The compiled model (call inside ``strategy.scope()``) and the ``afd`` weights, if used."""
+    from trainer.losses import AdaptiveWeights, class_weights_from_labels, make_loss
+    from trainer.metrics import segmentation_metrics
+    from trainer.models import build_model
 
-    if cpu_replicas > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        try:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
-            )
-        except RuntimeError as err:  # already initialized in this process
-            log.warning("could not split the CPU into %d devices: %s", cpu_replicas, err)
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.MirroredStrategy(
-            [d.name for d in tf.config.list_logical_devices("CPU")]
+    n = data.label_set.num_classes
+    weights = (
+        class_weights_from_labels(data.train_labels, n) if "weighted_ce" in loss_terms else None
+    )
+    adaptive = AdaptiveWeights(n) if "afd" in loss_terms else None
+    if adaptive is not None and state.get("afd_weights"):
+        adaptive.variable.assign(np.asarray(state["afd_weights"], np.float32))
+    input_shape = (*data.train_images.shape[1:3], 1)
+    model = build_model(cfg.model, input_shape, n, width=cfg.width)
+    if state["epoch"]:
+        model.load_weights(run_dir / "last.keras")
+    model.compile(
+        optimizer=keras.optimizers.AdamW(state["lr"], weight_decay=cfg.weight_decay),
+        loss=make_loss(loss_terms, weights, adaptive),
+        metrics=segmentation_metrics(data.label_set),
+        jit_compile=cfg.xla,
+    )
+    return model, adaptive
+
+
+def make_callbacks(
+    cfg: TrainConfig, run_dir: Path, checkpoint, label_set: LabelSet, adaptive, resume: bool
+) -> list:
+    """Checkpoints, the history (with the learning rate), the schedule and early stopping."""
+    callbacks = [LearningRateLog()]
+    if adaptive is not None:
+        callbacks.append(AdaptiveWeightsUpdate(adaptive, label_set, checkpoint))
+    return [
+        *callbacks,
+        checkpoint,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_miou",
+            mode="max",
+            factor=cfg.lr_factor,
+            patience=cfg.lr_patience,
+            min_lr=cfg.min_lr,
+            verbose=1,
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_miou",
+            mode="max",
+            patience=cfg.stop_patience,
+            restore_best_weights=True,
+            verbose=1,
+        ),
+    ]
+
+
+def train_model(model, data: Prepared, cfg: TrainConfig, initial_epoch: int, callbacks) -> bool:
+    """Run ``model.fit``; returns whether Ctrl-C ended it (the checkpoints stay)."""
+    train_ds = make_dataset(
+        data.train_images, data.train_labels, cfg.batch_size, training=True, cfg=cfg
+    )
+    val_ds = make_dataset(data.val_images, data.val_labels, cfg.batch_size, training=False, cfg=cfg)
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=cfg.steps_per_epoch,
+            callbacks=callbacks,
+            verbose=cfg.verbose,
+            shuffle=False,  # tf.data shuffles
         )
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "--strategy multiworker needs TF_CONFIG, e.g. "
-                '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown strategy {name!r}; valid: auto, default, mirrored, multiworker")
+    except KeyboardInterrupt:
+        log.warning("interrupted: keeping the best checkpoint and the history written so far")
+        return True
+    return False
 
 
 def make_dataset(images, labels, batch_size: int, *, training: bool, cfg: TrainConfig):
@@ -153,136 +401,9 @@ def make_dataset(images, labels, batch_size: int, *, training: bool, cfg: TrainC
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def fit(
-    cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None
-) -> FitResult:
-    """Train ``cfg.model`` on ``cfg.data`` and fill ``run_dir``.
-
-    Args:
-        cfg: the run's configuration (saved as ``config.json``).
-        run_dir: output folder; must not hold a run unless ``resume``.
-        resume: continue from ``last.keras`` and ``state.json`` (weights, epoch, learning rate
-            and best score; AdamW's moment estimates restart).
-        callbacks: extra Keras callbacks, run after the project's own.
-
-    Returns:
-        Where the run is, its best validation mean IoU and whether it was interrupted.
-
-    Raises:
-        ValueError: for a bad config, data, or a run directory in the wrong state.
-    """
-    run_dir = Path(run_dir)
-    start = time.perf_counter()
-    state_path = run_dir / "state.json"
-    if resume:
-        if not state_path.exists():
-            raise ValueError(
-                f"nothing to resume in {run_dir}: no state.json (start without --resume)"
-            )
-        cfg = from_dict(TrainConfig, json.loads((run_dir / "config.json").read_text()))
-    elif (run_dir / "model.keras").exists() or state_path.exists():
-        raise ValueError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --name"
-        )
-    from trainer.models import MODELS
-
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; valid names: {', '.join(sorted(MODELS))}")
-    from trainer.losses import class_weights_from_labels, make_loss, parse_loss_spec
-
-    parse_loss_spec(cfg.loss)  # fail on a bad spec before loading data
-
-    strategy = select_strategy(cfg.strategy, cfg.cpu_replicas)
-    import tensorflow as tf
-
-    from trainer.metrics import segmentation_metrics
-    from trainer.models import build_model
-
-    _seed_everything(cfg.seed)
-    if cfg.mixed_precision:
-        policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
-        keras.mixed_precision.set_global_policy(policy)
-    data = prepare_data(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    to_json(cfg, run_dir / "config.json")
-    (run_dir / "data.json").write_text(json.dumps(data.info) + "\n")
-
-    state = (
-        json.loads(state_path.read_text())
-        if resume
-        else {"epoch": 0, "best": None, "lr": cfg.learning_rate}
-    )
-    weights = class_weights_from_labels(data.train_labels) if "weighted_ce" in cfg.loss else None
-    input_shape = (*data.train_images.shape[1:3], 1)
-    with strategy.scope():
-        model = build_model(cfg.model, input_shape, width=cfg.width)
-        if resume:
-            model.load_weights(run_dir / "last.keras")
-        model.compile(
-            optimizer=keras.optimizers.AdamW(state["lr"], weight_decay=cfg.weight_decay),
-            loss=make_loss(cfg.loss, weights),
-            metrics=segmentation_metrics(),
-            jit_compile=cfg.xla,
-        )
-    log.info(
-        "%s: %s parameters, %d replica(s)",
-        cfg.model,
-        f"{model.count_params():,}",
-        strategy.num_replicas_in_sync,
-    )
-
-    train_ds = make_dataset(
-        data.train_images, data.train_labels, cfg.batch_size, training=True, cfg=cfg
-    )
-    val_ds = make_dataset(data.val_images, data.val_labels, cfg.batch_size, training=False, cfg=cfg)
-    checkpoint = AtomicCheckpoint(run_dir, best=state["best"])
-    all_callbacks = [
-        checkpoint,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_miou",
-            mode="max",
-            factor=cfg.lr_factor,
-            patience=cfg.lr_patience,
-            min_lr=cfg.min_lr,
-            verbose=1,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_miou",
-            mode="max",
-            patience=cfg.stop_patience,
-            restore_best_weights=True,
-            verbose=1,
-        ),
-        *(callbacks or []),
-    ]
-    interrupted = False
-    try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs,
-            initial_epoch=state["epoch"],
-            steps_per_epoch=cfg.steps_per_epoch,
-            callbacks=all_callbacks,
-            verbose=cfg.verbose,
-            shuffle=False,  # tf.data shuffles
-        )
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted: keeping the best checkpoint and the history written so far")
-    finish_run(run_dir, data.val_images, data.val_labels)
-    return FitResult(
-        run_dir,
-        float(checkpoint.best or 0.0),
-        checkpoint.epochs_done,
-        interrupted,
-        time.perf_counter() - start,
-        strategy.num_replicas_in_sync,
-    )
-
-
-def finish_run(run_dir: Path, val_images: np.ndarray, val_labels: np.ndarray) -> None:
+def finish_run(
+    run_dir: Path, val_images: np.ndarray, val_labels: np.ndarray, label_set: LabelSet
+) -> None:
     """Write curves.png from the history and metrics.json + confusion.png from the best model."""
     from trainer import viz
     from trainer.evaluate import evaluate_model, load_model
@@ -292,9 +413,9 @@ def finish_run(run_dir: Path, val_images: np.ndarray, val_labels: np.ndarray) ->
         viz.training_curves(history, run_dir / "curves.png")
     if (run_dir / "model.keras").exists():
         model = load_model(run_dir / "model.keras")
-        report, _ = evaluate_model(model, val_images, val_labels)
+        report, _ = evaluate_model(model, val_images, val_labels, label_set)
         write_json(run_dir / "metrics.json", {"split": "validation", **report.as_dict()})
-        viz.confusion_matrix_plot(report.confusion, run_dir / "confusion.png")
+        viz.confusion_matrix_plot(report.confusion, run_dir / "confusion.png", label_set)
 
 
 def write_json(path: Path, obj) -> None:
@@ -309,10 +430,47 @@ def _seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)  # also seeds numpy's legacy global generator and TensorFlow
 
 
+def _set_precision(mixed: bool) -> None:
+    import tensorflow as tf
+
+    if mixed:
+        policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def _atomic_save(model, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.partial.keras")
     model.save(tmp)
     tmp.replace(path)
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Puts the epoch's learning rate into the logs, so that history.csv records it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
+
+
+class AdaptiveWeightsUpdate(keras.callbacks.Callback):
+    """After each epoch, sets the ``afd`` class weights from that epoch's training IoU."""
+
+    def __init__(self, adaptive, label_set: LabelSet, checkpoint):
+        super().__init__()
+        self.adaptive = adaptive
+        self.label_set = label_set
+        self.checkpoint = checkpoint
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        ious = np.zeros(self.label_set.num_classes)
+        for c in self.label_set.scored:
+            ious[c] = logs.get(f"iou_{self.label_set.names[c]}", 0.0)
+        weights = self.adaptive.update(ious)
+        self.checkpoint.extra_state["afd_weights"] = weights.tolist()
+        log.debug("afd weights: %s", np.round(weights, 3).tolist())
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -324,6 +482,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.run_dir = run_dir
         self.best = best
         self.epochs_done = 0
+        self.extra_state: dict = {}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -332,6 +491,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             self.best = float(score)
             _atomic_save(self.model, self.run_dir / "model.keras")
         _atomic_save(self.model, self.run_dir / "last.keras")
-        lr = float(self.model.optimizer.learning_rate.numpy())
-        write_json(self.run_dir / "state.json", {"epoch": epoch + 1, "best": self.best, "lr": lr})
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        state = {"epoch": epoch + 1, "best": self.best, "lr": lr, **self.extra_state}
+        write_json(self.run_dir / "state.json", state)
         self.epochs_done = epoch + 1

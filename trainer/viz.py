@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import CLASS_COLOURS, CLASS_NAMES, colourise
+from edge.classes import MARS, LabelSet, colourise
 
 
 def _pyplot():
@@ -19,10 +19,11 @@ def _pyplot():
     return plt
 
 
-def _legend_handles():
+def _legend_handles(label_set: LabelSet):
     from matplotlib.patches import Patch
 
-    return [Patch(color=CLASS_COLOURS[c] / 255, label=n) for c, n in enumerate(CLASS_NAMES)]
+    colours = label_set.colour_table / 255
+    return [Patch(color=colours[c], label=n) for c, n in enumerate(label_set.names)]
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -36,12 +37,17 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def class_distribution_chart(fractions: np.ndarray, path: str | Path, title: str = "") -> Path:
+def class_distribution_chart(
+    fractions: np.ndarray, path: str | Path, title: str = "", label_set: LabelSet = MARS
+) -> Path:
     """Bar chart of per-class pixel fractions, with the percentages written on the bars."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     bars = ax.bar(
-        CLASS_NAMES, 100 * np.asarray(fractions), color=CLASS_COLOURS / 255, edgecolor="k"
+        label_set.names,
+        100 * np.asarray(fractions),
+        color=label_set.colour_table / 255,
+        edgecolor="k",
     )
     for bar, value in zip(bars, fractions):
         ax.annotate(
@@ -65,6 +71,7 @@ def sample_grid(
     predictions: np.ndarray | None = None,
     titles: Sequence[str] | None = None,
     ncols: int = 4,
+    label_set: LabelSet = MARS,
 ) -> Path:
     """A grid of frames, each shown above its colourised labels (and prediction, when given).
 
@@ -89,9 +96,9 @@ def sample_grid(
         ax.axis("off")
     for i in range(n):
         r, c = divmod(i, ncols)
-        panels = [images[i], colourise(labels[i])]
+        panels = [images[i], colourise(labels[i], label_set)]
         if predictions is not None:
-            panels.append(colourise(predictions[i]))
+            panels.append(colourise(predictions[i], label_set))
         for k, panel in enumerate(panels):
             ax = axes[r * rows_per + k, c]
             ax.imshow(
@@ -99,12 +106,14 @@ def sample_grid(
             )
         if titles is not None:
             axes[r * rows_per, c].set_title(titles[i], fontsize=7)
-    fig.legend(handles=_legend_handles(), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.legend(
+        handles=_legend_handles(label_set), loc="lower center", ncol=5, fontsize=8, frameon=False
+    )
     fig.subplots_adjust(hspace=0.12, wspace=0.05, bottom=0.5 / height)
     return save_figure(fig, path)
 
 
-def training_curves(history_csv: str | Path, path: str | Path) -> Path:
+def training_curves(history_csv: str | Path, path: str | Path, label_set: LabelSet = MARS) -> Path:
     """Loss, validation mean IoU and learning rate per epoch, from Keras' CSVLogger file."""
     import csv
 
@@ -121,17 +130,18 @@ def training_curves(history_csv: str | Path, path: str | Path) -> Path:
     for key, label in (("miou", "train"), ("val_miou", "validation")):
         if col(key):
             axes[1].plot(epochs, col(key), marker="o", ms=3, label=label)
-    for name in CLASS_NAMES[1:]:
+    for c in label_set.scored:
+        name = label_set.names[c]
         if col(f"val_iou_{name}"):
             axes[1].plot(
                 epochs,
                 col(f"val_iou_{name}"),
                 lw=0.8,
                 ls="--",
-                color=CLASS_COLOURS[CLASS_NAMES.index(name)] / 255,
+                color=label_set.colour_table[c] / 255,
                 label=f"val {name}",
             )
-    axes[1].set_title("mean IoU (classes 1-4)")
+    axes[1].set_title("mean IoU (scored classes)")
     if col("learning_rate"):
         axes[2].plot(epochs, col("learning_rate"), marker="o", ms=3)
         axes[2].set_yscale("log")
@@ -144,10 +154,11 @@ def training_curves(history_csv: str | Path, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def confusion_matrix_plot(cm: np.ndarray, path: str | Path) -> Path:
-    """Row-normalized confusion matrix (true rows 1-4; background truth is not scored)."""
+def confusion_matrix_plot(cm: np.ndarray, path: str | Path, label_set: LabelSet = MARS) -> Path:
+    """Row-normalized confusion matrix over the scored true classes (the ignored one is not)."""
     plt = _pyplot()
-    cm = np.asarray(cm, dtype=np.float64)[1:, :]
+    rows = list(label_set.scored)
+    cm = np.asarray(cm, dtype=np.float64)[rows, :]
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5, 4))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -161,8 +172,9 @@ def confusion_matrix_plot(cm: np.ndarray, path: str | Path) -> Path:
             fontsize=8,
             color="white" if value > 0.5 else "black",
         )
-    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=30, fontsize=8)
-    ax.set_yticks(range(len(CLASS_NAMES) - 1), CLASS_NAMES[1:], fontsize=8)
+    names = label_set.names
+    ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+    ax.set_yticks(range(len(rows)), [names[r] for r in rows], fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, fraction=0.046)

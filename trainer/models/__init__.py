@@ -18,25 +18,38 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "deeplabv3plus": build_deeplabv3plus,
     "segformer": build_segformer,
 }
+# Total downsampling of each model: the frame's sides must be multiples of it.
+STRIDES = {"marsseg": 4, "marsseg_paper": 4, "unet": 16, "deeplabv3plus": 8, "segformer": 32}
 
 
 def build_model(
     name: str,
-    input_shape: tuple[int, int, int] = (64, 128, 1),
+    input_shape: tuple[int, int, int],
     num_classes: int = 5,
     *,
     width: float = 1.0,
 ) -> keras.Model:
-    """Build a registered model.
+    """Build a registered model for frames of ``input_shape`` (H, W, 1) and ``num_classes``.
 
     Raises:
-        ValueError: for an unknown name (the message lists the valid ones) or a bad width.
+        ValueError: for an unknown name (the message lists the valid ones), a bad width, or a
+            frame size the model cannot take.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
     if not 0.0 < width <= 4.0:
         raise ValueError(f"width must be in (0, 4], got {width}")
-    return MODELS[name](tuple(input_shape), num_classes, width=width)
+    h, w = int(input_shape[0]), int(input_shape[1])
+    stride = STRIDES[name]
+    if h % stride or w % stride:
+        fit = "{}x{}".format(*(max(stride, round(v / stride) * stride) for v in (h, w)))
+        raise ValueError(
+            f"{name} takes frames whose sides are multiples of {stride}; {h}x{w} is not "
+            f"(e.g. {fit})"
+        )
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    return MODELS[name]((h, w, int(input_shape[2])), int(num_classes), width=width)
 
 
 def count_macs(model: keras.Model) -> int:
@@ -75,4 +88,4 @@ def _numel(shape) -> int:
     return n
 
 
-__all__ = ["MODELS", "build_model", "count_macs"]
+__all__ = ["MODELS", "STRIDES", "build_model", "count_macs"]

@@ -1,7 +1,7 @@
 """DeepLabV3+ (Chen et al., ECCV 2018) with a small residual encoder trained from scratch.
 
 No ImageNet backbone: nothing can be downloaded, and the course frames are grayscale. The encoder
-reaches output stride 8 (8x16 features for a 64x128 frame); the decoder takes the low-level
+reaches output stride 8 (H/8 x W/8 features); the decoder takes the low-level
 features at stride 2.
 """
 
@@ -14,7 +14,7 @@ from trainer.models.blocks import batch_norm, conv_bn_relu, image_pooling, scale
 
 
 def build_deeplabv3plus(
-    input_shape: tuple[int, int, int] = (64, 128, 1), num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
 ) -> keras.Model:
     """DeepLabV3+: residual encoder, ASPP (rates 1, 2, 3 at stride 8 + image pooling), decoder.
 

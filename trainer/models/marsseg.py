@@ -1,4 +1,4 @@
-"""MarsSeg for 64x128 grayscale Mars terrain frames, in two versions.
+"""MarsSeg for grayscale Mars terrain frames (sides multiples of 4), in two versions.
 
 References:
     - ``marsseg``: the course report that this project implements (the seed's compact Keras
@@ -41,7 +41,7 @@ from trainer.models.blocks import (
 
 
 def build_marsseg(
-    input_shape: tuple[int, int, int] = (64, 128, 1), num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
 ) -> keras.Model:
     """The seed's compact MarsSeg: encoder, Mini-ASPP + spatial attention, SPPM, decoder.
 
@@ -65,7 +65,7 @@ def build_marsseg(
 
 
 def build_marsseg_paper(
-    input_shape: tuple[int, int, int] = (64, 128, 1), num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
 ) -> keras.Model:
     """The paper's MarsSeg: the same encoder with polarized self-attention on the shallow path
     and strip pooling inside the deep pyramid pooling.
@@ -186,7 +186,7 @@ def _polarized_self_attention(x, *, name: str):
 
 
 def _decoder(inputs, x, s2, s1, c, num_classes: int, *, name: str) -> keras.Model:
-    """Two transposed-conv upsamplings with skips from the 32x64 and 64x128 stages, softmax head."""
+    """Two transposed-conv upsamplings with skips from the H/2 and H stages, softmax head."""
     x = layers.Conv2DTranspose(c(128), 3, strides=2, padding="same", name="dec1_upconv")(x)
     x = layers.Concatenate(name="dec1_skip")([x, s2])
     x = conv_bn_relu(x, c(128), name="dec1_conv")  # (B, H/2, W/2, 128)

@@ -1,0 +1,182 @@
+"""What a model says about itself, and one preprocessing for training and the rover."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edge.classes import MARS, LabelSet
+from edge.cli import main
+from edge.frames import read_frame
+from edge.modelmeta import (
+    METADATA_KEY,
+    ModelMetadata,
+    read_model_metadata,
+    tflite_metadata,
+)
+from edge.preprocess import Preprocessing, parse_size
+from edge.segmenter import Segmenter
+from tests.conftest import band_frame, band_metadata
+
+
+def test_embedded_metadata_is_read_back_without_tensorflow_parsing(band_models):
+    entries = tflite_metadata(band_models["int8"].read_bytes())
+    assert METADATA_KEY in entries and "min_runtime_version" in entries  # ours beside TFLite's
+    meta = read_model_metadata(band_models["int8"])
+    assert meta.source == "embedded" and meta.labels == MARS
+    assert meta.preprocessing == Preprocessing(64, 128) and meta.info["precision"] == "int8"
+    assert read_model_metadata(band_models["bare"]) is None
+
+
+def test_sidecar_is_read_when_nothing_is_embedded(band_models, tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(band_models["bare"].read_bytes())
+    labels = LabelSet(("unknown", "a", "b", "c", "d"), hazards=("d",))
+    doc = ModelMetadata(labels, Preprocessing(64, 128, crop="centre"), {"name": "x"})
+    model.with_suffix(".json").write_bytes(doc.to_bytes())
+    meta = read_model_metadata(model)
+    assert (
+        meta.source == "sidecar" and meta.labels == labels and meta.preprocessing.crop == "centre"
+    )
+    assert Segmenter(model).labels.names[4] == "d"
+
+
+def test_a_model_that_misdescribes_itself_is_refused(band_models, tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(band_models["bare"].read_bytes())
+    wrong = ModelMetadata(MARS, Preprocessing(128, 128))
+    model.with_suffix(".json").write_bytes(wrong.to_bytes())
+    with pytest.raises(ValueError, match=r"metadata says 128x128 input but the tensor is 64x128"):
+        Segmenter(model)
+    model.with_suffix(".json").write_text(json.dumps({"schema": "marsseg-edge/model-metadata/1"}))
+    with pytest.raises(ValueError, match=r"not a label set|not a preprocessing"):
+        Segmenter(model)
+
+
+def test_a_model_without_metadata_runs_with_generic_classes(band_models, caplog):
+    with caplog.at_level(logging.WARNING):
+        segmenter = Segmenter(band_models["bare"])
+    assert "carries no marsseg-edge metadata" in caplog.text
+    assert segmenter.labels.names == tuple(f"class_{i}" for i in range(5))
+    assert segmenter.labels.hazards == ()
+    image, truth = band_frame()
+    np.testing.assert_array_equal(segmenter.segment(image).labels, truth)
+
+
+def test_the_rover_prepares_a_frame_exactly_as_training_did(band_models, tmp_path):
+    """A 128x256 NAVCAM-like JPEG through the trainer's AI4Mars loader and through edge-seg's
+    reader and Segmenter gives the same model input, bit for bit."""
+    from trainer import data as D
+
+    cam = tmp_path / "msl" / "ncam"
+    (cam / "images" / "edr").mkdir(parents=True)
+    (cam / "labels" / "train").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    frame = np.clip(rng.normal(120, 40, (128, 256)), 0, 255).astype(np.uint8)
+    path = cam / "images" / "edr" / "NLA_400000001EDR_F0010000NCAM00001M1.JPG"
+    Image.fromarray(np.repeat(frame[..., None], 3, -1)).save(path, quality=95)
+    Image.fromarray(np.zeros((128, 256), np.uint8)).save(
+        cam / "labels" / "train" / f"{path.stem}.png"
+    )
+    training = D.load_dataset(tmp_path, size=(64, 128)).images[0]  # float32 in [0, 1]
+
+    segmenter = Segmenter(band_models["float32"])
+    rover = segmenter.preprocess(read_frame(path))[0, :, :, 0]
+    np.testing.assert_array_equal(rover, training)
+    quantized = Segmenter(band_models["int8"])
+    scale, zero = quantized.input_quant
+    expected = np.clip(np.round(training / scale + zero), -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(quantized.preprocess(read_frame(path))[0, :, :, 0], expected)
+
+
+def test_crop_restores_the_uncovered_parts_as_the_ignored_label():
+    prep = Preprocessing(64, 128, crop="centre")
+    assert prep.region((256, 256)) == (64, 0, 128, 256)
+    restored = prep.restore(np.full((64, 128), 3, np.uint8), (256, 256), fill=0)
+    assert (
+        (restored[64:192] == 3).all() and (restored[:64] == 0).all() and (restored[192:] == 0).all()
+    )
+    whole = Preprocessing(64, 128)
+    assert whole.restore(np.full((64, 128), 2, np.uint8), (256, 256)).shape == (256, 256)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("128x128", (128, 128)), ("64,128", (64, 128)), ("96", (96, 96))]
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "x", "4x4", "128x", "a by b"])
+def test_parse_size_errors(text):
+    with pytest.raises(ValueError, match="expected a frame size HxW"):
+        parse_size(text)
+
+
+def to_ai4mars(labels: np.ndarray) -> np.ndarray:
+    """Mars labels (0 unlabelled, 1-4) as AI4Mars values (255, 0-3)."""
+    return np.where(labels == 0, 255, labels.astype(np.int16) - 1).astype(np.uint8)
+
+
+def test_edge_seg_scores_ai4mars_labels_with_merged_names(band_models, tmp_path):
+    frames, labels = tmp_path / "cam", tmp_path / "masked-gold-min3-100agree"
+    frames.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        image, truth = band_frame(rng)
+        Image.fromarray(image).save(frames / f"f{i}.png")
+        Image.fromarray(to_ai4mars(truth)).save(labels / f"f{i}_merged.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["run", "--camera-dir", str(frames), "--model", str(band_models["int8"]),
+               "--out", str(out), "--labels", str(labels)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored_frames"] == 3 and summary["miou"] == pytest.approx(1.0)
+    assert summary["config"]["label_format"] == "ai4mars"
+    assert summary["hazards"]["big_rock"]["recall"] == pytest.approx(1.0)
+
+
+def test_edge_seg_warns_when_no_label_matches(band_models, tmp_path, caplog):
+    frames, labels = tmp_path / "cam", tmp_path / "labels"
+    frames.mkdir()
+    labels.mkdir()
+    image, truth = band_frame()
+    Image.fromarray(image).save(frames / "frame_a.png")
+    Image.fromarray(truth).save(labels / "other_name.png")
+    result = CliRunner().invoke(
+        main, ["run", "--camera-dir", str(frames), "--model", str(band_models["int8"]),
+               "--out", str(tmp_path / "out"), "--labels", str(labels)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "no label in" in caplog.text and "matched any of the 1 frames" in caplog.text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "miou" not in summary and summary["labels_missing"] == 1
+
+
+def test_model_labels_that_look_like_ai4mars_say_so(band_models, tmp_path):
+    from edge.frames import BadFrame, LabelReader
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    Image.fromarray(np.full((4, 4), 255, np.uint8)).save(labels / "a.png")
+    reader = LabelReader(labels, 5, "model")
+    with pytest.raises(BadFrame, match="pass --label-format ai4mars"):
+        reader.read(labels / "a.png")
+    assert LabelReader(labels, 5).format == "ai4mars"  # auto: a 255 was sampled
+    assert (LabelReader(labels, 5).read(labels / "a.png") == 0).all()
+
+
+def test_info_shows_the_metadata(band_models):
+    result = CliRunner().invoke(main, ["info", str(band_models["int8"])])
+    assert result.exit_code == 0, result.output
+    assert "classes: background, soil, bedrock, sand, big_rock" in result.output
+    assert "preprocessing: 64x128, crop none" in result.output
+    assert band_metadata("int8").labels == MARS
