@@ -32,7 +32,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.classes import CLASS_NAMES
 from edge.metrics import score
 
 
@@ -127,8 +126,11 @@ def machine_info(emulated: bool) -> dict:
     }
 
 
-def load_eval(data: Path | None, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """uint8 frames and labels: from an npz (images/labels, or the course keys) or synthetic."""
+def load_eval(
+    data: Path | None, n: int, seed: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """uint8 frames and labels: from an npz (images/labels, or the course keys) or synthetic
+    frames of ``size`` (the model's input)."""
     if data is not None:
         from edge.frames import NpzFrames
 
@@ -137,9 +139,15 @@ def load_eval(data: Path | None, n: int, seed: int) -> tuple[np.ndarray, np.ndar
         return frames, source.labels, f"{data.name} ({len(frames)} frames)"
     from trainer.synthetic import SyntheticConfig, generate  # numpy only, no TensorFlow
 
-    cfg = SyntheticConfig(n_train=0, n_test=n, seed=seed, big_rock_rate=0.1)
+    cfg = SyntheticConfig(
+        n_train=0, n_test=n, height=size[0], width=size[1], seed=seed, big_rock_rate=0.1
+    )
     made = generate(cfg, split="test")
-    return made.images, made.labels, f"synthetic (seed {seed}, {n} frames, big rock in 10 %)"
+    return (
+        made.images,
+        made.labels,
+        f"synthetic (seed {seed}, {n} frames of {size[0]}x{size[1]}, big rock in 10 %)",
+    )
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -221,7 +229,7 @@ def write_markdown(report: dict) -> str:
             + " | ".join(f"{a['mean_iou'] - accuracy[0]['mean_iou']:+.4f}" for a in accuracy[1:])
             + " |"
         )
-        for cls in CLASS_NAMES[1:]:
+        for cls in accuracy[0]["per_class_iou"]:
             vals = [a["per_class_iou"][cls] for a in accuracy]
             lines.append(
                 f"| IoU {cls} | {' | '.join('-' if v is None else f'{v:.4f}' for v in vals)} | "
@@ -310,7 +318,11 @@ def main(
     if not thread_counts or min(thread_counts) < 1:
         raise click.BadParameter("thread counts must be >= 1", param_hint="--threads")
     try:
-        frames, labels, data_name = load_eval(data, n_frames, seed)
+        from edge.segmenter import Segmenter
+
+        reference = Segmenter(paths[0])
+        size, label_set = reference.input_shape, reference.labels
+        frames, labels, data_name = load_eval(data, n_frames, seed, size)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
     names = unique_names(paths)
@@ -355,11 +367,7 @@ def main(
                         maps[name] = np.load(spec["maps"])
                     bar.update(1)
                 if labels is not None:
-                    rep = score(labels, maps[name]).as_dict()
-                    rep["per_class_iou"] = {  # NaN (class absent) is not JSON
-                        k: None if np.isnan(v) else v for k, v in rep["per_class_iou"].items()
-                    }
-                    entry["accuracy"] = rep
+                    entry["accuracy"] = score(labels, maps[name], label_set).as_dict()
                 report["models"][name] = entry
     for name in names[1:]:
         pair = {"reference": names[0], "test": name, **compare(maps[names[0]], maps[name], labels)}
@@ -383,13 +391,12 @@ def main(
             )
         )
     if labels is not None:
+        scored = [label_set.names[c] for c in label_set.scored]
         charts.append(
             bar_chart(
-                list(CLASS_NAMES[1:]),
+                scored,
                 {
-                    n: [
-                        report["models"][n]["accuracy"]["per_class_iou"][c] for c in CLASS_NAMES[1:]
-                    ]
+                    n: [report["models"][n]["accuracy"]["per_class_iou"][c] for c in scored]
                     for n in names
                 },
                 "Per-class IoU",

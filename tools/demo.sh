@@ -4,7 +4,11 @@
 #   camera folder -> edge-seg run (overlays, labels) -> benchmarks/run.py -> one final screen.
 #
 # Settings (environment variables):
-#   DATA=path/to/mars_for_students.npz   use the real course file instead of synthetic data
+#   DATA=../shared/data/ai4mars-msl-256  real Curiosity NAVCAM frames: an AI4Mars folder (its root
+#                                        or any folder under it), read at SIZE
+#   DATA=path/to/mars_for_students.npz   or the course file instead of synthetic data
+#   SIZE=128x128                         frame size for an AI4Mars folder (an npz keeps its own)
+#   LOSS=...                             the training loss (default: trainer fit's, rover-safe)
 #   OUT=demo                             where everything goes
 #   EPOCHS=5 WIDTH=0.25 LIMIT=1500       the training budget (a few minutes on 2 CPU cores)
 #   FRAMES=3000 TEST_FRAMES=300          size of the synthetic set
@@ -21,6 +25,7 @@ FRAMES="${FRAMES:-3000}"
 TEST_FRAMES="${TEST_FRAMES:-300}"
 CAMERA_FRAMES="${CAMERA_FRAMES:-200}"
 RUNS="${RUNS:-100}"
+SIZE="${SIZE:-128x128}"
 BIN="${PYTHON_BIN:-.venv/bin}"
 RUN="$OUT/runs/marsseg"
 STEPS=7
@@ -39,9 +44,14 @@ quiet() {  # run a command, keep its log, show its tail if it fails
 }
 
 mkdir -p "$OUT/logs"
-if [[ -n "${DATA:-}" ]]; then
+FIT_EXTRA=()
+[[ -n "${LOSS:-}" ]] && FIT_EXTRA+=(--loss "$LOSS")
+if [[ -n "${DATA:-}" && -d "$DATA" ]]; then
+  step 1 "data: $DATA (real AI4Mars NAVCAM frames, read at $SIZE)"
+  FIT_EXTRA+=(--size "$SIZE")
+elif [[ -n "${DATA:-}" ]]; then
   step 1 "data: $DATA (the real file)"
-  [[ -f "$DATA" ]] || { echo "demo: no data at DATA=$DATA" >&2; exit 1; }
+  [[ -f "$DATA" ]] || { echo "demo: no data at DATA=$DATA (give an npz or an AI4Mars folder)" >&2; exit 1; }
 else
   DATA="$OUT/data/synthetic.npz"
   step 1 "data: synthetic Mars terrain, $FRAMES frames + $TEST_FRAMES test frames -> $DATA"
@@ -50,13 +60,15 @@ else
         --test-frames "$TEST_FRAMES" --preview "$OUT/data/preview.png"
   fi
 fi
-quiet "$OUT/logs/inspect.log" "$BIN/trainer" inspect "$DATA" --out "$OUT/inspect"
-head -6 "$OUT/logs/inspect.log" | sed 's/^/  /'
+INSPECT_EXTRA=()
+[[ -d "$DATA" ]] && INSPECT_EXTRA+=(--size "$SIZE")
+quiet "$OUT/logs/inspect.log" "$BIN/trainer" inspect "$DATA" --out "$OUT/inspect" "${INSPECT_EXTRA[@]}"
+grep -v "^INFO" "$OUT/logs/inspect.log" | head -6 | sed 's/^/  /'
 
 step 2 "trainer fit: MarsSeg width $WIDTH, $EPOCHS epochs on up to $LIMIT frames -> $RUN"
 rm -rf "$RUN"
 "$BIN/trainer" fit "$DATA" --model marsseg --width "$WIDTH" --epochs "$EPOCHS" --lr 1e-3 \
-    --limit "$LIMIT" --runs "$OUT/runs" --name marsseg 2>&1 | tee "$OUT/logs/fit.log" \
+    --limit "$LIMIT" --runs "$OUT/runs" --name marsseg "${FIT_EXTRA[@]}" 2>&1 | tee "$OUT/logs/fit.log" \
     | awk '/val_miou/ {match($0, /val_miou: [0-9.]+/); split($0, part, " - ");
                        printf "  epoch %d  %s  (%s)\n", ++epoch, substr($0, RSTART, RLENGTH), part[2]; fflush()}
            /^done after/ {print "  " $0; fflush()}' || true
@@ -64,13 +76,13 @@ rm -rf "$RUN"
 
 step 3 "trainer evaluate (validation split)"
 quiet "$OUT/logs/evaluate.log" "$BIN/trainer" evaluate "$RUN" "$DATA"
-grep -E "^mean IoU" "$OUT/logs/evaluate.log" | sed 's/^/  /' || true
+grep -E "^mean IoU|^big_rock:" "$OUT/logs/evaluate.log" | sed 's/^/  /' || true
 
 step 4 "trainer convert --int8 --float32 (integer-only check, parity report)"
 quiet "$OUT/logs/convert.log" "$BIN/trainer" convert "$RUN" --int8 --float32 --data "$DATA"
 grep -E "^(parity on|model |float32 |int8 )" "$OUT/logs/convert.log" | sed 's/^/  /' || true
 
-step 5 "edge-seg run on a camera folder of $CAMERA_FRAMES held-out frames (overlays, labels)"
+step 5 "edge-seg run on a camera folder of $CAMERA_FRAMES held-out frames, as files at their own size (overlays, labels)"
 rm -rf "$OUT/camera" "$OUT/camera-labels" "$OUT/edge"
 quiet "$OUT/logs/export.log" "$BIN/python" tools/export_frames.py "$DATA" --run "$RUN" \
     --frames-dir "$OUT/camera" --npz "$OUT/eval.npz" --limit "$CAMERA_FRAMES"

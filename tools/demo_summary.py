@@ -22,6 +22,7 @@ def summary_text(out: Path, seconds: int | None = None) -> str:
     run = out / "runs" / "marsseg"
     metrics = _load(run / "metrics.json")
     config = _load(run / "config.json")
+    prep = _load(run / "data.json")["preprocessing"]
     parity = _load(run / "parity.json")
     edge = _load(out / "edge" / "summary.json")
     bench = _load(out / "report" / "report.json")
@@ -34,7 +35,8 @@ def summary_text(out: Path, seconds: int | None = None) -> str:
         "marsseg-edge demo" + (f"  ({seconds // 60} min {seconds % 60:02d} s)" if seconds else ""),
         rule,
         f"data      {config['data']['path']}",
-        f"model     MarsSeg width {config['width']}, {config['epochs']} epochs: "
+        f"model     MarsSeg width {config['width']}, {config['epochs']} epochs at "
+        f"{prep['height']}x{prep['width']}, loss {config['loss']}: "
         f"validation mIoU {metrics['mean_iou']:.4f} (Keras)",
         "",
         f"{'':<26}{'float32':>12}{'int8':>12}{'int8/float32':>15}",

@@ -31,6 +31,12 @@ from trainer.synthetic import SyntheticConfig, generate, write_npz
     type=click.IntRange(min=0),
     help="Test frames (with test_labels).",
 )
+@click.option(
+    "--size",
+    default="64x128",
+    show_default=True,
+    help="Frame size HxW (the course file's by default).",
+)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
 @click.option(
     "--big-rock-rate",
@@ -56,15 +62,24 @@ def main(
     out: Path,
     frames: int,
     test_frames: int,
+    size: str,
     seed: int,
     big_rock_rate: float,
     outlier_rate: float,
     preview: Path | None,
 ) -> None:
     """Generate a synthetic Mars terrain set and write it to OUT (.npz)."""
+    from edge.preprocess import parse_size
+
+    try:
+        height, width = parse_size(size)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--size") from err
     cfg = SyntheticConfig(
         n_train=frames,
         n_test=test_frames,
+        height=height,
+        width=width,
         seed=seed,
         big_rock_rate=big_rock_rate,
         outlier_rate=outlier_rate,
@@ -79,7 +94,13 @@ def main(
 
         sample = generate(
             SyntheticConfig(
-                n_train=16, n_test=0, seed=seed, big_rock_rate=0.25, outlier_rate=1 / 16
+                n_train=16,
+                n_test=0,
+                height=height,
+                width=width,
+                seed=seed,
+                big_rock_rate=0.25,
+                outlier_rate=1 / 16,
             )
         )
         sample_grid(

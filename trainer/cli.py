@@ -251,7 +251,7 @@ def evaluate(run: Path, data: Path, split: str, out: Path | None) -> None:
     "--submission",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Kaggle CSV to write (header id,0,...,8191).",
+    help="Kaggle CSV to write (header id,0,...,H*W-1).",
 )
 @click.option(
     "--masks",

@@ -38,7 +38,7 @@ class SyntheticConfig:
 
     n_train: int = 3000  # the course file has 2,615 training frames
     n_test: int = 500
-    height: int = 64
+    height: int = 64  # the course file's frame size
     width: int = 128
     seed: int = 0
     big_rock_rate: float = 0.03  # frames with big rocks (course: 63 of 2,505, 2.5 %)
