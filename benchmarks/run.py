@@ -79,7 +79,8 @@ def measure(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as out:
         with OutputWriter(out) as writer:
             stats = run_stream(CameraDir(spec["frame_dir"]), seg, writer, limit=spec["runs"])
-    pipeline = latency_stats(np.array(stats.timings_us["total"]))
+    pipeline = {"count": stats.frames, **stats.latency["total"].summary(digits=4)}
+    pipeline["avg"] = pipeline.pop("mean")
     pipeline["fps"] = stats.fps
 
     result = {

@@ -1,24 +1,42 @@
 """Frame sources: a camera directory (the frames there, then new ones) and an npz array.
 
 A camera on the rover writes one image file per frame into a directory. :class:`CameraDir`
-takes the files already there in name order and, with ``watch=True``, waits for new ones. It
-never reads a file that is still being written: hidden files and temporary names are ignored,
-and in watch mode a file is taken once it looks complete (a PNG's closing chunk, a JPEG's end
-marker, the length an .npy or PGM header announces), or, if it never does, once it has stopped
-changing for a grace period (then it is reported as bad). When the model is slower than the camera, the live queue keeps only the newest frames
-and counts the ones it drops (the files stay on disk, they are just not segmented).
+takes the files already there in name order and, with ``watch=True``, follows new ones for as
+long as the run lasts, at a cost per frame that does not depend on how many files the folder
+holds:
 
-Every reader returns a uint8 grayscale array (H, W); anything unreadable raises
-:class:`BadFrame`, which the pipeline logs and skips.
+- **inotify** (through the kept ``watchdog`` library, on Linux): a file is taken when its writer
+  closes it or renames it into place, so a writer may pause for any time mid-file. Any file
+  name works, and a camera that reuses a name gets every write processed.
+- **polling** (the fallback where inotify is not available): the folder is listed only when its
+  modification time changes, and only names after the last one taken are new (cameras name
+  frames by time or counter). A file that does not look complete yet (a PNG's closing chunk, a
+  JPEG's end marker after its last segment, the length an .npy or PGM header announces) waits;
+  one that stops changing for ``grace_s`` is taken anyway and reported as bad, and retried if
+  it changes again.
+
+Hidden files and temporary names are never taken. When the model is slower than the camera,
+only the newest ``max_queue`` live frames wait; older ones are dropped and counted (the files
+stay on disk). Everything the source remembers is bounded, whatever the length of the stream.
+
+Readers refuse what could exhaust a rover's memory before decoding it: frames with more than
+``max_pixels`` pixels (read from the header), decompression bombs. Frames above
+:data:`FULL_DECODE_PIXELS` are decoded reduced (JPEG DCT scaling, else a box reduction), and no
+float64 copy of a frame is ever made. Every reader returns a uint8 grayscale array (H, W);
+anything unreadable raises :class:`BadFrame`, which the pipeline logs and skips.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import queue
+import struct
 import threading
 import time
-from collections import deque
+import warnings
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +50,14 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pnm", ".n
 TEMP_SUFFIXES = frozenset(
     {".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", ".filepart"}
 )
+# Frames with more pixels are refused unread (--max-frame-pixels): 50 MP is 2.5x a 20 MP camera.
+DEFAULT_MAX_PIXELS = 50_000_000
+# Frames with more pixels are decoded reduced by an integer factor (a NAVCAM frame is 1 MP, so
+# every frame a model was trained on is decoded whole, exactly as in training).
+FULL_DECODE_PIXELS = 16_000_000
+# Bounds of the bookkeeping: files waiting to look complete, and failed files watched for change.
+MAX_PENDING = 4096
+MAX_FAILED = 1024
 
 
 class BadFrame(ValueError):
@@ -50,6 +76,7 @@ class Frame:
         index: position in the stream (0-based, counting dropped frames too).
         read_us: time spent reading and decoding.
         label: the true label map when the source has one (npz), else None.
+        reduced: the factor a very large frame was reduced by when decoding (1: not reduced).
     """
 
     name: str
@@ -59,95 +86,200 @@ class Frame:
     index: int = 0
     read_us: float = 0.0
     label: np.ndarray | None = None
+    reduced: int = 1
 
 
-def is_candidate(path: Path) -> bool:
+def is_candidate(name: str | Path) -> bool:
     """Whether a directory entry looks like a finished frame file (by its name only)."""
-    name = path.name
+    name = Path(name).name
     if name.startswith((".", "~")) or name.endswith("~"):
         return False
-    suffixes = [s.lower() for s in path.suffixes]
+    suffixes = [s.lower() for s in Path(name).suffixes]
     if any(s in TEMP_SUFFIXES for s in suffixes):
         return False
     return bool(suffixes) and suffixes[-1] in IMAGE_SUFFIXES
 
 
-def read_frame(path: str | Path) -> np.ndarray:
+# ----------------------------------------------------------------------------------------------
+# Reading one frame.
+
+
+def read_frame(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one frame file as uint8 grayscale (H, W).
 
     PNG, JPEG and PGM/PPM through Pillow (colour is converted to luminance, 16-bit scaled to
-    8-bit); ``.npy`` arrays of shape (H, W), (H, W, 1) or (H, W, 3), either uint8, or float in
-    [0, 1] or [0, 255].
+    8-bit); ``.npy`` arrays of shape (H, W), (H, W, 1) or (H, W, 3), either uint8, uint16
+    (scaled), or float in [0, 1] or [0, 255].
+
+    Args:
+        path: the file.
+        max_pixels: refuse frames with more pixels than this, before decoding them.
 
     Raises:
-        BadFrame: if the file is empty, truncated, not an image, or has an unusable shape/range.
+        BadFrame: if the file is empty, truncated, not an image, too large, or has an unusable
+            shape or range.
     """
     path = Path(path)
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise BadFrame(f"{path.name}: cannot read ({err.strerror})") from err
+        raise BadFrame(f"{path.name}: cannot read ({_why(err)})") from err
     if size == 0:
         raise BadFrame(f"{path.name}: empty file")
+    image, _ = read_frame_reduced(path, max_pixels)
+    return image
+
+
+def read_frame_reduced(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """:func:`read_frame`, also returning the factor a very large frame was reduced by."""
     if path.suffix.lower() == ".npy":
-        return _read_npy(path)
-    return _read_image(path)
+        return _read_npy(path, max_pixels)
+    return _read_image(path, max_pixels)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _why(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> int:
+    """The integer reduction factor for a frame of this size (1: decode whole).
+
+    Raises:
+        BadFrame: when the frame is larger than ``max_pixels``.
+    """
+    pixels = width * height
+    if pixels > max_pixels:
+        raise BadFrame(
+            f"{name}: {width}x{height} is {pixels / 1e6:.0f} MP, over the cap of "
+            f"{max_pixels / 1e6:.0f} MP (--max-frame-pixels); not decoded"
+        )
+    return max(1, math.ceil(math.sqrt(pixels / FULL_DECODE_PIXELS)))
+
+
+def _read_image(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not later
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if array.max(initial=0) > 255 else 255.0
-                return np.clip(np.round(array * 255.0 / top), 0, 255).astype(np.uint8)
-            if img.mode != "L":
-                img = img.convert("L")  # ITU-R 601 luminance
-            return np.asarray(img, dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            # our own cap decides; Pillow's bomb warning (89-179 MP) would only print
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                width = img.size[0]
+                factor = _check_pixels(path.name, *img.size, max_pixels)
+                if factor > 1 and img.format == "JPEG":
+                    # DCT scaling decodes at 1/2, 1/4 or 1/8 size: never the whole frame
+                    img.draft("L", (img.size[0] // factor, img.size[1] // factor))
+                img.load()  # decode now: a truncated file fails here, not later
+                rest = math.ceil(math.sqrt(img.size[0] * img.size[1] / FULL_DECODE_PIXELS))
+                if rest > 1:
+                    img = img.reduce(rest)
+                return _grey(img), max(1, round(width / img.size[0]))
+    except Image.DecompressionBombError as err:
+        raise BadFrame(f"{path.name}: a decompression bomb ({err}); not decoded") from err
     except UnidentifiedImageError as err:
         raise BadFrame(f"{path.name}: not an image Pillow can read") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise BadFrame(f"{path.name}: corrupt or truncated image ({err})") from err
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _grey(img) -> np.ndarray:
+    """A decoded Pillow image as uint8 grey, without float64 copies."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img)
+        return _scale_16bit(np.clip(array, 0, 65535) if array.dtype.kind == "i" else array)
+    if img.mode == "F":
+        return to_grayscale_uint8(np.asarray(img), "frame")
+    if img.mode != "L":
+        img = img.convert("L")  # ITU-R 601 luminance
+    return np.array(img, dtype=np.uint8)
+
+
+def _scale_16bit(array: np.ndarray) -> np.ndarray:
+    """16-bit grey to 8-bit: 0..65535 -> 0..255 when the data uses more than 8 bits."""
+    if array.size and int(array.max()) > 255:
+        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return array.astype(np.uint8)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, offset of the data) from an .npy header.
+
+    Raises:
+        OSError, ValueError, EOFError: for a file that is not (yet) an .npy.
+    """
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(handle)
+        return tuple(shape), dtype, handle.tell()
+
+
+def _read_npy(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
     try:
-        array = np.load(path, allow_pickle=False)
+        shape, _, _ = _npy_header(path)
+        if len(shape) >= 2:
+            _check_pixels(path.name, int(shape[1]), int(shape[0]), max_pixels)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # pages in only what is read
+    except BadFrame:
+        raise
     except (OSError, ValueError, EOFError) as err:
         raise BadFrame(f"{path.name}: not a readable .npy array ({err})") from err
-    return to_grayscale_uint8(array, path.name)
+    return to_grayscale_uint8(array, path.name), 1
 
 
 def to_grayscale_uint8(array: np.ndarray, name: str = "frame") -> np.ndarray:
     """Turn an (H, W), (H, W, 1) or (H, W, 3) array into uint8 grayscale.
 
+    uint8 is taken as it is, uint16 is scaled to 8 bits like a 16-bit PNG, other integers must
+    lie in 0..255, floats in [0, 1] (scaled) or [0, 255]. Colour becomes ITU-R 601 luminance.
+    No float64 copy is made.
+
     Raises:
-        BadFrame: for another shape, a non-numeric dtype, NaN, or values outside [0, 255].
+        BadFrame: for another shape, a non-numeric dtype, NaN, or values out of range.
     """
     array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] in (1, 3):
-        if array.shape[-1] == 3:
-            array = array.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        else:
-            array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 3:
+        array = _luminance(array, name)
     if array.ndim != 2 or min(array.shape) == 0:
         raise BadFrame(f"{name}: shape {array.shape}, expected (H, W), (H, W, 1) or (H, W, 3)")
     if array.dtype == np.uint8:
-        return array
+        return np.ascontiguousarray(array)
     if array.dtype.kind not in "iuf":
         raise BadFrame(f"{name}: dtype {array.dtype} is not numeric")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise BadFrame(f"{name}: contains NaN or inf")
+    if array.dtype == np.uint16:
+        return _scale_16bit(array)
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise BadFrame(f"{name}: contains NaN or inf")
     low, high = float(array.min()), float(array.max())
     if low < 0 or high > 255:
         raise BadFrame(f"{name}: values {low:g}..{high:g}, expected 0..255 (or 0..1 floats)")
     if array.dtype.kind == "f" and high <= 1.0:
-        array = array * 255.0
-    return np.round(array).astype(np.uint8)
+        array = array * np.float32(255.0)
+    return np.rint(array).astype(np.uint8)
+
+
+def _luminance(rgb: np.ndarray, name: str) -> np.ndarray:
+    """ITU-R 601 luminance of an (H, W, 3) array, in the array's own range."""
+    if rgb.dtype.kind in "iu":
+        if rgb.size and (int(rgb.min()) < 0 or int(rgb.max()) > 65535):
+            raise BadFrame(f"{name}: colour values outside 0..65535")
+        # fixed point, like Pillow's "L" conversion: (299 R + 587 G + 114 B) / 1000, rounded
+        weights = np.array([299, 587, 114], np.uint64)
+        grey = (rgb.astype(np.uint64) @ weights + 500) // 1000
+        return grey.astype(np.uint16 if rgb.dtype.itemsize > 1 else np.uint8)
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Is a file complete?
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every PNG ends with
@@ -156,9 +288,10 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every PNG ends wit
 def looks_complete(path: Path) -> bool:
     """Whether a frame file looks fully written, judged from its header and its last bytes.
 
-    PNG must end with its IEND chunk, JPEG with the end-of-image marker, a binary PGM/PPM or an
-    .npy must be as long as its header says. Other formats are assumed complete. This is cheap
-    (no decoding) and lets a finished file be taken at once instead of after a settle delay.
+    PNG must end with its IEND chunk; JPEG must hold every segment its headers announce (an
+    embedded EXIF thumbnail ends with an end-of-image marker of its own) and end with the
+    end-of-image marker after the scan; a binary PGM/PPM or an .npy must be as long as its header
+    says. Other formats are assumed complete. This is cheap (no decoding).
     """
     try:
         with open(path, "rb") as handle:
@@ -168,13 +301,15 @@ def looks_complete(path: Path) -> bool:
                 return False
             handle.seek(max(0, size - 16))
             tail = handle.read()
+            suffix = path.suffix.lower()
+            if suffix in (".jpg", ".jpeg"):
+                return tail.rstrip(b"\x00").endswith(b"\xff\xd9") and _jpeg_segments_whole(
+                    handle, size
+                )
     except OSError:
         return False
-    suffix = path.suffix.lower()
     if suffix == ".png":
         return tail.endswith(PNG_END)
-    if suffix in (".jpg", ".jpeg"):
-        return tail.rstrip(b"\x00").endswith(b"\xff\xd9")
     if suffix == ".npy":
         return size >= _npy_expected_size(path)
     if suffix in (".pgm", ".ppm", ".pnm"):
@@ -182,17 +317,34 @@ def looks_complete(path: Path) -> bool:
     return True
 
 
+def _jpeg_segments_whole(handle, size: int) -> bool:
+    """Walk the JPEG marker segments up to the first scan: each must fit in the file, and the
+    scan must start before the file's end marker."""
+    handle.seek(0)
+    if handle.read(2) != b"\xff\xd8":
+        return True  # not a JPEG we understand: let the decoder judge
+    pos = 2
+    while pos + 4 <= size:
+        handle.seek(pos)
+        marker = handle.read(4)
+        if marker[0] != 0xFF:
+            return True  # not a segment: let the decoder judge
+        if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:  # stand-alone markers
+            pos += 2
+            continue
+        end = pos + 2 + struct.unpack(">H", marker[2:4])[0]
+        if end > size:
+            return False  # a segment (e.g. EXIF with its thumbnail) runs past the end
+        if marker[1] == 0xDA:  # start of scan: entropy-coded data follows
+            return end < size - 2
+        pos = end
+    return False
+
+
 def _npy_expected_size(path: Path) -> int:
     try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read_header(handle)
-            return handle.tell() + int(np.prod(shape)) * dtype.itemsize
+        shape, dtype, offset = _npy_header(path)
+        return offset + int(np.prod(shape)) * dtype.itemsize
     except (OSError, ValueError, EOFError):
         return 1 << 62  # header not there yet (or never will be: the grace period decides)
 
@@ -224,139 +376,304 @@ def _pnm_expected_size(head: bytes) -> int:
     return pos + 1 + width * height * channels * (2 if maxval > 255 else 1)
 
 
-class CameraDir:
-    """Frames from a camera directory, in name order; optionally keeps watching for new ones.
+# ----------------------------------------------------------------------------------------------
+# A camera directory.
 
-    A file is taken as soon as it looks complete (:func:`looks_complete`); one that does not is
-    left alone while it keeps changing and taken anyway (to be reported as bad) once it has not
-    changed for ``grace_s``. Hidden files and temporary names are never taken.
+
+Identity = tuple[int, int, int]  # (inode, size, mtime_ns): a rewrite or a replacement changes it
+
+
+def _identity(path: Path) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class _Pending:
+    """A file seen but not taken yet."""
+
+    path: Path
+    identity: Identity | None
+    changed: float  # monotonic time of its last change
+    closed: bool  # its writer closed it (inotify), so waiting longer will not complete it
+
+
+class CameraDir:
+    """Frames from a camera directory, in name order; optionally keeps following new ones.
 
     Args:
         directory: where the camera writes frames.
-        watch: after the frames already there, wait for new ones until :meth:`stop` is called
+        watch: after the frames already there, follow new ones until :meth:`stop` is called
             (or ``idle_timeout`` passes without a new frame).
-        poll_s: how often the directory is listed while watching.
-        grace_s: how long an incomplete-looking file may stay unchanged before it is taken.
+        poll_s: how long the follow loop waits for news before checking again.
+        grace_s: polling: how long a file that does not look complete may stay unchanged before
+            it is taken (and reported bad); also how long a frame that fails to decode right
+            after being written is given to complete.
         max_queue: live frames waiting beyond this many are dropped, oldest first (the frames
             already in the directory at start are a recording and are never dropped).
-        idle_timeout: stop watching after this many seconds without a new frame (None: never).
+        idle_timeout: stop following after this many seconds without a new frame (None: never).
+        max_pixels: frames with more pixels are refused unread.
+        notify: ``auto`` (inotify when available, else polling), ``inotify`` or ``poll``.
 
     Raises:
-        ValueError: if ``directory`` is not a directory.
+        ValueError: if ``directory`` is not a directory, or an option is out of range.
     """
 
     def __init__(
         self,
         directory: str | Path,
         watch: bool = False,
-        poll_s: float = 0.02,
+        poll_s: float = 0.05,
         grace_s: float = 2.0,
         max_queue: int = 2,
         idle_timeout: float | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        notify: str = "auto",
     ):
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ValueError(f"camera directory {self.directory} does not exist or is not a folder")
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        if notify not in ("auto", "inotify", "poll"):
+            raise ValueError(f"notify must be auto, inotify or poll, got {notify!r}")
         self.watch = watch
         self.poll_s = poll_s
         self.grace_s = grace_s
         self.max_queue = max_queue
         self.idle_timeout = idle_timeout
+        self.max_pixels = max_pixels
+        self.notify = notify
+        self.mode = "listing"  # then "inotify" or "poll" while following
         self.dropped = 0
+        self.idle = False  # the idle timeout ended the stream
         self._stop = threading.Event()
-        self._seen: set[str] = set()
-        self._incomplete: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, since)
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._observer = None
+        self._live: deque[tuple[Path, Identity | None]] = deque()
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._failed: OrderedDict[str, Identity | None] = OrderedDict()
+        self._handed: OrderedDict[str, Identity | None] = OrderedDict()  # recent, for late events
+        self._failed_checked = 0.0
+        self._mark = ""  # polling: the last name seen; later names are new
+        self._dir_mtime: int | None = None
         self._index = 0
 
     def stop(self) -> None:
         """Ask the source to end after the frame in hand (safe from a signal handler)."""
         self._stop.set()
+        self._events.put(None)  # wake the follow loop at once
 
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def __iter__(self) -> Iterator[Frame]:
-        for path in self._ready():
-            if self._stop.is_set():
-                return
-            yield self._take(path)
-        if self.watch:
-            yield from self._follow()
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking at once on :meth:`stop`; True when stopped."""
+        return self._stop.wait(max(0.0, seconds))
 
-    def _follow(self) -> Iterator[Frame]:
-        queue: deque[Path] = deque()
+    def __iter__(self) -> Iterator[Frame]:
+        try:
+            if self.watch:
+                self._start_watching()  # before listing: nothing written meanwhile is missed
+            backlog = self._listing()
+            self._mark = backlog[-1][0].name if backlog else ""
+            known = {path.name: ident for path, ident in backlog}  # only while the backlog lasts
+            for path, ident in backlog:
+                if self._stop.is_set():
+                    return
+                if self.watch:
+                    self._collect(known)  # keep the live queue bounded meanwhile
+                    if not looks_complete(path):  # being written, or left half-written
+                        self._pending[path.name] = _Pending(path, ident, time.monotonic(), True)
+                        continue
+                frame = self._take(path, ident)
+                if frame is not None:
+                    yield frame
+            if self.watch:
+                yield from self._follow(known)
+        finally:
+            self._stop_watching()
+
+    # -- following -------------------------------------------------------------------------------
+
+    def _follow(self, known: dict[str, Identity | None]) -> Iterator[Frame]:
+        self._collect(known)
+        known.clear()  # events from now on are new files (or new writes of a name)
         last_new = time.monotonic()
         while not self._stop.is_set():
-            queued = {p.name for p in queue}
-            for path in self._ready(exclude=queued):
-                queue.append(path)
+            if self._collect(known):
                 last_new = time.monotonic()
-            while len(queue) > self.max_queue:
-                old = queue.popleft()
-                self._seen.add(old.name)
+            while len(self._live) > self.max_queue:
+                old, _ = self._live.popleft()
                 self.dropped += 1
                 self._index += 1
-                log.debug("dropped %s: the model is behind the camera", old.name)
-            if queue:
-                yield self._take(queue.popleft())
+                log.info("dropped %s: the model is behind the camera", old.name)
+            if self._live:
+                frame = self._take(*self._live.popleft())
+                if frame is not None:
+                    yield frame
                 continue
-            if self._incomplete:
+            if self._pending:
                 last_new = time.monotonic()  # a file is arriving
             if self.idle_timeout is not None and time.monotonic() - last_new > self.idle_timeout:
+                self.idle = True
                 return
+            self._wait_for_news()
+
+    def _wait_for_news(self) -> None:
+        if self.mode == "inotify":
+            try:
+                item = self._events.get(timeout=self.poll_s)
+            except queue.Empty:
+                return
+            if item is not None:
+                self._events.put(item)  # let _collect handle it, in order
+        else:
             self._stop.wait(self.poll_s)
 
-    def _ready(self, exclude: set[str] = frozenset()) -> list[Path]:
-        """New files to take now, in name order (in watch mode, only complete-looking ones)."""
-        fresh = sorted(
-            (p for p in self._list() if p.name not in self._seen and p.name not in exclude),
-            key=lambda p: p.name,
-        )
-        if not self.watch:
-            return fresh
-        ready, now = [], time.monotonic()
-        for path in fresh:
-            if looks_complete(path):
-                self._incomplete.pop(path.name, None)
-                ready.append(path)
+    def _collect(self, known: dict[str, Identity | None]) -> int:
+        """Move new and completed files into the live queue; returns how many arrived."""
+        now = time.monotonic()
+        arrived = []
+        for path, closed in self._news():
+            ident = _identity(path)
+            if known and known.get(path.name, ()) == ident:
+                continue  # an event for a file of the backlog, as it was listed
+            if ident is not None and self._handed.get(path.name) == ident:
+                continue  # a late event (e.g. the close) of a file already queued or taken
+            previous = self._pending.get(path.name)
+            if previous is not None and previous.identity == ident and not closed:
                 continue
-            try:
-                st = path.stat()
-            except OSError:
-                self._incomplete.pop(path.name, None)  # deleted or renamed meanwhile
+            self._pending[path.name] = _Pending(path, ident, now, closed)
+            self._pending.move_to_end(path.name)
+        for name in list(self._pending):
+            entry = self._pending[name]
+            ident = _identity(entry.path)
+            if ident is None and not os.path.lexists(entry.path):
+                del self._pending[name]  # deleted or renamed away meanwhile
                 continue
-            key = (st.st_size, st.st_mtime_ns)
-            previous = self._incomplete.get(path.name)
-            if previous is None or previous[:2] != key:
-                self._incomplete[path.name] = (*key, now)  # new or still changing
-            elif now - previous[2] >= self.grace_s:
-                del self._incomplete[path.name]
-                ready.append(path)  # stalled: take it; the reader will say what is wrong
-        return ready
+            if ident != entry.identity:
+                entry.identity, entry.changed = ident, now
+            ready = ident is None or looks_complete(entry.path)  # None: a broken link, say so
+            # polling cannot know whether a writer still has the file open: a file that stops
+            # changing for grace_s is taken; inotify waits for the close (or the rename)
+            stalled = (
+                entry.closed or self.mode != "inotify"
+            ) and now - entry.changed >= self.grace_s
+            if ready or stalled:
+                del self._pending[name]
+                arrived.append((entry.path, ident))
+        while len(self._pending) > MAX_PENDING:  # a flood of files that never complete
+            _, entry = self._pending.popitem(last=False)
+            arrived.append((entry.path, entry.identity))
+        arrived.sort(key=lambda item: item[0].name)
+        for path, ident in arrived:
+            self._hand(path, ident)
+        self._live.extend(arrived)
+        return len(arrived)
 
-    def _list(self) -> list[Path]:
+    def _news(self) -> list[tuple[Path, bool]]:
+        """Files that appeared or were (re)written since the last call: (path, writer closed)."""
+        news: list[tuple[Path, bool]] = []
+        if self.mode == "inotify":
+            while True:
+                try:
+                    item = self._events.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None and is_candidate(item[0].name):
+                    news.append(item)
+            return news
+        if self.mode == "poll":
+            try:
+                mtime = os.stat(self.directory).st_mtime_ns
+            except OSError as err:
+                log.warning("cannot read %s: %s", self.directory, _why(err))
+                return news
+            if mtime != self._dir_mtime:  # the folder changed: list it once
+                self._dir_mtime = mtime
+                fresh = [(p, False) for p, _ in self._listing(after=self._mark)]
+                if fresh:
+                    self._mark = fresh[-1][0].name
+                news += fresh
+            news += self._changed_failures()
+        return news
+
+    def _changed_failures(self) -> list[tuple[Path, bool]]:
+        """Polling: frames that failed and have been rewritten since (checked every grace_s)."""
+        now = time.monotonic()
+        if not self._failed or now - self._failed_checked < self.grace_s:
+            return []
+        self._failed_checked = now
+        changed = []
+        for name, ident in list(self._failed.items()):
+            path = self.directory / name
+            current = _identity(path)
+            if current is None and not os.path.lexists(path):
+                del self._failed[name]
+            elif current != ident:
+                del self._failed[name]
+                changed.append((path, False))
+        return changed
+
+    # -- listing and taking ----------------------------------------------------------------------
+
+    def _listing(self, after: str = "") -> list[tuple[Path, Identity | None]]:
+        """Frame files in the directory (names after ``after`` only), in name order."""
+        found = []
         try:
             with os.scandir(self.directory) as entries:
-                return [
-                    Path(e.path)
-                    for e in entries
-                    if is_candidate(Path(e.name)) and e.is_file(follow_symlinks=True)
-                ]
+                for entry in entries:
+                    name = entry.name
+                    if name <= after or not is_candidate(name):
+                        continue
+                    try:
+                        regular = entry.is_file(follow_symlinks=True)
+                    except OSError:
+                        regular = True  # a link loop or an unreadable target: reported once
+                    if regular or entry.is_symlink():
+                        found.append(Path(entry.path))
         except OSError as err:
-            log.warning("cannot list %s: %s", self.directory, err)
+            log.warning("cannot list %s: %s", self.directory, _why(err))
             return []
+        found.sort(key=lambda p: p.name)
+        return [(p, _identity(p)) for p in found]
 
-    def _take(self, path: Path) -> Frame:
-        self._seen.add(path.name)
-        index, self._index = self._index, self._index + 1
+    def _hand(self, path: Path, ident: Identity | None) -> None:
+        """Remember that this version of ``path`` is queued or taken (late events ignore it)."""
+        self._handed[path.name] = ident
+        self._handed.move_to_end(path.name)
+        if len(self._handed) > MAX_FAILED:
+            self._handed.popitem(last=False)
+
+    def _take(self, path: Path, ident: Identity | None) -> Frame | None:
+        if self.watch:
+            self._hand(path, ident)
+        index = self._index
         t0 = time.perf_counter_ns()
+        reduced = 1
         try:
-            image, error = read_frame(path), None
+            if ident is None and path.is_symlink():
+                raise BadFrame(f"{path.name}: a link to nothing readable (loop or missing target)")
+            if ident is not None and ident[1] == 0:
+                raise BadFrame(f"{path.name}: empty file")
+            image, reduced = read_frame_reduced(path, self.max_pixels)
+            error = None
         except BadFrame as err:
             image, error = None, str(err)
+            if self.watch and self._young(path) and path.name not in self._pending:
+                # just written and not decodable yet: give its writer grace_s to finish
+                self._pending[path.name] = _Pending(path, ident, time.monotonic(), True)
+                return None
+            if self.watch:
+                self._failed[path.name] = ident
+                while len(self._failed) > MAX_FAILED:
+                    self._failed.popitem(last=False)
+        self._index += 1
         return Frame(
             name=path.stem,
             image=image,
@@ -364,7 +681,67 @@ class CameraDir:
             path=path,
             index=index,
             read_us=(time.perf_counter_ns() - t0) / 1e3,
+            reduced=reduced,
         )
+
+    def _young(self, path: Path) -> bool:
+        try:
+            return time.time() - os.stat(path).st_mtime < self.grace_s
+        except OSError:
+            return False
+
+    # -- inotify ---------------------------------------------------------------------------------
+
+    def _start_watching(self) -> None:
+        self.mode = "poll"
+        if self.notify == "poll":
+            return
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers.inotify import InotifyObserver
+        except ImportError as err:  # not installed, or not Linux
+            if self.notify == "inotify":
+                raise ValueError(
+                    f"inotify is not available here ({err}); install watchdog (Linux) or use "
+                    "--notify poll"
+                ) from err
+            log.info("inotify not available (%s): polling %s", err, self.directory)
+            return
+        events, folder = self._events, str(self.directory.resolve())
+
+        class Handler(FileSystemEventHandler):
+            def on_closed(self, event):  # IN_CLOSE_WRITE: its writer is done
+                self._put(event.src_path, True, event.is_directory)
+
+            def on_moved(self, event):  # renamed into place: complete
+                self._put(event.dest_path, True, event.is_directory)
+
+            def on_created(self, event):  # a link, or a writer still writing
+                self._put(event.src_path, False, event.is_directory)
+
+            def _put(self, path, closed: bool, is_dir: bool) -> None:
+                path = os.fsdecode(path)
+                if not is_dir and os.path.dirname(path) == folder:
+                    events.put((Path(path), closed))
+
+        try:
+            observer = InotifyObserver()
+            observer.schedule(Handler(), folder, recursive=False)
+            observer.start()
+        except OSError as err:  # e.g. the inotify watch limit
+            if self.notify == "inotify":
+                raise ValueError(
+                    f"cannot watch {self.directory} with inotify: {_why(err)}"
+                ) from err
+            log.warning("cannot watch %s with inotify (%s): polling", self.directory, _why(err))
+            return
+        self._observer, self.mode = observer, "inotify"
+
+    def _stop_watching(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
 
 
 class NpzFrames:
@@ -372,10 +749,10 @@ class NpzFrames:
 
     Args:
         path: the npz.
-        key: the array of frames, (N, H, W); by default ``test_set``, else ``images``, else
-            ``training_set`` (whose first channel, if it has two, is the frame).
-        labels_key: the array of labels (N, H, W); by default ``test_labels``, else ``labels``, else
-            the second channel of a (N, H, W, 2) ``training_set``.
+        key: the array of frames, (N, H, W); by default ``test_set``, else ``images``, else the
+            course file's ``training_set`` (N, 2, H, W), whose channel 0 is the frame.
+        labels_key: the array of labels (N, H, W); by default ``test_labels``, else ``labels``,
+            else channel 1 of a course-layout ``training_set``.
         limit: at most this many frames.
 
     Raises:
@@ -407,12 +784,13 @@ class NpzFrames:
                 frames = data[key]
                 labels = None
                 labels_key = labels_key or next((k for k in self.LABEL_KEYS if k in keys), None)
+                course = frames.ndim == 4 and frames.shape[1] == 2  # (N, 2, H, W)
                 if labels_key in keys:
                     labels = data[labels_key]
-                elif frames.ndim == 4 and frames.shape[-1] == 2:  # the course's training_set
-                    labels = frames[..., 1]
-                if frames.ndim == 4 and frames.shape[-1] == 2:
-                    frames = frames[..., 0]
+                elif course:
+                    labels = frames[:, 1]
+                if course:
+                    frames = frames[:, 0]
         except (OSError, EOFError) as err:
             raise ValueError(f"cannot read {self.path.name}: {err}") from err
         if frames.ndim != 3:
@@ -563,19 +941,30 @@ def detect_label_format(folder: Path, sample: int = 16) -> str:
     return "model"
 
 
-def _read_label_array(path: Path) -> np.ndarray:
+def _read_label_array(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A label file as an integer array, refusing oversized files and bombs before decoding."""
     if path.suffix.lower() == ".npy":
         try:
+            shape, _, _ = _npy_header(path)
+            if len(shape) >= 2:
+                _check_pixels(path.name, int(shape[1]), int(shape[0]), max_pixels)
             labels = np.load(path, allow_pickle=False)
+        except BadFrame:
+            raise
         except (OSError, ValueError, EOFError) as err:
             raise BadFrame(f"{path.name}: not a readable .npy array ({err})") from err
     else:
         from PIL import Image
 
         try:
-            with Image.open(path) as img:
-                labels = np.asarray(img)
-        except OSError as err:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    _check_pixels(path.name, *img.size, max_pixels)
+                    labels = np.asarray(img)
+        except Image.DecompressionBombError as err:
+            raise BadFrame(f"{path.name}: a decompression bomb ({err}); not decoded") from err
+        except (OSError, SyntaxError, ValueError) as err:
             raise BadFrame(f"{path.name}: cannot read the label image ({err})") from err
     labels = np.squeeze(np.asarray(labels))
     if labels.ndim != 2:

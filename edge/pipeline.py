@@ -1,7 +1,10 @@
 """The rover loop: frames in, masks, overlays and telemetry out, statistics kept.
 
-One bad frame never ends a run: a frame that cannot be read, segmented or written is logged,
-counted in the summary and skipped.
+One bad frame never ends a run: a frame that cannot be read or segmented is logged, counted in
+the summary and skipped; a frame whose outputs cannot be written (a full disk) is segmented
+anyway, its telemetry waits for room, and the summary counts it. Everything kept per run is
+bounded: latency percentiles come from fixed-size histograms (:mod:`edge.quantiles`, 1 %
+relative error), so memory and per-frame cost stay flat on an endless stream.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +23,21 @@ import numpy as np
 from edge.classes import MARS, LabelSet
 from edge.frames import BadFrame, Frame, LabelReader
 from edge.metrics import class_fractions, confusion_matrix, report_from_confusion
+from edge.quantiles import LogHistogram
 from edge.segmenter import Segmenter
-from edge.sinks import OutputWriter
+from edge.sinks import OutputWriter, consume
 
 log = logging.getLogger(__name__)
 STAGES = ("read", "preprocess", "invoke", "postprocess", "write", "total")
+PERCENTILE_ERROR = 0.01  # relative error of every latency percentile in the summary
+
+
+def _histograms() -> dict[str, LogHistogram]:
+    return {s: LogHistogram(PERCENTILE_ERROR) for s in STAGES}
+
+
+def _recent() -> dict[str, deque]:
+    return {s: deque(maxlen=30) for s in STAGES}
 
 
 @dataclass
@@ -31,16 +45,21 @@ class RunStats:
     """What a run has done so far; ``summary()`` turns it into the report."""
 
     frames: int = 0  # segmented
-    errors: int = 0  # unreadable, unsegmentable or unwritable frames
+    errors: int = 0  # unreadable or unsegmentable frames
     dropped: int = 0  # live frames skipped because the model was behind the camera
+    unwritten: int = 0  # segmented frames whose mask or overlay could not be written
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
-    timings_us: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    latency: dict[str, LogHistogram] = field(default_factory=_histograms)
+    recent: dict[str, deque] = field(default_factory=_recent)  # for the status line
     label_set: LabelSet = MARS
     confusion: np.ndarray | None = None  # (C, C), made at the first labelled frame
     scored_frames: int = 0
     labels_missing: int = 0  # frames whose label file was not found (with --labels)
     stopped_by: str = "end of input"
+    telemetry_failures: int = 0  # writes the disk refused (the lines waited)
+    telemetry_lost: int = 0  # lines dropped from the bounded waiting queue
+    telemetry_unsaved: int = 0  # lines still waiting at the end
     warned_label_shape: bool = False
 
     @property
@@ -51,32 +70,33 @@ class RunStats:
     def fps(self) -> float:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
 
-    def recent_ms(self, stage: str, n: int = 30) -> float:
-        values = self.timings_us[stage][-n:]
-        return float(np.mean(values)) / 1e3 if values else 0.0
+    def recent_ms(self, stage: str) -> float:
+        values = self.recent[stage]
+        return sum(values) / len(values) / 1e3 if values else 0.0
+
+    def add_timings(self, timings_us: dict[str, float]) -> None:
+        for stage in STAGES:
+            self.latency[stage].add(timings_us[stage] / 1e3)
+            self.recent[stage].append(timings_us[stage])
 
     def summary(self) -> dict:
         """Counts, fps, per-stage latency percentiles (ms), mIoU when labelled, peak RSS."""
-        latency = {}
-        for stage, values in self.timings_us.items():
-            if values:
-                ms = np.asarray(values) / 1e3
-                latency[stage] = {
-                    "mean": float(ms.mean()),
-                    "p50": float(np.percentile(ms, 50)),
-                    "p90": float(np.percentile(ms, 90)),
-                    "p99": float(np.percentile(ms, 99)),
-                    "max": float(ms.max()),
-                }
+        latency = {s: h.summary() for s, h in self.latency.items() if h.count}
+        invoke = self.latency["invoke"]
         out = {
             "frames": self.frames,
             "errors": self.errors,
             "dropped": self.dropped,
+            "unwritten": self.unwritten,
+            "telemetry_failures": self.telemetry_failures,
+            "telemetry_lost": self.telemetry_lost,
+            "telemetry_unsaved": self.telemetry_unsaved,
             "stopped_by": self.stopped_by,
             "wall_s": round(self.wall_s, 3),
             "fps": round(self.fps, 2),
-            "invoke_only_fps": round(1e3 / latency["invoke"]["mean"], 2) if latency else None,
+            "invoke_only_fps": round(1e3 / invoke.mean, 2) if invoke.count else None,
             "latency_ms": latency,
+            "latency_relative_error": PERCENTILE_ERROR,
             "peak_rss_mb": peak_rss_mb(),
             "scored_frames": self.scored_frames,
             "labels_missing": self.labels_missing,
@@ -118,12 +138,14 @@ def run_stream(
     stats: RunStats | None = None,
     limit: int | None = None,
     max_fps: float | None = None,
+    consumed: str | Path | None = None,
 ) -> RunStats:
     """Segment every frame of ``frames``, write the outputs, keep the statistics.
 
     Args:
         frames: a frame source (:class:`edge.frames.CameraDir`, :class:`edge.frames.NpzFrames`).
-            Its ``dropped`` attribute, if any, is copied into the statistics.
+            Its ``dropped`` and ``idle`` attributes, if any, are reported; its ``wait`` method,
+            if any, paces the loop (so that :meth:`~edge.frames.CameraDir.stop` wakes it).
         segmenter: the model.
         writer: where masks, overlays and telemetry go (None: nowhere, e.g. a benchmark).
         labels: true label maps for the frames (named like them); they make the summary's mIoU.
@@ -131,6 +153,8 @@ def run_stream(
         stats: continue these statistics (the caller may hold them to report after a signal).
         limit: stop after this many frames (segmented or not).
         max_fps: take frames no faster than this; a live source drops what piles up meanwhile.
+        consumed: what to do with an input file once done with: ``"delete"``, a folder to move
+            it into, or None (leave it).
 
     Returns:
         The statistics; ``stats.summary()`` is the report.
@@ -138,21 +162,38 @@ def run_stream(
     stats = stats or RunStats()
     stats.label_set = segmenter.labels
     period = 1.0 / max_fps if max_fps else 0.0
+    wait = getattr(frames, "wait", None) or time.sleep
+    move_to = None if consumed in (None, "delete") else Path(consumed)
     taken = 0
     for frame in frames:
         taken += 1
         frame_start = time.perf_counter()
+        dropped_before = stats.dropped
         stats.dropped = getattr(frames, "dropped", 0)
         record = {"frame": frame.name, "index": frame.index, "time": time.time()}
         record.update(_segment_one(frame, segmenter, writer, labels, stats))
-        record["dropped"] = stats.dropped
-        if writer is not None:
-            writer.log(record)
+        record["dropped"] = stats.dropped - dropped_before
+        if writer is not None and not writer.log(record):
+            stats.telemetry_failures += 1
+        if consumed is not None and frame.path is not None:
+            try:
+                consume(frame.path, move_to)
+            except OSError as err:
+                log.warning("could not dispose of %s: %s", frame.path.name, err.strerror or err)
         if on_frame:
             on_frame(stats)
-        if _finished(taken, limit, stats, frame_start, period):
+        if limit is not None and taken >= limit:
+            stats.stopped_by = f"limit of {limit} frames"
             break
+        if period:
+            wait(frame_start + period - time.perf_counter())
     stats.dropped = getattr(frames, "dropped", stats.dropped)
+    if getattr(frames, "idle", False):
+        stats.stopped_by = "idle timeout"
+    if writer is not None and writer.telemetry is not None:
+        writer.telemetry.write_pending()
+        stats.telemetry_lost = writer.telemetry.lost
+        stats.telemetry_unsaved = len(writer.telemetry.pending)
     stats.ended = time.perf_counter()
     if labels is not None and stats.frames and not stats.scored_frames:
         log.warning(
@@ -178,64 +219,69 @@ def _segment_one(
         t0 = time.perf_counter_ns()
         seg = segmenter.segment(frame.image)
         t1 = time.perf_counter_ns()
-        name = frame.name
-        if writer is not None:
-            name = writer.output_name(frame.name, frame.path)
-            writer.write_images(name, frame.image, seg.labels)
-        t2 = time.perf_counter_ns()
     except Exception as err:  # one bad frame must not end the run
         stats.errors += 1
         reason = str(err) if isinstance(err, BadFrame) else f"{type(err).__name__}: {err}"
         log.warning("skipped frame %s: %s", frame.name, reason)
         return {"status": "error", "error": reason}
+    name, written = frame.name, None
+    if writer is not None:
+        name = writer.output_name(frame.name, frame.path)
+        try:
+            writer.write_images(name, frame.image, seg.labels)
+            written = True
+        except OSError as err:
+            stats.unwritten += 1
+            written = False
+            writer.warn_write_failure(f"the outputs of {frame.name}", err)
+    t2 = time.perf_counter_ns()
 
     timings = dict(seg.timings_us)
     timings["read"] = frame.read_us
     timings["write"] = (t2 - t1) / 1e3
     # total = the frame's time in this process: read + segment (all stages) + write
     timings["total"] = frame.read_us + (t2 - t0) / 1e3
-    for stage in STAGES:
-        stats.timings_us[stage].append(timings[stage])
+    stats.add_timings(timings)
     stats.frames += 1
-
-    truth = _truth(frame, labels, stats)
-    if truth is not None:
-        if truth.shape == seg.labels.shape:
-            n = stats.label_set.num_classes
-            if stats.confusion is None:
-                stats.confusion = np.zeros((n, n), np.int64)
-            stats.confusion += confusion_matrix(truth, seg.labels, n)
-            stats.scored_frames += 1
-        elif not stats.warned_label_shape:
-            log.warning(
-                "label %s is %s but the frame is %s: not scored (warned once)",
-                frame.name,
-                truth.shape,
-                seg.labels.shape,
-            )
-            stats.warned_label_shape = True
-    return {
+    _score(frame, seg.labels, labels, stats)
+    record = {
         "status": "ok",
         "output": name,
         "shape": list(seg.labels.shape),
         "timings_ms": {k: round(v / 1e3, 3) for k, v in timings.items()},
         "class_fractions": {
-            name: round(float(f), 4)
-            for name, f in zip(
+            n: round(float(f), 4)
+            for n, f in zip(
                 stats.label_set.names, class_fractions(seg.labels, stats.label_set.num_classes)
             )
         },
     }
+    if written is not None:
+        record["written"] = written
+    if frame.reduced > 1:
+        record["decoded_reduced_by"] = frame.reduced
+    return record
 
 
-def _finished(taken: int, limit: int | None, stats: RunStats, start: float, period: float) -> bool:
-    """True at the frame limit; otherwise waits out the rest of the frame period (--max-fps)."""
-    if limit is not None and taken >= limit:
-        stats.stopped_by = f"limit of {limit} frames"
-        return True
-    if period:
-        time.sleep(max(0.0, start + period - time.perf_counter()))
-    return False
+def _score(frame: Frame, predicted: np.ndarray, labels: LabelReader | None, stats: RunStats):
+    truth = _truth(frame, labels, stats)
+    if truth is None:
+        return
+    if truth.shape != predicted.shape:
+        if not stats.warned_label_shape:
+            log.warning(
+                "label %s is %s but the frame is %s: not scored (warned once)",
+                frame.name,
+                truth.shape,
+                predicted.shape,
+            )
+            stats.warned_label_shape = True
+        return
+    n = stats.label_set.num_classes
+    if stats.confusion is None:
+        stats.confusion = np.zeros((n, n), np.int64)
+    stats.confusion += confusion_matrix(truth, predicted, n)
+    stats.scored_frames += 1
 
 
 def _truth(frame: Frame, labels: LabelReader | None, stats: RunStats) -> np.ndarray | None:
@@ -285,6 +331,7 @@ class StatusLine:
             f"invoke {stats.recent_ms('invoke'):.2f}  post {stats.recent_ms('postprocess'):.2f}  "
             f"write {stats.recent_ms('write'):.2f} ms  errors {stats.errors}  "
             f"dropped {stats.dropped}"
+            + (f"  unwritten {stats.unwritten}" if stats.unwritten else "")
         )
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
@@ -302,8 +349,9 @@ class StatusLine:
 def format_summary(summary: dict) -> str:
     """The end-of-run screen."""
     lines = [
-        f"frames {summary['frames']}  errors {summary['errors']}  dropped {summary['dropped']}  "
-        f"({summary['stopped_by']}, {summary['wall_s']:.1f} s)",
+        f"frames {summary['frames']}  errors {summary['errors']}  dropped {summary['dropped']}"
+        + (f"  unwritten {summary['unwritten']}" if summary.get("unwritten") else "")
+        + f"  ({summary['stopped_by']}, {summary['wall_s']:.1f} s)",
         f"pipeline {summary['fps']:.1f} fps"
         + (
             f"  (invoke alone {summary['invoke_only_fps']:.1f} fps)"
@@ -327,4 +375,34 @@ def format_summary(summary: dict) -> str:
             f"mIoU {summary['miou']:.4f} over {summary['scored_frames']} labelled frames  "
             f"({per_class})"
         )
+    if summary.get("telemetry_failures"):
+        lines.append(
+            f"telemetry: {summary['telemetry_failures']} refused writes (disk full?); "
+            f"{summary['telemetry_lost'] + summary['telemetry_unsaved']} lines never written"
+        )
     return "\n".join(lines)
+
+
+# Exit codes of `edge-seg run` (and `edge-seg info` for a bad model), documented in the README.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # bad model, camera folder or options: nothing ran
+EXIT_NO_FRAMES = 3  # the input held no frame
+EXIT_ALL_FAILED = 4  # frames came, none could be segmented
+EXIT_IDLE = 5  # --idle-timeout: the camera fell silent
+EXIT_OUTPUT = 6  # outputs (masks, overlays, telemetry, summary) could not all be written
+
+
+def outcome(summary: dict, summary_written: bool = True) -> int:
+    """The exit code a supervisor reads from a finished run's summary."""
+    lost = summary["telemetry_lost"] + summary["telemetry_unsaved"]
+    if summary["unwritten"] or lost or not summary_written:
+        return EXIT_OUTPUT
+    if summary["errors"] and not summary["frames"]:
+        return EXIT_ALL_FAILED
+    if summary["stopped_by"] in ("SIGINT", "SIGTERM"):
+        return EXIT_OK
+    if summary["stopped_by"] == "idle timeout":
+        return EXIT_IDLE
+    if not summary["frames"]:
+        return EXIT_NO_FRAMES
+    return EXIT_OK

@@ -1,26 +1,45 @@
 """Where results go: label PNGs, colour overlays and a JSONL telemetry stream.
 
 Every file is written atomically: to a hidden temporary name in the same folder, flushed, then
-renamed into place, so a process on the rover reading ``masks/`` never sees half a PNG. A
-telemetry line is one ``write`` on an append-only descriptor, so a reader tailing the file sees
-whole lines.
+renamed into place, so a process on the rover reading ``masks/`` never sees half a PNG; temporary
+files that a killed run left behind are removed at the next start. A telemetry line is one
+``write`` on an append-only descriptor, and a write that fails (a full disk) is cut back to the
+last whole line, so the file stays valid JSONL whatever happens; lines that could not be written
+wait in a bounded queue and are written when the disk has room again. With ``keep`` only the
+newest masks and overlays stay, so that an endless run has a bounded footprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import struct
+import time
 import zlib
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import numpy as np
 
-from edge.classes import overlay
+from edge.classes import MARS, LabelSet, overlay
+
+log = logging.getLogger(__name__)
+# Output stems are at most this many bytes: a file name may have 255, and ours get a suffix and
+# a temporary prefix/suffix around them.
+MAX_STEM_BYTES = 200
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a hidden temporary file and a rename."""
+    """Write ``payload`` to ``path`` through a hidden temporary file and a rename.
+
+    Raises:
+        OSError: when it cannot be written (nothing is left behind).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -29,22 +48,77 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.flush()
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise
+
+
+def atomic_write_json(path: Path, payload, indent: int | None = 2) -> Path:
+    """Write a JSON document atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(Path(path), (json.dumps(payload, indent=indent) + "\n").encode())
+    return Path(path)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Remove the temporary files (``.NAME.PID.tmp``) of processes that no longer run.
+
+    Returns:
+        How many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours from before a restart of a reused pid: nothing of ours is in flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def short_stem(name: str) -> str:
+    """``name`` if it fits in :data:`MAX_STEM_BYTES` bytes, else its start and a hash of all."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_STEM_BYTES:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    head = raw[: MAX_STEM_BYTES - 13].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
 
 
 def png_bytes(array: np.ndarray, level: int = 1) -> bytes:
     """Encode a uint8 (H, W) grayscale or (H, W, 3) RGB array as an 8-bit PNG.
 
     Written directly (filter type 0 rows, one zlib IDAT chunk): ~20x faster than Pillow's
-    encoder for a course-size (64x128) mask (25 us against 0.5 ms here), which matters when the model itself
-    takes about a millisecond. Any PNG reader opens the result.
+    encoder for a course-size (64x128) mask (25 us against 0.5 ms here), which matters when the
+    model itself takes about a millisecond. Any PNG reader opens the result.
     """
     array = np.ascontiguousarray(array)
     if (
         array.dtype != np.uint8
         or array.ndim not in (2, 3)
         or (array.ndim == 3 and array.shape[2] != 3)
+        or 0 in array.shape
     ):
         raise ValueError(f"expected uint8 (H, W) or (H, W, 3), got {array.dtype} {array.shape}")
     height, width = array.shape[:2]
@@ -66,14 +140,103 @@ def png_bytes(array: np.ndarray, level: int = 1) -> bytes:
     )
 
 
+class Telemetry:
+    """An append-only JSONL file that stays valid JSONL on a full disk and across crashes.
+
+    Args:
+        path: the file (appended to; a last line cut by an earlier crash is removed first).
+        pending_lines: lines kept in memory while the disk is full; older ones are lost
+            (counted in ``lost``).
+    """
+
+    def __init__(self, path: Path, pending_lines: int = 1000):
+        self.path = Path(path)
+        self.pending: deque[bytes] = deque(maxlen=pending_lines)
+        self.lost = 0  # lines dropped from a full pending queue
+        self.failures = 0  # writes that failed
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._repair()
+
+    def _repair(self) -> None:
+        """Cut a last line left without its newline by a crash (it is not valid JSON)."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as handle:
+            end, keep = size, 0
+            while end > 0:
+                start = max(0, end - 65536)
+                handle.seek(start)
+                block = handle.read(end - start)
+                if end == size and block.endswith(b"\n"):
+                    return
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    keep = start + cut + 1
+                    break
+                end = start
+        os.ftruncate(self._fd, keep)
+        log.warning(
+            "%s ended mid-line (an earlier run was cut off): removed its last %d bytes",
+            self.path.name,
+            size - keep,
+        )
+
+    def write(self, record: dict) -> bool:
+        """Append one record; False when the disk refused it (it waits in ``pending``)."""
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        if len(self.pending) == self.pending.maxlen:
+            self.lost += 1
+        self.pending.append(line)
+        while self.pending:
+            if not self._write_line(self.pending[0]):
+                return False
+            self.pending.popleft()
+        return True
+
+    def _write_line(self, line: bytes) -> bool:
+        try:
+            before = os.fstat(self._fd).st_size
+        except OSError:
+            self.failures += 1
+            return False
+        try:
+            written = os.write(self._fd, line)
+        except OSError:
+            written = -1
+        if written == len(line):
+            return True
+        try:
+            os.ftruncate(self._fd, before)  # a partial line would glue onto the next one
+        except OSError:
+            pass
+        self.failures += 1
+        return False
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.write_pending()
+            os.close(self._fd)
+            self._fd = None
+
+    def write_pending(self) -> None:
+        while self.pending and self._write_line(self.pending[0]):
+            self.pending.popleft()
+
+
 class OutputWriter:
-    """Writes ``masks/<frame>.png`` (values 0..4), ``overlays/<frame>.png`` and telemetry.
+    """Writes ``masks/<frame>.png`` (label values), ``overlays/<frame>.png`` and telemetry.
 
     Args:
         out_dir: created if missing.
         overlays: also write colour overlays.
         masks: write the label PNGs (off for a telemetry-only run).
         telemetry: the JSONL file name inside ``out_dir`` (None: no telemetry).
+        keep: keep only the newest ``keep`` masks and overlays (None: all).
+        label_set: colours of the overlays.
+
+    Raises:
+        OSError: when ``out_dir`` or its folders cannot be created or the telemetry opened.
     """
 
     def __init__(
@@ -82,53 +245,109 @@ class OutputWriter:
         overlays: bool = False,
         masks: bool = True,
         telemetry: str | None = "telemetry.jsonl",
+        keep: int | None = None,
+        label_set: LabelSet = MARS,
     ):
         self.out_dir = Path(out_dir)
         self.mask_dir = self.out_dir / "masks" if masks else None
         self.overlay_dir = self.out_dir / "overlays" if overlays else None
+        self.label_set = label_set
+        self.keep = keep
         for folder in (self.out_dir, self.mask_dir, self.overlay_dir):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-        self.telemetry_path = self.out_dir / telemetry if telemetry else None
-        self._fd = (
-            os.open(self.telemetry_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            if self.telemetry_path
-            else None
-        )
-        self._names: set[str] = set()
+                removed = remove_stale_temporaries(folder)
+                if removed:
+                    log.info("removed %d temporary files a killed run left in %s", removed, folder)
+        self.telemetry = Telemetry(self.out_dir / telemetry) if telemetry else None
+        self._stems: OrderedDict[str, str] = OrderedDict()  # recent stem -> source suffix
+        self._written: deque[str] = deque()  # output names, oldest first (with keep)
+        self._last_warning = 0.0
 
     def output_name(self, name: str, source: Path | None) -> str:
-        """A unique output stem: the frame's, or with its suffix when two frames share a stem."""
-        if name in self._names and source is not None:
-            name = f"{name}{source.suffix.replace('.', '_')}"
-        self._names.add(name)
-        return name
+        """A file-system-safe output stem: the frame's (shortened past 200 bytes), or with its
+        suffix when a recent frame of another format had the same stem."""
+        suffix = source.suffix if source is not None else ""
+        previous = self._stems.get(name)
+        stem = name if previous in (None, suffix) else f"{name}{suffix.replace('.', '_')}"
+        self._stems[name] = previous or suffix
+        self._stems.move_to_end(name)
+        if len(self._stems) > 4096:  # only recent names can collide in practice
+            self._stems.popitem(last=False)
+        return short_stem(stem)
 
     def write_images(self, name: str, image: np.ndarray, labels: np.ndarray) -> None:
-        """Write the mask and, if asked, the overlay for one frame."""
+        """Write the mask and, if asked, the overlay for one frame.
+
+        Raises:
+            OSError: when a file cannot be written (e.g. a full disk); nothing half-written
+                is left.
+        """
         if self.mask_dir is not None:
             atomic_write_bytes(self.mask_dir / f"{name}.png", png_bytes(labels))
         if self.overlay_dir is not None:
-            atomic_write_bytes(self.overlay_dir / f"{name}.png", png_bytes(overlay(image, labels)))
+            tinted = overlay(image, labels, label_set=self.label_set)
+            atomic_write_bytes(self.overlay_dir / f"{name}.png", png_bytes(tinted))
+        if self.keep is not None and (self.mask_dir or self.overlay_dir):
+            self._written.append(name)
+            while len(self._written) > self.keep:
+                self._forget(self._written.popleft())
 
-    def log(self, record: dict) -> None:
-        """Append one telemetry record as a JSON line."""
-        if self._fd is not None:
-            os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+    def _forget(self, name: str) -> None:
+        for folder in (self.mask_dir, self.overlay_dir):
+            if folder is not None:
+                try:
+                    (folder / f"{name}.png").unlink(missing_ok=True)
+                except OSError as err:
+                    log.debug("could not remove %s: %s", name, err)
+
+    def log(self, record: dict) -> bool:
+        """Append one telemetry record; False when it could not be written yet."""
+        return self.telemetry.write(record) if self.telemetry is not None else True
 
     def write_json(self, filename: str, payload: dict) -> Path:
-        """Write a JSON document (e.g. the run summary) atomically into ``out_dir``."""
-        path = self.out_dir / filename
-        atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
-        return path
+        """Write a JSON document (e.g. the run summary) atomically into ``out_dir``.
+
+        Raises:
+            OSError: when it cannot be written.
+        """
+        return atomic_write_json(self.out_dir / filename, payload)
+
+    def warn_write_failure(self, what: str, err: OSError) -> None:
+        """Log a write failure, at most once every 30 s (a full disk fails every frame)."""
+        now = time.monotonic()
+        if now - self._last_warning >= 30.0:
+            self._last_warning = now
+            log.warning(
+                "cannot write %s in %s: %s (still segmenting)",
+                what,
+                self.out_dir,
+                err.strerror or err,
+            )
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self.telemetry is not None:
+            self.telemetry.close()
+            self.telemetry = None
 
     def __enter__(self) -> OutputWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def consume(path: Path, move_to: Path | None) -> None:
+    """Dispose of an input frame the run is done with: move it into ``move_to``, or delete it.
+
+    Raises:
+        OSError: when it cannot be moved or deleted.
+    """
+    if move_to is None:
+        path.unlink(missing_ok=True)
+        return
+    target = move_to / path.name
+    try:
+        os.replace(path, target)
+    except OSError:
+        shutil.move(str(path), str(target))  # another file system

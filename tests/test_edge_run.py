@@ -202,9 +202,10 @@ def test_watch_picks_up_a_frame_written_after_start(band_models, camera, tmp_pat
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 5, stderr  # the idle timeout ended it
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["frames"], summary["errors"]) == (len(truths) + 1, 0), stderr
+    assert summary["stopped_by"] == "idle timeout" and summary["config"]["notify"] == "inotify"
     np.testing.assert_array_equal(np.asarray(Image.open(out / "masks" / "late.png")), truth)
 
 
