@@ -122,7 +122,7 @@ def markdown_table(rows: list[dict], settings: str) -> str:
 
 def _synthetic_if_missing(_ctx, _param, data: Path) -> Path:
     if not data.exists():
-        from trainer.synthetic import SyntheticConfig, write_npz
+        from edge.synthetic import SyntheticConfig, write_npz
 
         write_npz(SyntheticConfig(n_train=3000, n_test=500, seed=0), data, progress=True)
     return data

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.classes import CLASS_NAMES, NUM_CLASSES
 from edge.metrics import class_fractions, score
+from edge.synthetic import SyntheticConfig, generate
 from trainer import data as D
-from trainer.synthetic import SyntheticConfig, generate
 
 LIMIT = 0.45
 

@@ -6,11 +6,24 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from edge.frames import DEFAULT_MAX_PIXELS
+from edge.runinfo import SUMMARY_SCHEMA
+
+
+def rounded(value, digits: int = 4):
+    """A JSON document with every float rounded to ``digits`` significant decimals."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
 
 
 class Fatal(click.ClickException):
@@ -25,16 +38,47 @@ class OutputFatal(click.ClickException):
     exit_code = 6
 
 
+LOG_FORMAT = "%(levelname)s %(message)s"
+
+
+def _version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from edge.runinfo import package_version, software_versions
+
+        versions = software_versions()
+        click.echo(
+            f"edge-seg {package_version()} (Python {versions['python']}, numpy "
+            f"{versions['numpy']}, Pillow {versions['pillow']}, {versions['platform']})"
+        )
+        ctx.exit()
+
+
 @click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (e.g. each dropped frame).")
-def main(verbose: bool) -> None:
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Show the version and exit.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="debug also logs each dropped frame's decision; info logs dropped frames' names.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="The same as --log-level debug.")
+def main(log_level: str, verbose: bool) -> None:
     """Run Mars terrain segmentation .tflite models on the rover.
 
-    Labels: 0 background, 1 soil, 2 bedrock, 3 sand, 4 big rock.
+    The model says what it is: its input size, classes (e.g. background, soil, bedrock, sand,
+    big rock) and preprocessing are read from its metadata (see `edge-seg info`).
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
+    level = logging.DEBUG if verbose else getattr(logging, log_level.upper())
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    logging.getLogger().setLevel(level)
 
 
 @main.command()
@@ -171,6 +215,21 @@ def info(model: Path, tensors: bool) -> None:
     "model: the model's own values; auto: ai4mars for a folder that looks like the release's.",
 )
 @click.option(
+    "--regions",
+    "regions_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON regions and hazard rules [default: near field = bottom quarter, corridor = the "
+    "path ahead; big rock over 1 % of the corridor is a hazard; see the README].",
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Rewrite OUT/status.json every this many seconds, also while no frame comes (0: off).",
+)
+@click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Stop after this many frames."
 )
 def run(
@@ -194,6 +253,8 @@ def run(
     no_xnnpack: bool,
     labels: Path | None,
     label_format: str,
+    regions_file: Path | None,
+    heartbeat: float,
     limit: int | None,
 ) -> None:
     """Segment the frames of --camera-dir with --model; write masks, overlays and telemetry.
@@ -201,7 +262,9 @@ def run(
     A frame that cannot be read or segmented is logged and skipped; one whose outputs cannot be
     written (a full disk) is still segmented and counted. On the end of input, Ctrl-C or SIGTERM
     the summary (frames, errors, p50/p90/p99 latency, fps, mIoU with --labels) is printed and
-    written to OUT/summary.json.
+    written to OUT/summary.json. Every telemetry line carries the schema, run id, model hash,
+    a frame index that continues across restarts on the same OUT, region fractions, hazard flags
+    and confidence (see the README for the schema).
 
     \b
     Exit codes:
@@ -213,7 +276,9 @@ def run(
       6  outputs could not all be written (e.g. a full disk)
     """
     from edge.frames import CameraDir, LabelReader
-    from edge.pipeline import RunStats, StatusLine, format_summary, outcome, run_stream
+    from edge.pipeline import RunContext, RunStats, StatusLine, format_summary, outcome, run_stream
+    from edge.regions import RegionAnalyzer, RegionConfig
+    from edge.runinfo import Heartbeat, RunIdentity, file_sha256, software_versions, utc_now
     from edge.runtime import RuntimeUnavailable
     from edge.segmenter import Segmenter
     from edge.sinks import OutputWriter
@@ -240,6 +305,8 @@ def run(
             max_pixels=max_frame_pixels,
             notify=notify,
         )
+        region_config = RegionConfig.load(regions_file) if regions_file else RegionConfig()
+        analyzer = RegionAnalyzer(region_config, segmenter.labels)
     except (ValueError, RuntimeUnavailable) as err:
         raise Fatal(str(err)) from err
     try:
@@ -251,8 +318,50 @@ def run(
     except OSError as err:
         raise OutputFatal(f"cannot write to --out {out}: {err.strerror or err}") from err
     consumed = "delete" if delete_consumed else move_consumed
+    started_utc = utc_now()
+    last = writer.telemetry.last_record if writer.telemetry else None
+    identity = RunIdentity(out, last.get("frame_index") if last else None)
+    identity.save()
+    meta = segmenter.metadata
+    model_info = {"name": meta.info.get("name") or model.stem, "sha256": file_sha256(model)}
+    short = {**model_info, "sha256": model_info["sha256"][:16]}
+    context = RunContext(identity.run_id, short, identity, analyzer)
+    if meta.info.get("predicts_ignored_label") is False:
+        logging.getLogger(__name__).warning(
+            "%s was trained without a background target (loss %s): it labels sky and rover "
+            "hardware arbitrarily, so hazard flags can fire there",
+            model.name,
+            meta.info.get("loss"),
+        )
     status = StatusLine()
     stats = RunStats()
+    # console logging goes above the status line; other handlers (files, tests) stay
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    console = [h for h in handlers if getattr(h, "stream", None) in (sys.stderr, sys.__stderr__)]
+    root.handlers = [h for h in handlers if h not in console]
+    if console:
+        root.addHandler(status.log_handler(logging.Formatter(LOG_FORMAT)))
+
+    def heartbeat_fields() -> dict:
+        age = None if stats.last_frame_unix_s is None else time.time() - stats.last_frame_unix_s
+        return {
+            "run_id": identity.run_id,
+            "model": model_info["name"],
+            "camera_dir": str(camera_dir),
+            "frames": stats.frames,
+            "errors": stats.errors,
+            "dropped": stats.dropped,
+            "unwritten": stats.unwritten,
+            "hazard_frames": stats.hazard_frames,
+            "next_frame_index": identity.next_index,
+            "last_frame_unix_s": stats.last_frame_unix_s,
+            "last_frame_age_s": None if age is None else round(age, 1),
+        }
+
+    beat = (
+        Heartbeat(out / "status.json", heartbeat_fields, heartbeat).start() if heartbeat else None
+    )
 
     def stop(signum, _frame):
         if source.stopped:  # the second Ctrl-C: stop now, without the summary
@@ -272,9 +381,31 @@ def run(
         click.echo(truth.describe(), err=True)
     try:
         with writer:
-            run_stream(source, segmenter, writer, truth, status, stats, limit, max_fps, consumed)
+            run_stream(
+                source, segmenter, writer, truth, status, stats, limit, max_fps, consumed, context
+            )
             status.close()
-            summary = stats.summary()
+            identity.save()
+            summary = {
+                "schema": SUMMARY_SCHEMA,
+                "run_id": identity.run_id,
+                "restarts": identity.restarts,
+                "started_utc": started_utc,
+                "ended_utc": utc_now(),
+                "model": {
+                    **model_info,
+                    "file": str(model),
+                    "precision": meta.info.get("precision"),
+                    "architecture": meta.info.get("architecture"),
+                    "loss": meta.info.get("loss"),
+                    "metadata": meta.source,
+                    "input_hw": list(segmenter.input_shape),
+                    "classes": list(segmenter.labels.names),
+                },
+                "software": software_versions(segmenter.runtime),
+                **stats.summary(),
+            }
+            summary["regions"] = region_config.as_dict()
             summary["config"] = {
                 "model": str(model),
                 "camera_dir": str(camera_dir),
@@ -288,6 +419,7 @@ def run(
                 "labels": str(labels) if labels else None,
                 "label_format": truth.format if truth else None,
             }
+            summary = rounded(summary)
             try:
                 writer.write_json("summary.json", summary)
                 written = True
@@ -300,6 +432,9 @@ def run(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        root.handlers = handlers
+        if beat is not None:
+            beat.stop(f"stopped: {stats.stopped_by}")
     click.echo(format_summary(summary))
     click.echo(
         f"outputs in {out}/ ({'' if no_masks else 'masks/, '}{'overlays/, ' if overlay else ''}"
@@ -308,6 +443,99 @@ def run(
     code = outcome(summary, written)
     if code:
         sys.exit(code)
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.option(
+    "--models",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The .tflite files; the first is the reference (give float32 first). Repeat or list.",
+)
+@click.argument("more_models", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Eval npz (images + labels, from tools/export_frames.py) [default: synthetic frames "
+    "at the model's size].",
+)
+@click.option("--frames", "n_frames", default=200, show_default=True, help="Eval frames to use.")
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts, comma-separated.")
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "litert", "tflite-runtime"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--no-xnnpack", is_flag=True, help="Reference kernels instead of XNNPACK.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("report/bench"),
+    show_default=True,
+)
+@click.option("--emulated", is_flag=True, help="Mark the timings as emulated (qemu), not board.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic eval set.")
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Measure every model in this process (no child processes, e.g. under qemu-user); the "
+    "peak RSS is then the running maximum, not each model's own.",
+)
+def bench(
+    models: tuple[Path, ...],
+    more_models: tuple[Path, ...],
+    data: Path | None,
+    n_frames: int,
+    threads: str,
+    runs: int,
+    warmup: int,
+    runtime: str,
+    no_xnnpack: bool,
+    out: Path,
+    emulated: bool,
+    seed: int,
+    in_process: bool,
+) -> None:
+    """Benchmark .tflite models side by side: latency, fps, memory, size, mIoU, agreement.
+
+    Each model and thread count runs in its own process (its peak RSS is its own). Writes
+    OUT/report.json, OUT/report.md (ratios and changes against the first model) and charts.
+    """
+    from edge.bench import BenchConfig, run_benchmark
+
+    try:
+        thread_counts = tuple(sorted({int(t) for t in threads.split(",") if t.strip()}))
+    except ValueError as err:
+        raise click.BadParameter(
+            f"expected e.g. 1,2,4, got {threads!r}", param_hint="--threads"
+        ) from err
+    if not thread_counts or min(thread_counts) < 1:
+        raise click.BadParameter("thread counts must be >= 1", param_hint="--threads")
+    cfg = BenchConfig(
+        models=list(models) + [p for p in more_models if p.suffix == ".tflite"],
+        data=data,
+        frames=n_frames,
+        threads=thread_counts,
+        runs=runs,
+        warmup=warmup,
+        runtime=runtime,
+        xnnpack=not no_xnnpack,
+        out=out,
+        emulated=emulated,
+        seed=seed,
+        in_process=in_process,
+    )
+    try:
+        report = run_benchmark(cfg, progress=lambda line: click.echo(line, err=True))
+    except ValueError as err:
+        raise Fatal(str(err)) from err
+    click.echo((out / "report.md").read_text())
+    click.echo(f"written in {out}/: {', '.join(report['files'])}")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,31 @@ from edge.classes import MARS, LabelSet
 from edge.frames import BadFrame, Frame, LabelReader
 from edge.metrics import class_fractions, confusion_matrix, report_from_confusion
 from edge.quantiles import LogHistogram
+from edge.regions import RegionAnalyzer
+from edge.runinfo import TELEMETRY_SCHEMA, RunIdentity
 from edge.segmenter import Segmenter
 from edge.sinks import OutputWriter, consume
 
 log = logging.getLogger(__name__)
-STAGES = ("read", "preprocess", "invoke", "postprocess", "write", "total")
+STAGES = ("read", "preprocess", "invoke", "postprocess", "analyze", "write", "total")
 PERCENTILE_ERROR = 0.01  # relative error of every latency percentile in the summary
+
+
+@dataclass
+class RunContext:
+    """What every telemetry line says about the run (all optional: a benchmark needs none).
+
+    Attributes:
+        run_id: the run (an output folder; see :class:`edge.runinfo.RunIdentity`).
+        model: ``{"name", "sha256"}`` of the model.
+        identity: gives each frame its index, continued across restarts of the run.
+        analyzer: region fractions, hazard flags and confidence for every frame.
+    """
+
+    run_id: str = ""
+    model: dict = field(default_factory=dict)
+    identity: RunIdentity | None = None
+    analyzer: RegionAnalyzer | None = None
 
 
 def _histograms() -> dict[str, LogHistogram]:
@@ -60,6 +79,8 @@ class RunStats:
     telemetry_failures: int = 0  # writes the disk refused (the lines waited)
     telemetry_lost: int = 0  # lines dropped from the bounded waiting queue
     telemetry_unsaved: int = 0  # lines still waiting at the end
+    hazard_frames: int = 0  # frames whose hazard flag fired
+    last_frame_unix_s: float | None = None
     warned_label_shape: bool = False
 
     @property
@@ -100,6 +121,7 @@ class RunStats:
             "peak_rss_mb": peak_rss_mb(),
             "scored_frames": self.scored_frames,
             "labels_missing": self.labels_missing,
+            "hazard_frames": self.hazard_frames,
         }
         if self.scored_frames:
             report = report_from_confusion(self.confusion, self.label_set).as_dict()
@@ -139,6 +161,7 @@ def run_stream(
     limit: int | None = None,
     max_fps: float | None = None,
     consumed: str | Path | None = None,
+    context: RunContext | None = None,
 ) -> RunStats:
     """Segment every frame of ``frames``, write the outputs, keep the statistics.
 
@@ -155,12 +178,15 @@ def run_stream(
         max_fps: take frames no faster than this; a live source drops what piles up meanwhile.
         consumed: what to do with an input file once done with: ``"delete"``, a folder to move
             it into, or None (leave it).
+        context: run id, model and frame index for every telemetry line, and the region
+            analysis (see :class:`RunContext`).
 
     Returns:
         The statistics; ``stats.summary()`` is the report.
     """
     stats = stats or RunStats()
     stats.label_set = segmenter.labels
+    context = context or RunContext()
     period = 1.0 / max_fps if max_fps else 0.0
     wait = getattr(frames, "wait", None) or time.sleep
     move_to = None if consumed in (None, "delete") else Path(consumed)
@@ -170,9 +196,9 @@ def run_stream(
         frame_start = time.perf_counter()
         dropped_before = stats.dropped
         stats.dropped = getattr(frames, "dropped", 0)
-        record = {"frame": frame.name, "index": frame.index, "time": time.time()}
-        record.update(_segment_one(frame, segmenter, writer, labels, stats))
-        record["dropped"] = stats.dropped - dropped_before
+        record = _header(frame, context)
+        record["dropped"] = stats.dropped - dropped_before  # since the previous line
+        record.update(_segment_one(frame, segmenter, writer, labels, stats, context.analyzer))
         if writer is not None and not writer.log(record):
             stats.telemetry_failures += 1
         if consumed is not None and frame.path is not None:
@@ -205,25 +231,46 @@ def run_stream(
     return stats
 
 
+def _header(frame: Frame, context: RunContext) -> dict:
+    """The fields every telemetry line starts with."""
+    record: dict = {"schema": TELEMETRY_SCHEMA}
+    if context.run_id:
+        record["run_id"] = context.run_id
+    if context.model:
+        record["model"] = context.model
+    if context.identity is not None:
+        record["frame_index"] = context.identity.take_index()
+    record["stream_index"] = frame.index
+    record["t_unix_s"] = round(time.time(), 3)
+    record["frame"] = frame.name
+    if frame.path is not None:
+        record["source"] = frame.path.name
+    return record
+
+
 def _segment_one(
     frame: Frame,
     segmenter: Segmenter,
     writer: OutputWriter | None,
     labels: LabelReader | None,
     stats: RunStats,
+    analyzer: RegionAnalyzer | None = None,
 ) -> dict:
     """Segment, write and score one frame; returns its telemetry fields (status ok or error)."""
     try:
         if frame.image is None:
             raise BadFrame(frame.error or f"{frame.name}: unreadable")
         t0 = time.perf_counter_ns()
-        seg = segmenter.segment(frame.image)
+        seg = segmenter.segment(frame.image, with_confidence=analyzer is not None)
         t1 = time.perf_counter_ns()
     except Exception as err:  # one bad frame must not end the run
         stats.errors += 1
         reason = str(err) if isinstance(err, BadFrame) else f"{type(err).__name__}: {err}"
         log.warning("skipped frame %s: %s", frame.name, reason)
         return {"status": "error", "error": reason}
+    # the analysis first: the navigation stack waits for it, the files can follow
+    analysis = None if analyzer is None else analyzer.analyze(seg.labels, seg.top_probability)
+    t2 = time.perf_counter_ns()
     name, written = frame.name, None
     if writer is not None:
         name = writer.output_name(frame.name, frame.path)
@@ -234,20 +281,22 @@ def _segment_one(
             stats.unwritten += 1
             written = False
             writer.warn_write_failure(f"the outputs of {frame.name}", err)
-    t2 = time.perf_counter_ns()
+    t3 = time.perf_counter_ns()
 
     timings = dict(seg.timings_us)
     timings["read"] = frame.read_us
-    timings["write"] = (t2 - t1) / 1e3
-    # total = the frame's time in this process: read + segment (all stages) + write
-    timings["total"] = frame.read_us + (t2 - t0) / 1e3
+    timings["analyze"] = (t2 - t1) / 1e3
+    timings["write"] = (t3 - t2) / 1e3
+    # total = the frame's time in this process: read + segment (all stages) + analysis + write
+    timings["total"] = frame.read_us + (t3 - t0) / 1e3
     stats.add_timings(timings)
     stats.frames += 1
+    stats.last_frame_unix_s = time.time()
     _score(frame, seg.labels, labels, stats)
     record = {
         "status": "ok",
         "output": name,
-        "shape": list(seg.labels.shape),
+        "frame_shape_hw": list(seg.labels.shape),
         "timings_ms": {k: round(v / 1e3, 3) for k, v in timings.items()},
         "class_fractions": {
             n: round(float(f), 4)
@@ -256,6 +305,9 @@ def _segment_one(
             )
         },
     }
+    if analysis is not None:
+        record.update(analysis)
+        stats.hazard_frames += analysis["hazard"]
     if written is not None:
         record["written"] = written
     if frame.reduced > 1:
@@ -308,6 +360,9 @@ def _truth(frame: Frame, labels: LabelReader | None, stats: RunStats) -> np.ndar
 class StatusLine:
     """A live one-line status on a terminal (rewritten in place), a line every few s otherwise.
 
+    Log messages go through :meth:`log_handler`, which clears the status line, writes the
+    message on a line of its own and redraws the status, so warnings never garble it.
+
     Args:
         stream: where to write (stderr by default).
         every_s: the refresh period on a terminal; off a terminal, a line every 20x that.
@@ -318,7 +373,7 @@ class StatusLine:
         self.tty = self.stream.isatty()
         self.every_s = every_s if self.tty else every_s * 20
         self._last = 0.0
-        self._shown = False
+        self._text = ""
 
     def __call__(self, stats: RunStats) -> None:
         now = time.perf_counter()
@@ -329,21 +384,41 @@ class StatusLine:
             f"frames {stats.frames}  {stats.fps:5.1f} fps  "
             f"read {stats.recent_ms('read'):.2f}  pre {stats.recent_ms('preprocess'):.2f}  "
             f"invoke {stats.recent_ms('invoke'):.2f}  post {stats.recent_ms('postprocess'):.2f}  "
-            f"write {stats.recent_ms('write'):.2f} ms  errors {stats.errors}  "
+            f"analyze {stats.recent_ms('analyze'):.2f}  write {stats.recent_ms('write'):.2f} ms  "
+            f"errors {stats.errors}  hazards {stats.hazard_frames}  "
             f"dropped {stats.dropped}"
             + (f"  unwritten {stats.unwritten}" if stats.unwritten else "")
         )
         if self.tty:
+            self._text = line
             self.stream.write("\r\x1b[K" + line)
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
-        self._shown = True
+
+    def log_handler(self, formatter: logging.Formatter | None = None) -> logging.Handler:
+        """A logging handler that writes above the status line instead of through it."""
+        status = self
+
+        class Handler(logging.StreamHandler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if status.tty and status._text:
+                    self.stream.write("\r\x1b[K")
+                super().emit(record)
+                if status.tty and status._text:
+                    self.stream.write(status._text)
+                    self.flush()
+
+        handler = Handler(self.stream)
+        if formatter is not None:
+            handler.setFormatter(formatter)
+        return handler
 
     def close(self) -> None:
-        if self.tty and self._shown:
+        if self.tty and self._text:
             self.stream.write("\n")
             self.stream.flush()
+            self._text = ""
 
 
 def format_summary(summary: dict) -> str:

@@ -37,6 +37,7 @@ class LogHistogram:
         self.zeros = 0  # values <= 0
         self.count = 0
         self.total = 0.0
+        self._squares = 0.0
         self.min = math.inf
         self.max = -math.inf
 
@@ -44,6 +45,7 @@ class LogHistogram:
         """Count one value."""
         self.count += 1
         self.total += value
+        self._squares += value * value
         self.min = min(self.min, value)
         self.max = max(self.max, value)
         if value <= 0.0:
@@ -55,6 +57,13 @@ class LogHistogram:
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else math.nan
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (exact, from the running sums)."""
+        if not self.count:
+            return math.nan
+        return math.sqrt(max(0.0, self._squares / self.count - self.mean**2))
 
     def quantile(self, q: float) -> float:
         """The ``q`` quantile (0..1), within ``accuracy`` of the exact one; NaN when empty."""
@@ -72,8 +81,9 @@ class LogHistogram:
         estimate = 2.0 * gamma ** (k + self._offset) / (gamma + 1.0)
         return float(min(max(estimate, self.min), self.max))
 
-    def summary(self, digits: int = 3) -> dict:
-        """mean, p50, p90, p99 and max, rounded (NaN-free: an empty histogram gives {})."""
+    def summary(self, digits: int = 3, full: bool = False) -> dict:
+        """mean, p50, p90, p99 and max, rounded; with ``full`` also count, std and min (as
+        TFLite's benchmark_model reports them). NaN-free: an empty histogram gives {}."""
         if not self.count:
             return {}
         values = {
@@ -83,4 +93,14 @@ class LogHistogram:
             "p99": self.quantile(0.99),
             "max": self.max,
         }
-        return {k: round(v, digits) for k, v in values.items()}
+        if full:
+            values = {"count": self.count, "std": self.std, "min": self.min, **values}
+        return {k: v if isinstance(v, int) else round(v, digits) for k, v in values.items()}
+
+    @classmethod
+    def of(cls, values, accuracy: float = 0.01) -> LogHistogram:
+        """A histogram of a finite sequence of values."""
+        hist = cls(accuracy)
+        for value in values:
+            hist.add(float(value))
+        return hist

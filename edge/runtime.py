@@ -6,8 +6,10 @@ the fallback for boards without a LiteRT wheel. Neither pulls in TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,13 +79,43 @@ def make_interpreter(
             module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
     try:
-        interpreter = module.Interpreter(**kwargs)
-        interpreter.allocate_tensors()
+        with _native_stderr_to_log():
+            interpreter = module.Interpreter(**kwargs)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise ValueError(
             f"cannot load {model_path.name} as a TFLite model: {str(err).splitlines()[0]}"
         ) from err
     return interpreter, runtime
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log():
+    """Route what the runtime's C++ code prints on stderr (its "INFO: Created TensorFlow Lite
+    XNNPACK delegate" banner) into our log at debug level, so it neither garbles the status line
+    nor ignores --log-level. A real error still reaches the log as a warning."""
+    import logging
+    import sys
+    import tempfile
+
+    log = logging.getLogger(__name__)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. embedded): nothing to route
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                level = logging.DEBUG if line.startswith("INFO") else logging.WARNING
+                log.log(level, "runtime: %s", line)
 
 
 @dataclass

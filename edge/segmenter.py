@@ -18,11 +18,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class Segmentation:
     """The result for one frame: the class map at the frame's size, optionally the probabilities
-    at the model's size, and stage timings (us)."""
+    at the model's size and the top probability at the frame's size, and stage timings (us)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     timings_us: dict[str, float] = field(default_factory=dict)
+    top_probability: np.ndarray | None = None
 
 
 class Segmenter:
@@ -141,8 +142,17 @@ class Segmenter:
             return (raw.astype(np.float32) - zero) * np.float32(scale)
         return raw.astype(np.float32)
 
-    def segment(self, frame: np.ndarray, with_probabilities: bool = False) -> Segmentation:
-        """Segment one uint8 grayscale frame (any size); the class map has the frame's size."""
+    def segment(
+        self, frame: np.ndarray, with_probabilities: bool = False, with_confidence: bool = False
+    ) -> Segmentation:
+        """Segment one uint8 grayscale frame (any size); the class map has the frame's size.
+
+        Args:
+            frame: uint8 (H, W).
+            with_probabilities: also return the probabilities (at the model's size).
+            with_confidence: also return each pixel's top probability (at the frame's size, to
+                1/255).
+        """
         frame = np.asarray(frame)
         t0 = time.perf_counter_ns()
         tensor = self.preprocess(frame)
@@ -154,12 +164,20 @@ class Segmenter:
         # argmax of int8 scores equals argmax of the probabilities (monotonic dequantization)
         labels = raw.argmax(axis=-1).astype(np.uint8)
         probs = self.probabilities(raw) if with_probabilities else None
+        top = None
+        if with_confidence:  # the top score of each pixel, as a probability in 1/255 steps
+            scores = self.probabilities(raw.max(axis=-1))
+            top = np.clip(np.rint(scores * 255.0), 0, 255).astype(np.uint8)
         if labels.shape != frame.shape[:2]:
             labels = self.preprocessing.restore(labels, frame.shape, fill=self.labels.ignore or 0)
+            if top is not None:
+                top = self.preprocessing.restore(top, frame.shape, fill=0)
         t3 = time.perf_counter_ns()
         timings = {
             "preprocess": (t1 - t0) / 1e3,
             "invoke": (t2 - t1) / 1e3,
             "postprocess": (t3 - t2) / 1e3,
         }
-        return Segmentation(labels, probs, timings)
+        return Segmentation(
+            labels, probs, timings, None if top is None else top.astype(np.float32) / 255.0
+        )

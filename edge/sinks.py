@@ -156,6 +156,7 @@ class Telemetry:
         self.failures = 0  # writes that failed
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._repair()
+        self.last_record = self._last_record()  # what an earlier run of this folder wrote last
 
     def _repair(self) -> None:
         """Cut a last line left without its newline by a crash (it is not valid JSON)."""
@@ -181,6 +182,19 @@ class Telemetry:
             self.path.name,
             size - keep,
         )
+
+    def _last_record(self) -> dict | None:
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return None
+        with open(self.path, "rb") as handle:
+            handle.seek(max(0, size - 65536))
+            lines = handle.read().splitlines()
+        try:
+            record = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
 
     def write(self, record: dict) -> bool:
         """Append one record; False when the disk refused it (it waits in ``pending``)."""

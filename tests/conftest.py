@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.synthetic import SyntheticConfig, generate, write_npz
+from edge.synthetic import SyntheticConfig, generate, write_npz
 
 
 @pytest.fixture(scope="session")

@@ -227,19 +227,22 @@ def test_sigterm_ends_a_watch_with_the_summary(band_models, camera, tmp_path):
     assert json.loads((out / "summary.json").read_text())["stopped_by"] == "SIGTERM"
 
 
-def test_a_slow_model_drops_the_oldest_live_frames(tmp_path):
+@pytest.mark.parametrize("notify", ["inotify", "poll"])
+def test_a_slow_model_drops_the_oldest_live_frames(tmp_path, notify):
     frames_dir = tmp_path / "cam"
     frames_dir.mkdir()
     image, _ = band_frame()
     write_png(frames_dir / "a000.png", image)
-    source = CameraDir(frames_dir, watch=True, max_queue=1, idle_timeout=0.5)
+    source = CameraDir(frames_dir, watch=True, max_queue=1, idle_timeout=0.5, notify=notify)
     stream = iter(source)
     assert next(stream).name == "a000"
     for i in range(1, 6):  # the camera writes five frames while the model is busy
         write_png(frames_dir / f"a{i:03d}.png", image)
+    time.sleep(0.3)  # the model is still busy: every event is in
     assert next(stream).name == "a005"  # only the newest is kept
     assert source.dropped == 4
     assert list(stream) == []  # idle timeout
+    assert source.idle
 
 
 def test_incomplete_files_wait_and_stalled_ones_are_reported(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 
 from benchmarks.data_hardness import LIMIT, measure
 from edge.metrics import class_fractions
+from edge.synthetic import SyntheticConfig, generate, outlier_mask
 from trainer import data as D
-from trainer.synthetic import SyntheticConfig, generate, outlier_mask
 
 
 def _digest(s) -> str:

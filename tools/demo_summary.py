@@ -50,8 +50,8 @@ def summary_text(out: Path, seconds: int | None = None) -> str:
     for threads in bench["settings"]["threads"]:
         a, b = f32["threads"][str(threads)], i8["threads"][str(threads)]
         lines.append(
-            f"{f'invoke ms, {threads} thread(s)':<26}{a['invoke']['avg']:>12.2f}"
-            f"{b['invoke']['avg']:>12.2f}{b['invoke']['avg'] / a['invoke']['avg']:>14.2f}x"
+            f"{f'invoke ms, {threads} thread(s)':<26}{a['invoke']['mean']:>12.2f}"
+            f"{b['invoke']['mean']:>12.2f}{b['invoke']['mean'] / a['invoke']['mean']:>14.2f}x"
         )
         lines.append(
             f"{f'pipeline fps, {threads} thr.':<26}{a['pipeline']['fps']:>12.1f}"

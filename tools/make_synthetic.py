@@ -1,4 +1,4 @@
-"""Write a synthetic Mars terrain set in the course npz layout (see trainer/synthetic.py).
+"""Write a synthetic Mars terrain set in the course npz layout (see edge/synthetic.py).
 
 python tools/make_synthetic.py data/synthetic.npz --frames 3000 --preview data/preview.png
 """
@@ -12,7 +12,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from trainer.synthetic import SyntheticConfig, generate, write_npz
+from edge.synthetic import SyntheticConfig, generate, write_npz
 
 
 @click.command()

@@ -254,7 +254,7 @@ def convert_run(
             "file": path.name,
             "size_bytes": path.stat().st_size,
             **_scores(s),
-            "miou_drop_vs_keras": keras_score.mean_iou - s.mean_iou,
+            "miou_change_vs_keras": s.mean_iou - keras_score.mean_iou,
             "pixel_agreement": float((pred == keras_pred).mean()),
             # the pixels the score counts: background is never scored nor trained for
             "pixel_agreement_labelled": float((pred == keras_pred)[labels > 0].mean()),
@@ -329,7 +329,7 @@ def _provenance(model_path: Path, run_config: dict, mars: D.MarsData) -> dict:
 def format_parity(report: dict) -> str:
     """The parity table printed by `trainer convert`."""
     head = (
-        f"{'model':<9} {'size KiB':>9} {'mIoU':>7} {'drop':>7} {'agree %':>8} {'labelled':>9} "
+        f"{'model':<9} {'size KiB':>9} {'mIoU':>7} {'change':>7} {'agree %':>8} {'labelled':>9} "
         f"{'max|dp|':>8} {'mean|dp|':>9}"
     )
     lines = [
@@ -338,7 +338,7 @@ def format_parity(report: dict) -> str:
     ]
     for name, m in report["models"].items():
         lines.append(
-            f"{name:<9} {m['size_bytes'] / 1024:>9.1f} {m['mean_iou']:>7.4f} {m['miou_drop_vs_keras']:>+7.4f} "
+            f"{name:<9} {m['size_bytes'] / 1024:>9.1f} {m['mean_iou']:>7.4f} {m['miou_change_vs_keras']:>+7.4f} "
             f"{100 * m['pixel_agreement']:>8.2f} {100 * m['pixel_agreement_labelled']:>9.2f} "
             f"{m['max_abs_prob_diff']:>8.4f} {m['mean_abs_prob_diff']:>9.5f}"
         )

@@ -14,8 +14,9 @@ it in tests, benchmarks and the demo. It is built to be *hard in the same ways*:
 - per-frame exposure, contrast, an illumination gradient, sensor noise and slight blur;
 - a few "outlier" frames (alien pictures) that all share one identical mask.
 
-Everything is numpy; frame ``i`` of a set depends only on ``(seed, split, i)``, so the same
-seed gives the same bytes.
+Everything is numpy (it lives in ``edge`` so that the board benchmark can make an evaluation
+set on a rover computer without TensorFlow); frame ``i`` of a set depends only on
+``(seed, split, i)``, so the same seed gives the same bytes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,435 @@
+"""Float vs int8 on the board: latency, memory, size and accuracy of .tflite models.
+
+The library behind ``edge-seg bench`` (and ``benchmarks/run.py``); it needs the edge
+dependencies only, so that a plain ``pip install 'marsseg-edge[edge]'`` on a board has it.
+
+Each (model, thread count) is measured in its own process, so that its peak RSS is its own.
+Latency is reported the way TFLite's ``benchmark_model`` does (init, first inference, warm-up
+average, then count/avg/std/min/max), plus p50/p90/p99 (within 1 %, the streaming histogram of
+:mod:`edge.quantiles`), for ``invoke`` alone and for the whole frame pipeline (PNG frame read,
+preprocess, invoke, argmax, region analysis, mask PNG and telemetry written). With labelled data,
+each model's mIoU is computed and the first model is the reference the others are compared with
+(pixel agreement and mIoU change, like ``inference_diff``). The machine's load average is
+recorded before and after, since another process on the board skews every timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.metrics import score
+from edge.quantiles import LogHistogram
+
+
+@dataclass
+class BenchConfig:
+    """What to measure.
+
+    Attributes:
+        models: .tflite files; the first is the reference (give float32 first).
+        data: an eval npz (images + labels), or None for a synthetic labelled set.
+        frames: eval frames to use.
+        threads: interpreter thread counts.
+        runs: timed invokes (and pipeline frames) per model and thread count.
+        warmup: untimed invokes first.
+        runtime: ``auto``, ``litert`` or ``tflite-runtime``.
+        xnnpack: use the XNNPACK delegate.
+        out: where report.json, report.md and the charts go.
+        emulated: the timings measure an emulator (qemu), not a board.
+        seed: of the synthetic set.
+        in_process: measure in this process (no children, e.g. under qemu-user).
+    """
+
+    models: list[Path]
+    data: Path | None = None
+    frames: int = 200
+    threads: tuple[int, ...] = (1, 2)
+    runs: int = 200
+    warmup: int = 20
+    runtime: str = "auto"
+    xnnpack: bool = True
+    out: Path = Path("report/bench")
+    emulated: bool = False
+    seed: int = 0
+    in_process: bool = False
+
+
+def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every model at every thread count; write report.json, report.md and charts.
+
+    Args:
+        cfg: what to measure.
+        progress: called with a short line before each measurement.
+
+    Returns:
+        The report (also in ``cfg.out/report.json``).
+
+    Raises:
+        ValueError: for a model or data set that cannot be used, or a failed measurement.
+    """
+    from edge.charts import bar_chart, histogram
+    from edge.segmenter import Segmenter
+    from edge.sinks import atomic_write_bytes, atomic_write_json, png_bytes
+
+    if not cfg.models:
+        raise ValueError("give at least one model")
+    reference = Segmenter(cfg.models[0])
+    label_set = reference.labels
+    frames, labels, data_name = load_eval(cfg.data, cfg.frames, cfg.seed, reference.input_shape)
+    names = unique_names(cfg.models)
+    report = {
+        "machine": machine_info(cfg.emulated),
+        "load_average_before": _load(),
+        "data": data_name,
+        "settings": {
+            "threads": list(cfg.threads),
+            "runs": cfg.runs,
+            "warmup": cfg.warmup,
+            "runtime": cfg.runtime,
+            "xnnpack": cfg.xnnpack,
+            "latency_relative_error": 0.01,
+        },
+        "models": {},
+        "pairs": [],
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    maps: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "frames.npy", frames)
+        frame_dir = tmp / "frames"
+        frame_dir.mkdir()
+        for i, frame in enumerate(frames):
+            atomic_write_bytes(frame_dir / f"{i:06d}.png", png_bytes(frame))
+        for path, name in zip(cfg.models, names):
+            entry = {"path": str(path), "size_bytes": path.stat().st_size, "threads": {}}
+            for k, n_threads in enumerate(cfg.threads):
+                if progress:
+                    progress(f"measuring {name} with {n_threads} thread(s)")
+                spec = {
+                    "model": str(path), "threads": n_threads, "runtime": cfg.runtime,
+                    "xnnpack": cfg.xnnpack, "runs": cfg.runs, "warmup": cfg.warmup,
+                    "frames": str(tmp / "frames.npy"), "frame_dir": str(frame_dir),
+                    "maps": str(tmp / f"maps_{len(maps)}.npy") if k == 0 else None,
+                }  # fmt: skip
+                result = measure(spec) if cfg.in_process else _in_child(spec)
+                result["isolated_process"] = not cfg.in_process
+                report["runtime"] = result.pop("runtime")
+                entry["threads"][str(n_threads)] = result
+                if spec["maps"]:
+                    maps[name] = np.load(spec["maps"])
+            if labels is not None:
+                entry["accuracy"] = score(labels, maps[name], label_set).as_dict()
+            report["models"][name] = entry
+    for name in names[1:]:
+        pair = {"reference": names[0], "test": name, **compare(maps[names[0]], maps[name], labels)}
+        if labels is not None:
+            pair["miou_change"] = (
+                report["models"][name]["accuracy"]["mean_iou"]
+                - report["models"][names[0]]["accuracy"]["mean_iou"]
+            )
+        report["pairs"].append(pair)
+    report["load_average_after"] = _load()
+
+    charts = []
+    first = cfg.threads[0]
+    for name in names:
+        run = report["models"][name]["threads"][str(first)]
+        charts.append(
+            histogram(
+                np.array(run.pop("invoke_us")) / 1e3,
+                f"{name}: invoke latency, {first} thread(s)"
+                + (" (EMULATED)" if cfg.emulated else ""),
+                "ms",
+                cfg.out / f"latency_{name.replace('/', '_')}.png",
+            )
+        )
+        for other in report["models"][name]["threads"].values():
+            other.pop("invoke_us", None)
+    if labels is not None:
+        scored = [label_set.names[c] for c in label_set.scored]
+        charts.append(
+            bar_chart(
+                scored,
+                {
+                    n: [report["models"][n]["accuracy"]["per_class_iou"][c] for c in scored]
+                    for n in names
+                },
+                "Per-class IoU",
+                "IoU",
+                cfg.out / "iou_per_class.png",
+            )
+        )
+    report["files"] = ["report.json", "report.md", *[c.name for c in charts]]
+    atomic_write_json(cfg.out / "report.json", report)
+    atomic_write_bytes(cfg.out / "report.md", write_markdown(report).encode())
+    return report
+
+
+def measure(spec: dict) -> dict:
+    """Measure one model at one thread count (run in a child process; see :func:`_in_child`)."""
+    from edge.frames import CameraDir
+    from edge.pipeline import RunContext, peak_rss_mb, run_stream
+    from edge.regions import RegionAnalyzer, RegionConfig
+    from edge.runtime import runtime_version
+    from edge.segmenter import Segmenter
+    from edge.sinks import OutputWriter
+
+    frames = np.load(spec["frames"])
+    t0 = time.perf_counter_ns()
+    seg = Segmenter(spec["model"], spec["threads"], spec["runtime"], spec["xnnpack"])
+    init_us = (time.perf_counter_ns() - t0) / 1e3
+    interp, index = seg.interpreter, seg.input_index
+    tensors = [seg.preprocess(f) for f in frames[: min(len(frames), 64)]]
+
+    def invoke(i: int) -> float:
+        interp.set_tensor(index, tensors[i % len(tensors)])
+        start = time.perf_counter_ns()
+        interp.invoke()
+        return (time.perf_counter_ns() - start) / 1e3
+
+    first_us = invoke(0)
+    warmup = [invoke(i) for i in range(spec["warmup"])]
+    runs_us = [invoke(i) for i in range(spec["runs"])]
+    invoke_ms = LogHistogram.of(np.array(runs_us) / 1e3)
+
+    # The whole pipeline on PNG frames, as edge-seg run does it (minus the status line).
+    context = RunContext(analyzer=RegionAnalyzer(RegionConfig(), seg.labels))
+    with tempfile.TemporaryDirectory() as out:
+        with OutputWriter(out, label_set=seg.labels) as writer:
+            stats = run_stream(
+                CameraDir(spec["frame_dir"]), seg, writer, limit=spec["runs"], context=context
+            )
+    pipeline = stats.latency["total"].summary(digits=4, full=True)
+    pipeline["fps"] = stats.fps
+    result = {
+        "runtime": f"{seg.runtime} {runtime_version(seg.runtime)}",
+        "init_ms": init_us / 1e3,
+        "first_inference_ms": first_us / 1e3,
+        "warmup_avg_ms": float(np.mean(warmup)) / 1e3 if warmup else None,
+        "invoke": invoke_ms.summary(digits=4, full=True),
+        "invoke_fps": 1e3 / invoke_ms.mean,
+        "pipeline": pipeline,
+        "pipeline_vs_invoke": stats.fps / (1e3 / invoke_ms.mean),
+        "invoke_us": runs_us,
+    }
+    if spec.get("maps"):
+        maps = np.stack([seg.segment(f).labels for f in frames])
+        np.save(spec["maps"], maps)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def machine_info(emulated: bool) -> dict:
+    """CPU model, cores, OS, Python and library versions."""
+    import PIL
+
+    cpu = platform.processor() or ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for key in ("model name", "Hardware", "Model", "CPU part"):
+            line = next((ln for ln in text.splitlines() if ln.startswith(key)), None)
+            if line:
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu or "unknown",
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "emulated": emulated,
+    }
+
+
+def _load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def load_eval(
+    data: Path | None, n: int, seed: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """uint8 frames and labels: from an npz (images/labels, or the course keys) or synthetic
+    frames of ``size`` (the model's input).
+
+    Raises:
+        ValueError: for an npz without usable frames, or frames of several sizes.
+    """
+    if data is not None:
+        from edge.frames import NpzFrames
+
+        source = NpzFrames(data, limit=n)
+        frames = np.stack([f.image for f in source])
+        return frames, source.labels, f"{Path(data).name} ({len(frames)} frames)"
+    from edge.synthetic import SyntheticConfig, generate  # numpy only, no TensorFlow
+
+    cfg = SyntheticConfig(
+        n_train=0, n_test=n, height=size[0], width=size[1], seed=seed, big_rock_rate=0.1
+    )
+    made = generate(cfg, split="test")
+    return (
+        made.images,
+        made.labels,
+        f"synthetic (seed {seed}, {n} frames of {size[0]}x{size[1]}, big rock in 10 %)",
+    )
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    names = [p.stem for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.name}/{p.stem}" for p in paths]
+    return names
+
+
+def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> dict:
+    """inference_diff for class maps: agreement over all pixels and over labelled ones."""
+    out = {"pixel_agreement": float((ref == test).mean())}
+    if labels is not None:
+        scored = labels > 0
+        out["pixel_agreement_labelled"] = float((ref == test)[scored].mean())
+    return out
+
+
+def write_markdown(report: dict) -> str:
+    """report.md: per thread count, every model side by side with ratios to the reference.
+
+    Differences are always "model minus reference" with their sign, in the table and in the
+    agreement lines alike.
+    """
+    names = list(report["models"])
+    ref = names[0]
+    m = report["machine"]
+    load = report.get("load_average_before"), report.get("load_average_after")
+    lines = [
+        "# Float vs int8 benchmark",
+        "",
+        f"Machine: {m['cpu']} ({m['arch']}, {m['cores']} cores), {m['os']}, Python {m['python']}, "
+        f"{report['runtime']}. Data: {report['data']}. {report['settings']['runs']} runs after "
+        f"{report['settings']['warmup']} warm-up.",
+    ]
+    if load[0] is not None:
+        lines.append(
+            f"Load average (1/5/15 min) before: {' / '.join(map(str, load[0]))}, after: "
+            f"{' / '.join(map(str, load[1]))} (timings are only comparable on an idle board)."
+        )
+    lines.append("")
+    if m["emulated"]:
+        lines += [
+            "> **EMULATED** (qemu-user on another CPU): the timings below measure the emulator, "
+            "not an ARM board. Only the class maps and accuracy are meaningful.",
+            "",
+        ]
+    ratio_head = " | ".join(f"{n} / {ref}" for n in names[1:])
+    rule = "|---" * (1 + 2 * len(names) - 1) + "|"
+    for threads in report["settings"]["threads"]:
+        lines += [
+            f"## {threads} thread{'s' if threads > 1 else ''}",
+            "",
+            f"| | {' | '.join(names)} | {ratio_head} |",
+            rule,
+        ]
+        rows = [
+            ("invoke avg (ms)", lambda r: r["invoke"]["mean"]),
+            ("invoke std (ms)", lambda r: r["invoke"]["std"]),
+            ("invoke p50 (ms)", lambda r: r["invoke"]["p50"]),
+            ("invoke p99 (ms)", lambda r: r["invoke"]["p99"]),
+            ("invoke fps", lambda r: r["invoke_fps"]),
+            ("pipeline p50 (ms)", lambda r: r["pipeline"]["p50"]),
+            ("pipeline p99 (ms)", lambda r: r["pipeline"]["p99"]),
+            ("pipeline fps", lambda r: r["pipeline"]["fps"]),
+            ("pipeline / invoke fps", lambda r: r["pipeline_vs_invoke"]),
+            ("init (ms)", lambda r: r["init_ms"]),
+            ("first inference (ms)", lambda r: r["first_inference_ms"]),
+            ("peak RSS (MiB)", lambda r: r["peak_rss_mb"] or float("nan")),
+        ]
+        for label, get in rows:
+            values = [get(report["models"][n]["threads"][str(threads)]) for n in names]
+            ratios = " | ".join(f"{v / values[0]:.2f}x" for v in values[1:])
+            lines.append(f"| {label} | {' | '.join(f'{v:.2f}' for v in values)} | {ratios} |")
+        lines.append("")
+    sizes = [report["models"][n]["size_bytes"] for n in names]
+    change_head = " | ".join(f"{n} - {ref}" for n in names[1:])
+    lines += [
+        "## Size and accuracy",
+        "",
+        f"| | {' | '.join(names)} | {ratio_head} |",
+        rule,
+        f"| size (KiB) | {' | '.join(f'{s / 1024:.0f}' for s in sizes)} | "
+        + " | ".join(f"{s / sizes[0]:.2f}x" for s in sizes[1:])
+        + " |",
+    ]
+    accuracy = [report["models"][n].get("accuracy") for n in names]
+    if all(accuracy):
+        lines += ["", f"| | {' | '.join(names)} | {change_head} |", rule]
+        lines.append(_accuracy_row("mIoU", [a["mean_iou"] for a in accuracy]))
+        for cls in accuracy[0]["per_class_iou"]:
+            lines.append(_accuracy_row(f"IoU {cls}", [a["per_class_iou"][cls] for a in accuracy]))
+    for pair in report["pairs"]:
+        labelled = pair.get("pixel_agreement_labelled")
+        lines.append(
+            f"\n{pair['test']} vs {pair['reference']}: pixel agreement "
+            f"{100 * pair['pixel_agreement']:.2f} %"
+            + (f" ({100 * labelled:.2f} % on labelled pixels)" if labelled is not None else "")
+            + (
+                f", mIoU change {pair['miou_change']:+.4f} ({pair['test']} - {pair['reference']})"
+                if "miou_change" in pair
+                else ""
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_row(label: str, values: list[float | None]) -> str:
+    cells = " | ".join("-" if v is None else f"{v:.4f}" for v in values)
+    changes = " | ".join(
+        "-" if v is None or values[0] is None else f"{v - values[0]:+.4f}" for v in values[1:]
+    )
+    return f"| {label} | {cells} | {changes} |"
+
+
+def _in_child(spec: dict) -> dict:
+    """Run :func:`measure` in a fresh interpreter so that its peak RSS is the model's own.
+
+    Raises:
+        ValueError: naming the model and thread count when the child fails.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.bench", "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        raise ValueError(
+            f"measuring {Path(spec['model']).name} with {spec['threads']} thread(s) failed: {tail[0]}"
+        )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(measure(json.loads(sys.argv[2]))))
+    else:
+        sys.exit("usage: edge-seg bench --help (this module's entry point is for its own workers)")

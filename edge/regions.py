@@ -1,0 +1,215 @@
+"""What a navigation stack reads off a class map: regions, hazards and confidence.
+
+Regions are polygons in frame coordinates scaled to [0, 1] (x to the right, y down), so one
+definition fits any frame size. The defaults (see the README's picture) suit a forward-looking
+NAVCAM: the *near field* is the bottom quarter of the frame, the ground the rover is about to
+drive over; the *corridor* is the path ahead in perspective, wide at the bottom and narrowing
+towards the middle of the frame. A hazard is declared when a hazard class covers at least
+``min_fraction`` of a region; only confident pixels count (a pixel whose top probability is under
+``min_confidence`` is "unknown", never a hazard), and the ignored label (background: sky, rover
+parts) is never a hazard.
+
+A regions file is JSON::
+
+    {"regions": {"near_field": [[0, 0.75], [1, 0.75], [1, 1], [0, 1]], ...},
+     "hazards": [{"class": "big_rock", "region": "corridor", "min_fraction": 0.01}],
+     "min_confidence": 0.5, "low_confidence": 0.5}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.classes import LabelSet
+
+DEFAULT_REGIONS: dict[str, list[list[float]]] = {
+    "near_field": [[0.0, 0.75], [1.0, 0.75], [1.0, 1.0], [0.0, 1.0]],
+    "corridor": [[0.25, 1.0], [0.75, 1.0], [0.56, 0.5], [0.44, 0.5]],
+}
+
+
+@dataclass(frozen=True)
+class HazardRule:
+    """A hazard: ``cls`` covering at least ``min_fraction`` of ``region``."""
+
+    cls: str
+    region: str
+    min_fraction: float = 0.01
+
+
+@dataclass
+class RegionConfig:
+    """Regions, hazard rules and confidence thresholds.
+
+    Attributes:
+        regions: name -> polygon of (x, y) points in [0, 1].
+        hazards: the rules; by default one per hazard class of the model, in the corridor.
+        min_confidence: pixels whose top probability is below this are "unknown" for hazards.
+        low_confidence: the threshold of the per-frame low-confidence share.
+    """
+
+    regions: dict[str, list[list[float]]] = field(default_factory=lambda: dict(DEFAULT_REGIONS))
+    hazards: list[HazardRule] | None = None
+    min_confidence: float = 0.5
+    low_confidence: float = 0.5
+
+    @classmethod
+    def load(cls, path: str | Path) -> RegionConfig:
+        """Read a regions file (see the module doc).
+
+        Raises:
+            ValueError: naming what is wrong in the file.
+        """
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read the regions file {path}: {err}") from err
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: expected a JSON object with 'regions' and 'hazards'")
+        unknown = set(doc) - {"regions", "hazards", "min_confidence", "low_confidence"}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        try:
+            hazards = doc.get("hazards")
+            config = cls(
+                regions=doc.get("regions", dict(DEFAULT_REGIONS)),
+                hazards=None
+                if hazards is None
+                else [
+                    HazardRule(h["class"], h["region"], float(h.get("min_fraction", 0.01)))
+                    for h in hazards
+                ],
+                min_confidence=float(doc.get("min_confidence", 0.5)),
+                low_confidence=float(doc.get("low_confidence", 0.5)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: malformed hazard rule ({err}); see the README") from err
+        config.validate()
+        return config
+
+    def validate(self, labels: LabelSet | None = None) -> None:
+        """Raises ValueError for bad polygons, unknown regions or classes."""
+        for name, polygon in self.regions.items():
+            points = np.asarray(polygon, dtype=float)
+            if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
+                raise ValueError(f"region {name!r}: a polygon needs 3 or more [x, y] points")
+            if points.min() < 0 or points.max() > 1:
+                raise ValueError(f"region {name!r}: coordinates are fractions of the frame (0..1)")
+        for rule in self.hazards or []:
+            if rule.region not in self.regions:
+                raise ValueError(
+                    f"hazard on unknown region {rule.region!r}; regions: {', '.join(self.regions)}"
+                )
+            if labels is not None and rule.cls not in labels.names:
+                raise ValueError(
+                    f"hazard class {rule.cls!r} is not a class of the model: {', '.join(labels.names)}"
+                )
+        for name in ("min_confidence", "low_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+
+    def rules(self, labels: LabelSet) -> list[HazardRule]:
+        """The hazard rules for a model's label set (the defaults use its hazard classes)."""
+        if self.hazards is not None:
+            return self.hazards
+        return [
+            HazardRule(name, "corridor") for name in labels.hazards if "corridor" in self.regions
+        ]
+
+    def as_dict(self) -> dict:
+        return {
+            "regions": self.regions,
+            "hazards": [vars(r) | {"class": r.cls} for r in self.hazards or []] or None,
+            "min_confidence": self.min_confidence,
+            "low_confidence": self.low_confidence,
+        }
+
+
+class RegionAnalyzer:
+    """Per-frame region fractions, hazard flags and confidence of class maps.
+
+    Region masks are rasterized once per frame size.
+    """
+
+    def __init__(self, config: RegionConfig, labels: LabelSet):
+        config.validate(labels)
+        self.config = config
+        self.labels = labels
+        self.rules = config.rules(labels)
+        self._masks: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+
+    def masks(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """name -> bool mask of each region for frames of ``shape`` (cached, at most 8 sizes)."""
+        shape = (int(shape[0]), int(shape[1]))
+        if shape not in self._masks:
+            from PIL import Image, ImageDraw
+
+            if len(self._masks) >= 8:
+                self._masks.pop(next(iter(self._masks)))
+            h, w = shape
+            made = {}
+            for name, polygon in self.config.regions.items():
+                canvas = Image.new("1", (w, h), 0)
+                ImageDraw.Draw(canvas).polygon(
+                    [(x * (w - 1), y * (h - 1)) for x, y in polygon], fill=1
+                )
+                made[name] = np.asarray(canvas, dtype=bool)
+            self._masks[shape] = made
+        return self._masks[shape]
+
+    def analyze(self, class_map: np.ndarray, top_probability: np.ndarray | None) -> dict:
+        """Region fractions, hazards and confidence of one frame.
+
+        Args:
+            class_map: (H, W) labels.
+            top_probability: (H, W) probability of the chosen class (same size), or None.
+
+        Returns:
+            ``{"regions": {region: {class: fraction}}, "hazards": [...], "hazard": bool,
+            "confidence": {...}}``; fractions are of the region's pixels.
+        """
+        n = self.labels.num_classes
+        confident = (
+            None if top_probability is None else top_probability >= self.config.min_confidence
+        )
+        out_regions = {}
+        for name, mask in self.masks(class_map.shape).items():
+            inside = class_map[mask]
+            area = max(inside.size, 1)
+            counts = np.bincount(inside, minlength=n)[:n]
+            out_regions[name] = {
+                c: round(float(k) / area, 4) for c, k in zip(self.labels.names, counts)
+            }
+        hazards = []
+        for rule in self.rules:
+            mask = self.masks(class_map.shape)[rule.region]
+            hit = class_map == self.labels.index(rule.cls)
+            if confident is not None:
+                hit &= confident
+            fraction = float((hit & mask).sum()) / max(int(mask.sum()), 1)
+            hazards.append(
+                {
+                    "class": rule.cls,
+                    "region": rule.region,
+                    "fraction": round(fraction, 4),
+                    "min_fraction": rule.min_fraction,
+                    "hazard": fraction >= rule.min_fraction,
+                }
+            )
+        result = {
+            "regions": out_regions,
+            "hazards": hazards,
+            "hazard": any(h["hazard"] for h in hazards),
+        }
+        if top_probability is not None:
+            result["confidence"] = {
+                "mean_top_probability": round(float(top_probability.mean()), 4),
+                "low_confidence_fraction": round(
+                    float((top_probability < self.config.low_confidence).mean()), 4
+                ),
+            }
+        return result

@@ -1,0 +1,217 @@
+"""What the rover's autonomy consumes: regions, hazards, confidence, self-describing telemetry."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge.classes import MARS
+from edge.cli import main
+from edge.pipeline import RunStats, StatusLine
+from edge.regions import DEFAULT_REGIONS, HazardRule, RegionAnalyzer, RegionConfig
+from tests.conftest import BAND_CENTRES
+from tests.test_edge_run import edge_seg, wait_for, write_png
+
+jsonschema = pytest.importorskip("jsonschema")
+SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "schemas"
+SOIL, ROCK = 1, 4
+
+
+def schema(name: str) -> dict:
+    return json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+
+
+def terrain(rock_box: tuple[int, int, int, int] | None = None, shape=(64, 128)) -> np.ndarray:
+    """All soil, with big rock in ``rock_box`` = (top, bottom, left, right)."""
+    labels = np.full(shape, SOIL, np.uint8)
+    if rock_box:
+        top, bottom, left, right = rock_box
+        labels[top:bottom, left:right] = ROCK
+    return labels
+
+
+def test_region_fractions_and_the_hazard_rule_have_known_answers():
+    analyzer = RegionAnalyzer(RegionConfig(), MARS)
+    corridor = analyzer.masks((64, 128))["corridor"]
+    near = analyzer.masks((64, 128))["near_field"]
+    assert near[48:].all() and not near[:47].any()  # the bottom quarter
+    assert corridor[63, 40:88].all() and not corridor[20].any()  # wide at the bottom, none above
+    clear = analyzer.analyze(terrain(), np.ones((64, 128)))
+    assert clear["regions"]["near_field"]["soil"] == 1.0 and not clear["hazard"]
+    rock = terrain((56, 64, 56, 72))  # 8x16 = 128 px, all inside the corridor
+    assert corridor[56:64, 56:72].all()
+    found = analyzer.analyze(rock, np.ones((64, 128)))
+    expected = 128 / corridor.sum()
+    assert found["hazards"][0]["fraction"] == pytest.approx(expected, abs=1e-4) and found["hazard"]
+    assert found["regions"]["near_field"]["big_rock"] == pytest.approx(128 / near.sum(), abs=1e-4)
+    outside = analyzer.analyze(terrain((0, 16, 0, 32)), np.ones((64, 128)))  # up in the sky corner
+    assert not outside["hazard"] and outside["hazards"][0]["fraction"] == 0.0
+    unsure = np.ones((64, 128))
+    unsure[56:64, 56:72] = 0.3  # the rock pixels are not confident: unknown, not a hazard
+    assert not analyzer.analyze(rock, unsure)["hazard"]
+    assert analyzer.analyze(rock, unsure)["confidence"]["low_confidence_fraction"] == pytest.approx(
+        128 / (64 * 128), abs=1e-4
+    )
+
+
+def test_a_regions_file_sets_regions_thresholds_and_rules(tmp_path):
+    path = tmp_path / "regions.json"
+    doc = {
+        "regions": {"left": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]},
+        "hazards": [{"class": "sand", "region": "left", "min_fraction": 0.5}],
+        "min_confidence": 0.0,
+    }
+    path.write_text(json.dumps(doc))
+    analyzer = RegionAnalyzer(RegionConfig.load(path), MARS)
+    labels = terrain()
+    labels[:, :40] = 3  # sand on 40 of the left 64 columns
+    result = analyzer.analyze(labels, None)
+    assert result["hazard"] and set(result["regions"]) == {"left"} and "confidence" not in result
+    for bad, message in (
+        ({"hazards": [{"class": "lava", "region": "corridor"}]}, "hazard class 'lava'"),
+        ({"hazards": [{"class": "sand", "region": "moon"}]}, "unknown region 'moon'"),
+        ({"regions": {"x": [[0, 0], [2, 0], [0, 1]]}}, "fractions of the frame"),
+        ({"colour": "red"}, "unknown keys"),
+    ):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            RegionAnalyzer(RegionConfig.load(path), MARS)
+    assert RegionConfig().rules(MARS) == [HazardRule("big_rock", "corridor")]
+    assert set(DEFAULT_REGIONS) == {"near_field", "corridor"}
+
+
+def band_terrain(rock: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A frame the band model segments exactly: soil grey, with a big-rock-grey patch ahead."""
+    labels = terrain((52, 64, 52, 76) if rock else None)
+    values = np.round(np.array(BAND_CENTRES) * 255).astype(np.uint8)
+    return values[labels], labels
+
+
+@pytest.fixture
+def run_out(band_models, tmp_path):
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    for i, rock in enumerate([False, True, False, True, True]):
+        write_png(cam / f"f{i}.png", band_terrain(rock)[0])
+    (cam / "f9_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["run", "--camera-dir", str(cam), "--model", str(band_models["int8"]), "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    return cam, out
+
+
+def test_telemetry_and_summary_follow_their_schemas(run_out):
+    _, out = run_out
+    lines = [json.loads(line) for line in (out / "telemetry.jsonl").read_text().splitlines()]
+    for line in lines:
+        jsonschema.validate(line, schema("telemetry"))
+    summary = json.loads((out / "summary.json").read_text())
+    jsonschema.validate(summary, schema("summary"))
+    jsonschema.validate(json.loads((out / "status.json").read_text()), schema("status"))
+    ok = [line for line in lines if line["status"] == "ok"]
+    assert [line["hazard"] for line in ok] == [False, True, False, True, True]
+    assert summary["hazard_frames"] == 3 and summary["model"]["classes"][4] == "big_rock"
+    assert {line["run_id"] for line in lines} == {summary["run_id"]}
+    assert [line["frame_index"] for line in lines] == list(range(6))
+    assert all(line["model"]["sha256"] == summary["model"]["sha256"][:16] for line in lines)
+    assert summary["software"]["marsseg_edge"] and summary["software"]["litert"]
+
+
+def test_the_frame_index_continues_across_restarts(band_models, run_out, tmp_path):
+    cam, out = run_out
+    first = json.loads((out / "summary.json").read_text())
+    for path in cam.iterdir():
+        path.unlink()
+    write_png(cam / "g0.png", band_terrain(False)[0])
+    result = CliRunner().invoke(
+        main,
+        ["run", "--camera-dir", str(cam), "--model", str(band_models["int8"]), "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    last = json.loads((out / "telemetry.jsonl").read_text().splitlines()[-1])
+    again = json.loads((out / "summary.json").read_text())
+    assert last["frame_index"] == 6 and last["run_id"] == first["run_id"] and again["restarts"] == 1
+
+
+def test_the_heartbeat_beats_while_no_frame_comes(band_models, tmp_path):
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    cam.mkdir()
+    proc = edge_seg("run", "--camera-dir", str(cam), "--model", str(band_models["int8"]),
+                    "--out", str(out), "--watch", "--heartbeat", "0.2", "--idle-timeout", "2")  # fmt: skip
+    try:
+        assert wait_for(lambda: (out / "status.json").exists())
+        first = json.loads((out / "status.json").read_text())
+        time.sleep(0.6)
+        second = json.loads((out / "status.json").read_text())
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert second["t_unix_s"] > first["t_unix_s"] and second["state"] == "running"
+    assert second["frames"] == 0 and second["last_frame_age_s"] is None
+    final = json.loads((out / "status.json").read_text())
+    assert final["state"] == "stopped: idle timeout" and proc.returncode == 5, stderr
+
+
+def test_version_and_log_level(band_models, tmp_path):
+    version = CliRunner().invoke(main, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("edge-seg ")
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    write_png(cam / "a.png", band_terrain(False)[0])
+    quiet = edge_seg("--log-level", "error", "run", "--camera-dir", str(cam), "--model",
+                     str(band_models["int8"]), "--out", str(tmp_path / "o"))  # fmt: skip
+    _, stderr = quiet.communicate(timeout=60)
+    assert quiet.returncode == 0 and "INFO" not in stderr
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_warnings_never_garble_the_status_line():
+    stream = FakeTerminal()
+    status = StatusLine(stream, every_s=0)
+    logger = logging.getLogger("test.status")
+    logger.propagate = False
+    logger.addHandler(status.log_handler(logging.Formatter("%(levelname)s %(message)s")))
+    stats = RunStats()
+    stats.frames = 7
+    status(stats)
+    logger.warning("a frame was bad")
+    text = stream.getvalue()
+    status_text = text[text.index("frames 7") : text.index("dropped 0") + len("dropped 0")]
+    # the warning is on a line of its own, after the status was cleared, and the status returns
+    assert f"\r\x1b[KWARNING a frame was bad\n{status_text}" in text
+
+
+def test_a_model_without_a_background_target_is_flagged(band_models, tmp_path, caplog):
+    from edge.classes import MARS as labels
+    from edge.modelmeta import ModelMetadata
+    from edge.preprocess import Preprocessing
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(band_models["bare"].read_bytes())
+    doc = ModelMetadata(
+        labels, Preprocessing(64, 128), {"loss": "ce", "predicts_ignored_label": False}
+    )
+    model.with_suffix(".json").write_bytes(doc.to_bytes())
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    write_png(cam / "a.png", band_terrain(False)[0])
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, ["run", "--camera-dir", str(cam), "--model", str(model),
+                                           "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 0 and "trained without a background target" in caplog.text
+    info = CliRunner().invoke(main, ["info", str(model)])
+    assert "trained without a background target" in info.output
