@@ -1,6 +1,7 @@
-"""Make the README's pictures from a finished demo: overlays and the final screen.
+"""Make the README's pictures: overlays and the final screen of a finished demo, and the
+default regions of the rover's hazard rule drawn over a frame.
 
-python tools/readme_figures.py demo --out docs
+python tools/readme_figures.py demo --out docs [--regions-frame FRAME]
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from edge.classes import overlay
+from edge.frames import LabelReader, read_frame
+from edge.regions import RegionAnalyzer, RegionConfig
+from edge.segmenter import Segmenter
 from tools.demo_summary import summary_text
 
 MONO = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf")
@@ -22,14 +26,16 @@ MONO = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf")
 
 def overlay_grid(demo: Path, frames: int = 4, scale: int = 3) -> Image.Image:
     """Rows of frame | int8 segmentation | truth, each upscaled ``scale`` times."""
-    names = sorted(p.name for p in (demo / "edge" / "overlays").glob("*.png"))[:frames]
-    if not names:
+    overlays = sorted((demo / "edge" / "overlays").glob("*.png"))[:frames]
+    if not overlays:
         raise click.ClickException(f"no overlays in {demo}/edge/overlays: run the demo first")
+    camera = {p.stem: p for p in (demo / "camera").iterdir()}
+    labels = LabelReader(demo / "camera-labels", 5)
     rows = []
-    for name in names:
-        frame = np.asarray(Image.open(demo / "camera" / name).convert("L"))
-        predicted = np.asarray(Image.open(demo / "edge" / "overlays" / name))
-        truth = overlay(frame, np.asarray(Image.open(demo / "camera-labels" / name)))
+    for path in overlays:
+        frame = read_frame(camera[path.stem])
+        predicted = np.asarray(Image.open(path))
+        truth = overlay(frame, labels.read_for(path.stem))
         grey = np.repeat(frame[..., None], 3, axis=-1)
         gap = np.full((frame.shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([grey, gap, predicted, gap, truth], axis=1))
@@ -61,15 +67,63 @@ def text_image(text: str, size: int = 15) -> Image.Image:
     return image
 
 
+def regions_picture(frame_path: Path, model: Path | None = None, scale: int = 2) -> Image.Image:
+    """The default regions (near field, corridor) outlined over a frame; with a model, its
+    segmentation under them and the frame's hazard verdict in the caption."""
+    frame = read_frame(frame_path)
+    rgb = np.repeat(frame[..., None], 3, axis=-1)
+    caption = "default regions: near field (cyan), corridor (magenta)"
+    config = RegionConfig()
+    if model is not None:
+        segmenter = Segmenter(model)
+        seg = segmenter.segment(frame, with_confidence=True)
+        rgb = overlay(frame, seg.labels, label_set=segmenter.labels)
+        result = RegionAnalyzer(config, segmenter.labels).analyze(seg.labels, seg.top_probability)
+        rule = result["hazards"][0] if result["hazards"] else None
+        if rule:
+            caption += (
+                f"; {rule['class']} covers {100 * rule['fraction']:.1f} % of the {rule['region']}"
+                f" (hazard at >= {100 * rule['min_fraction']:g} %): "
+                + ("HAZARD" if result["hazard"] else "clear")
+            )
+    image = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    for polygon, colour in zip(config.regions.values(), ((0, 230, 230), (230, 0, 230))):
+        points = [(x * (w - 1), y * (h - 1)) for x, y in polygon]
+        draw.line([*points, points[0]], fill=colour, width=3)
+    font = ImageFont.truetype(str(MONO), 13) if MONO.exists() else ImageFont.load_default()
+    canvas = Image.new("RGB", (w, h + 24), "white")
+    canvas.paste(image, (0, 0))
+    ImageDraw.Draw(canvas).text((6, h + 5), caption, fill="black", font=font)
+    return canvas
+
+
 @click.command()
 @click.argument("demo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"))
-def main(demo: Path, out: Path) -> None:
+@click.option(
+    "--regions-frame",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw the default regions over this frame (OUT/regions.png).",
+)
+@click.option(
+    "--regions-model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Segment --regions-frame with this model under the regions.",
+)
+def main(demo: Path, out: Path, regions_frame: Path | None, regions_model: Path | None) -> None:
     """Write OUT/overlays.png and OUT/report_table.png from the DEMO folder."""
     out.mkdir(parents=True, exist_ok=True)
     overlay_grid(demo).save(out / "overlays.png")
     text_image(summary_text(demo)).save(out / "report_table.png")
-    click.echo(f"wrote {out}/overlays.png and {out}/report_table.png")
+    written = ["overlays.png", "report_table.png"]
+    if regions_frame is not None:
+        regions_picture(regions_frame, regions_model).save(out / "regions.png")
+        written.append("regions.png")
+    click.echo(f"wrote {', '.join(f'{out}/{n}' for n in written)}")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,32 @@ import click
 from trainer.config import TrainConfig
 
 
+# What `trainer` needs beyond the rover's packages: the [train] extra.
+TRAIN_MODULES = ("tensorflow", "keras", "albumentations", "matplotlib")
+
+
 class _ValueErrorsAsUsage(click.Group):
-    """Turn the library's ValueErrors (bad input, with a fix in the message) into one clean line."""
+    """Turn the library's ValueErrors (bad input, with a fix in the message) into one clean line,
+    and a missing [train] extra into the line that says how to install it."""
 
     def invoke(self, ctx: click.Context):
+        missing = missing_train_modules() if ctx.protected_args else []
+        if missing:
+            raise click.ClickException(
+                f"trainer needs the [train] extra ({', '.join(missing)} not installed): "
+                "pip install 'marsseg-edge[train]' (the rover needs only [edge] and edge-seg)"
+            )
         try:
             return super().invoke(ctx)
         except ValueError as err:
             raise click.ClickException(str(err)) from err
+
+
+def missing_train_modules() -> list[str]:
+    """The [train] extra's modules that cannot be imported here."""
+    import importlib.util
+
+    return [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
 
 
 @click.group(cls=_ValueErrorsAsUsage)

@@ -98,9 +98,12 @@ class TrainConfig:
     learning_rate: float = setting(1e-4, "AdamW learning rate (report).", flag="--lr", resume=True)
     weight_decay: float = setting(1e-4, "AdamW weight decay.", resume=True)
     loss: str = setting(
-        "ce",
-        "ce (background ignored), plain_ce, weighted_ce, dice, focal, boundary, or sums like "
-        "'ce+0.5*dice'.",
+        "afd+0.5*background",
+        "Terms such as 'afd+0.5*background': afd (the MarsSeg paper's adaptive focal + Dice), "
+        "ce (the report's cross-entropy, background ignored; --loss ce for the course score), "
+        "plain_ce, weighted_ce, dice, focal, boundary, background (class 0 on unlabelled pixels: "
+        "sky and rover hardware are not reported as rock). The default is for models bound for "
+        "the rover (benchmarks/rover_safety.py).",
     )
     lr_patience: int = setting(3, "ReduceLROnPlateau patience on val mIoU.", resume=True)
     lr_factor: float = setting(0.5, "ReduceLROnPlateau factor.", resume=True)
