@@ -12,22 +12,14 @@ import click
 
 from trainer.config import TrainConfig
 
-
 # What `trainer` needs beyond the rover's packages: the [train] extra.
 TRAIN_MODULES = ("tensorflow", "keras", "albumentations", "matplotlib")
 
 
 class _ValueErrorsAsUsage(click.Group):
-    """Turn the library's ValueErrors (bad input, with a fix in the message) into one clean line,
-    and a missing [train] extra into the line that says how to install it."""
+    """Turn the library's ValueErrors (bad input, with a fix in the message) into one clean line."""
 
     def invoke(self, ctx: click.Context):
-        missing = missing_train_modules() if ctx.protected_args else []
-        if missing:
-            raise click.ClickException(
-                f"trainer needs the [train] extra ({', '.join(missing)} not installed): "
-                "pip install 'marsseg-edge[train]' (the rover needs only [edge] and edge-seg)"
-            )
         try:
             return super().invoke(ctx)
         except ValueError as err:
@@ -50,6 +42,12 @@ def main(verbose: bool) -> None:
     Labels: 0 background/unlabelled (never scored), 1 soil, 2 bedrock, 3 sand, 4 big rock.
     The score is the mean IoU over classes 1-4.
     """
+    missing = missing_train_modules()
+    if missing:
+        raise click.ClickException(
+            f"trainer needs the [train] extra ({', '.join(missing)} not installed): "
+            "pip install 'marsseg-edge[train]' (the rover needs only [edge] and edge-seg)"
+        )
     os.environ.setdefault(
         "TF_CPP_MIN_LOG_LEVEL", "2"
     )  # keep TensorFlow's C++ banner out of the output

@@ -122,6 +122,13 @@ class TrainConfig:
     replicas: int = setting(
         0, "Split the CPU into N logical devices (data parallelism on any machine).", resume=True
     )
+    loop: str = setting(
+        "auto",
+        "Training loop: fit (Keras), custom (strategy.run; what multiworker needs, as Keras 3's "
+        "fit fails there), auto: custom for multiworker, else fit.",
+        choices=("auto", "fit", "custom"),
+        resume=True,
+    )
     mixed_precision: bool = setting(
         False, "mixed_float16 on GPUs (mixed_bfloat16 on CPUs).", resume=True
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -28,6 +27,15 @@ from edge.preprocess import Preprocessing
 from trainer import data as D
 from trainer.augment import augment_pair, offline_augment, online_pipeline
 from trainer.config import TrainConfig, flat_fields, flatten, from_dict, to_json, with_values
+from trainer.distributed import (
+    TrainingError,
+    is_chief,
+    one_line,
+    select_strategy,
+    synchronize_batch_norm,
+    train_custom,
+    worker_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,8 @@ class FitResult:
     interrupted: bool
     seconds: float
     replicas: int = 1
+    model: object = None  # the trained keras.Model (its weights, e.g. to compare workers)
+    chief: bool = True
 
 
 def fit(
@@ -79,27 +89,51 @@ def fit(
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    state = _run_state(run_dir, resume, cfg)
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; valid names: {', '.join(sorted(MODELS))}")
     loss_terms = parse_loss_spec(cfg.loss)  # the one parse: fails before any data is loaded
-    strategy = select_strategy(cfg.strategy, cfg.replicas)
+    strategy = select_strategy(cfg.strategy, cfg.replicas)  # first: before anything touches TF
+    chief = is_chief(strategy)
+    state = _run_state(run_dir, resume, cfg, check_fresh=chief)
     _seed_everything(cfg.seed)
     _set_precision(cfg.mixed_precision)
     data = prepare_data(cfg)
-    _write_run_files(run_dir, cfg, data)
+    if chief:  # the other workers write nothing
+        _write_run_files(run_dir, cfg, data)
     with strategy.scope():
         model, adaptive = build_training_model(cfg, data, loss_terms, state, run_dir)
+        if strategy.num_replicas_in_sync > 1:
+            synchronize_batch_norm(model)
     log.info(
-        "%s: %s parameters, %d replica(s)",
+        "%s: %s parameters, %d replica(s)%s",
         cfg.model,
         f"{model.count_params():,}",
         strategy.num_replicas_in_sync,
+        "" if chief else f" ({worker_name(strategy)}: not the chief, writes nothing)",
     )
-    checkpoint = AtomicCheckpoint(run_dir, best=state["best"])
-    all_callbacks = make_callbacks(cfg, run_dir, checkpoint, data.label_set, adaptive, resume)
-    interrupted = train_model(model, data, cfg, state["epoch"], all_callbacks + (callbacks or []))
-    finish_run(run_dir, data.val_images, data.val_labels, data.label_set)
+    checkpoint = AtomicCheckpoint(run_dir, best=state["best"], write=chief)
+    all_callbacks = make_callbacks(
+        cfg, run_dir, checkpoint, data.label_set, adaptive, resume, chief
+    )
+    all_callbacks += callbacks or []
+    custom = cfg.loop == "custom" or (cfg.loop == "auto" and cfg.strategy == "multiworker")
+    try:
+        if custom:
+            interrupted = train_custom(
+                model, data, cfg, strategy, state["epoch"], all_callbacks, chief
+            )
+        else:
+            interrupted = train_model(model, data, cfg, state["epoch"], all_callbacks)
+    except Exception as err:
+        import tensorflow as tf
+
+        if isinstance(err, (tf.errors.OpError, RuntimeError)):
+            raise TrainingError(
+                f"training failed on {worker_name(strategy)}: {one_line(err)}"
+            ) from err
+        raise
+    if chief:
+        finish_run(run_dir, data.val_images, data.val_labels, data.label_set)
     return FitResult(
         run_dir,
         float(checkpoint.best or 0.0),
@@ -107,6 +141,8 @@ def fit(
         interrupted,
         time.perf_counter() - start,
         strategy.num_replicas_in_sync,
+        model=model,
+        chief=chief,
     )
 
 
@@ -114,8 +150,9 @@ def fit(
 # The steps of fit().
 
 
-def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig) -> dict:
-    """The state to start from: a fresh one, or the run's ``state.json`` on ``resume``."""
+def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig, check_fresh: bool = True) -> dict:
+    """The state to start from: a fresh one, or the run's ``state.json`` on ``resume`` (under
+    multiworker every worker must see the run folder: shared storage)."""
     state_path = run_dir / "state.json"
     if resume:
         if not state_path.exists():
@@ -126,7 +163,7 @@ def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig) -> dict:
         if cfg.learning_rate != _saved_config(run_dir).learning_rate:
             state["lr"] = cfg.learning_rate  # an explicit new rate wins over the schedule's
         return state
-    if (run_dir / "model.keras").exists() or state_path.exists():
+    if check_fresh and ((run_dir / "model.keras").exists() or state_path.exists()):
         raise ValueError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --name"
         )
@@ -174,69 +211,6 @@ def _saved_config(run_dir: Path) -> TrainConfig:
     if not path.exists():
         raise ValueError(f"{run_dir} has no config.json: it is not a run of `trainer fit`")
     return from_dict(TrainConfig, json.loads(path.read_text()))
-
-
-def select_strategy(name: str, replicas: int = 0):
-    """The ``tf.distribute`` strategy for ``name``.
-
-    - ``auto``: MirroredStrategy over all GPUs when there are several, or over ``replicas``
-      logical CPU devices when that is > 1; else the default strategy.
-    - ``default``: one device.
-    - ``mirrored``: MirroredStrategy over all GPUs, or over ``replicas`` (>= 2) logical CPUs.
-    - ``multiworker``: MultiWorkerMirroredStrategy, configured by the ``TF_CONFIG`` variable.
-
-    Raises:
-        ValueError: for an unknown name, ``multiworker`` without ``TF_CONFIG``, or ``mirrored``
-            with neither GPUs nor ``replicas``.
-    """
-    import tensorflow as tf
-
-    valid = ("auto", "default", "mirrored", "multiworker")
-    if name not in valid:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(valid)}")
-    if replicas > 1:
-        split_cpu(replicas)
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
-    if name == "default" or (name == "auto" and len(gpus) < 2 and len(cpus) < 2):
-        return tf.distribute.get_strategy()
-    if name in ("auto", "mirrored"):
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        if len(cpus) < 2:
-            raise ValueError(
-                "--strategy mirrored found no GPU and one CPU device: add --replicas N to split "
-                "the CPU into N devices, or use --strategy default"
-            )
-        return tf.distribute.MirroredStrategy([d.name for d in cpus])
-    if "TF_CONFIG" not in os.environ:
-        raise ValueError(
-            "--strategy multiworker needs TF_CONFIG, e.g. "
-            '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
-        )
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def split_cpu(replicas: int) -> None:
-    """Split the CPU into ``replicas`` logical devices (before TensorFlow initializes them).
-
-    Raises:
-        ValueError: when TensorFlow has already initialized its devices with another count.
-    """
-    import tensorflow as tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
-        )
-    except RuntimeError as err:  # devices already initialized in this process
-        have = len(tf.config.list_logical_devices("CPU"))
-        if have != replicas:
-            raise ValueError(
-                f"cannot split the CPU into {replicas} devices: TensorFlow already started with "
-                f"{have} in this process ({err})"
-            ) from err
 
 
 def prepare_data(cfg: TrainConfig) -> Prepared:
@@ -321,16 +295,26 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
 
 
 def make_callbacks(
-    cfg: TrainConfig, run_dir: Path, checkpoint, label_set: LabelSet, adaptive, resume: bool
+    cfg: TrainConfig,
+    run_dir: Path,
+    checkpoint,
+    label_set: LabelSet,
+    adaptive,
+    resume: bool,
+    chief: bool = True,
 ) -> list:
-    """Checkpoints, the history (with the learning rate), the schedule and early stopping."""
-    callbacks = [LearningRateLog()]
+    """The history's extra columns (learning rate, epoch time), the afd weights, checkpoints
+    and the history (the chief's only), the schedule and early stopping."""
+    callbacks = [LearningRateLog(), EpochTimer(cfg.batch_size)]
     if adaptive is not None:
         callbacks.append(AdaptiveWeightsUpdate(adaptive, label_set, checkpoint))
+    if chief:
+        callbacks += [
+            checkpoint,
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        ]
     return [
         *callbacks,
-        checkpoint,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_miou",
             mode="max",
@@ -454,6 +438,33 @@ class LearningRateLog(keras.callbacks.Callback):
             )
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Puts the training time of each epoch (without validation) and the frames per second into
+    the logs, for ``fit`` (the custom loop measures them itself)."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self._start = self._stop = 0.0
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._stop, self._steps = time.perf_counter(), 0.0, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps = batch + 1
+
+    def on_test_begin(self, logs=None):
+        self._stop = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or "epoch_s" in logs:
+            return
+        seconds = (self._stop or time.perf_counter()) - self._start
+        logs["epoch_s"] = seconds
+        logs["train_frames_per_s"] = self._steps * self.batch_size / seconds if seconds else 0.0
+
+
 class AdaptiveWeightsUpdate(keras.callbacks.Callback):
     """After each epoch, sets the ``afd`` class weights from that epoch's training IoU."""
 
@@ -477,21 +488,26 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves ``model.keras`` when validation mean IoU improves and ``last.keras`` + ``state.json``
     after every epoch, each through a temporary file and a rename."""
 
-    def __init__(self, run_dir: Path, best: float | None = None):
+    def __init__(self, run_dir: Path, best: float | None = None, write: bool = True):
         super().__init__()
         self.run_dir = run_dir
         self.best = best
+        self.write = write  # False on workers that are not the chief: track only
         self.epochs_done = 0
         self.extra_state: dict = {}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         score = logs.get("val_miou")
-        if score is not None and (self.best is None or score > self.best):
+        improved = score is not None and (self.best is None or score > self.best)
+        if improved:
             self.best = float(score)
+        self.epochs_done = epoch + 1
+        if not self.write:
+            return
+        if improved:
             _atomic_save(self.model, self.run_dir / "model.keras")
         _atomic_save(self.model, self.run_dir / "last.keras")
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         state = {"epoch": epoch + 1, "best": self.best, "lr": lr, **self.extra_state}
         write_json(self.run_dir / "state.json", state)
-        self.epochs_done = epoch + 1
