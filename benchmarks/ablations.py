@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from benchmarks.compare_models import DATA_OPTION, _finished
+from edge.sinks import atomic_write_bytes, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def run_all(data: Path, out: Path, budget: Budget, groups: list[str]) -> list[di
 
                     shutil.rmtree(run_dir)
                 seconds = fit(cfg, run_dir).seconds
-                (run_dir / "seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+                atomic_write_json(run_dir / "seconds.json", {"seconds": seconds})
             done[key] = (json.loads((run_dir / "metrics.json").read_text()), seconds, run_dir.name)
         metrics, seconds, run_name = done[key]
         rows.append(
@@ -307,11 +308,9 @@ def main(
     )
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(stats, names, settings)
-    (out / "ablations.md").write_text(text)
-    (out / "ablations.json").write_text(
-        json.dumps({"settings": settings, "budget": budget.__dict__, "rows": rows, "stats": stats},
-                   indent=2) + "\n"
-    )  # fmt: skip
+    atomic_write_bytes(out / "ablations.md", text.encode())
+    summary = {"settings": settings, "budget": budget.__dict__, "rows": rows, "stats": stats}
+    atomic_write_json(out / "ablations.json", summary)
     chart = bar_chart(stats, names, out / "ablations.png")
     click.echo(text)
     click.echo(f"written: {out}/ablations.md, ablations.json, {chart.name}")

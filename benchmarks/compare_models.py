@@ -20,6 +20,7 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.classes import CLASS_NAMES
+from edge.sinks import atomic_write_bytes, atomic_write_json
 
 
 def compare(
@@ -67,7 +68,7 @@ def compare(
 
                 shutil.rmtree(run_dir)
             seconds = fit(cfg, run_dir).seconds
-            (run_dir / "seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+            atomic_write_json(run_dir / "seconds.json", {"seconds": seconds})
         metrics = json.loads((run_dir / "metrics.json").read_text())
         data_info = json.loads((run_dir / "data.json").read_text())
         with open(run_dir / "history.csv") as f:
@@ -207,10 +208,8 @@ def main(
     )
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, settings)
-    (out / "compare.md").write_text(table)
-    (out / "compare.json").write_text(
-        json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n"
-    )
+    atomic_write_bytes(out / "compare.md", table.encode())
+    atomic_write_json(out / "compare.json", {"settings": settings, "rows": rows})
     click.echo(table)
 
 

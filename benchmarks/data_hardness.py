@@ -10,7 +10,6 @@ a model has to use texture and context; a trained MarsSeg must clearly beat it.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.classes import CLASS_NAMES, NUM_CLASSES
 from edge.metrics import class_fractions, score
+from edge.sinks import atomic_write_json
 from edge.synthetic import SyntheticConfig, generate
 from trainer import data as D
 
@@ -97,7 +97,7 @@ def main(frames: int, seed: int, out: Path | None) -> None:
     )
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(r, indent=2) + "\n")
+        atomic_write_json(out, r)
     if not r["hard_enough"]:
         raise SystemExit(1)
 

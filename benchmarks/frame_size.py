@@ -27,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from edge.sinks import atomic_write_bytes, atomic_write_json
+
 SIZES = ("64x64", "96x96", "128x128", "160x160", "192x192", "256x256", "64x128/centre")
 
 
@@ -157,7 +159,7 @@ def main(
         pass
     out.mkdir(parents=True, exist_ok=True)
     meta = {"data": str(data), "width": width, "threads": threads, "cpu": cpu, "rows": rows}
-    (out / "frame_size.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(out / "frame_size.json", meta)
     lines = [
         "# Frame size for AI4Mars",
         "",
@@ -179,7 +181,7 @@ def main(
                 else "- | - |"
             )
         )
-    (out / "frame_size.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(out / "frame_size.md", ("\n".join(lines) + "\n").encode())
     click.echo("\n".join(lines))
 
 

@@ -26,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from edge.sinks import atomic_write_bytes, atomic_write_json
+
 VARIANTS = {
     "ce": "the report's: cross-entropy, background ignored",
     "ce+0.5*background": "+ a background term (class 0 on unlabelled pixels)",
@@ -74,7 +76,7 @@ def train_variant(data: Path, loss: str, run_dir: Path, budget: Budget) -> float
     start = time.perf_counter()
     fit(cfg, run_dir)
     seconds = time.perf_counter() - start
-    (run_dir / "timing.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    atomic_write_json(run_dir / "timing.json", {"seconds": seconds})
     return seconds
 
 
@@ -156,8 +158,8 @@ def main(
 
 def _write(out: Path, rows: list[dict], budget: Budget, data: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rover_safety.json").write_text(
-        json.dumps({"budget": asdict(budget), "data": str(data), "rows": rows}, indent=2) + "\n"
+    atomic_write_json(
+        out / "rover_safety.json", {"budget": asdict(budget), "data": str(data), "rows": rows}
     )
     lines = [
         "# Rover safety of the loss choices",
@@ -184,7 +186,7 @@ def _write(out: Path, rows: list[dict], budget: Budget, data: Path) -> None:
                 f"{f(h['precision'], True)} | {f(h['on_unlabelled'], True)} | "
                 f"{row['seconds'] / 60:.1f} |"
             )
-    (out / "rover_safety.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(out / "rover_safety.md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from edge.sinks import atomic_write_bytes, atomic_write_json
+
 CHECKPOINTS = (1_000, 10_000, 50_000, 100_000)
 
 
@@ -213,7 +215,7 @@ def _cpu() -> str:
 
 def _write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "soak.json", report)
     rss = report["rss"]
     warm = [s["rss_mib"] for s in rss[1:]] or [s["rss_mib"] for s in rss]
     lines = [
@@ -247,7 +249,7 @@ def _write(out: Path, report: dict) -> None:
         f"{report['errors']:,} = {report['processed'] + report['dropped'] + report['errors']:,} "
         f"{'==' if report['accounted'] else '!='} {report['written']:,} written."
     )
-    (out / "soak.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(out / "soak.md", ("\n".join(lines) + "\n").encode())
     click.echo("\n".join(lines))
 
 

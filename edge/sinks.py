@@ -11,6 +11,7 @@ newest masks and overlays stay, so that an endless run has a bounded footprint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import struct
 import time
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +33,23 @@ log = logging.getLogger(__name__)
 # Output stems are at most this many bytes: a file name may have 255, and ours get a suffix and
 # a temporary prefix/suffix around them.
 MAX_STEM_BYTES = 200
-_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp(\.\w+)?$")  # what atomic_path names
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a hidden temporary file and a rename.
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` (``.NAME.PID.tmp.SUFFIX``, so that writers that
+    go by the suffix still work) that becomes ``path`` when the block ends without an error, and
+    is removed otherwise. The one way files are written in this project: a reader never sees half
+    a file, and a run killed mid-write leaves only a temporary that the next start removes.
 
     Raises:
-        OSError: when it cannot be written (nothing is left behind).
+        OSError: when the rename fails.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -55,7 +59,18 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, payload, indent: int | None = 2) -> Path:
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through :func:`atomic_path`.
+
+    Raises:
+        OSError: when it cannot be written (nothing is left behind).
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+
+
+def atomic_write_json(path: str | Path, payload, indent: int | None = 2) -> Path:
     """Write a JSON document atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(Path(path), (json.dumps(payload, indent=indent) + "\n").encode())
     return Path(path)

@@ -127,8 +127,9 @@ def write_npz(cfg: SyntheticConfig, path: Path, progress: bool = False) -> dict:
     training_set = np.stack([train.images, train.labels], axis=1).astype(np.float64)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
+    from edge.sinks import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
             f,
             training_set=training_set,
@@ -137,7 +138,6 @@ def write_npz(cfg: SyntheticConfig, path: Path, progress: bool = False) -> dict:
             synthetic_outliers=train.outlier_index,
             synthetic_config=np.array(json.dumps(asdict(cfg))),
         )
-    tmp.replace(path)
     return {
         "path": str(path),
         "seconds": time.perf_counter() - start,

@@ -92,4 +92,4 @@ def test_edge_seg_info_describes_the_int8_model(small_npz, tmp_path):
         and "CONV_2D" in result.output
     )
     bad = CliRunner().invoke(edge_main, ["info", str(small_npz)])
-    assert bad.exit_code == 1 and bad.output.startswith("Error: cannot load")
+    assert bad.exit_code == 2 and bad.output.startswith("Error: cannot load")  # run's code

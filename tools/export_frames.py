@@ -25,6 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from edge.sinks import atomic_path
+
 
 def held_out(data: Path, run: Path | None, limit: int | None):
     """The held-out frames: ``(mars, images, labels, names, test)``; for AI4Mars the images are
@@ -118,9 +120,8 @@ def main(
         else:
             images_u8 = _uint8(images)
         npz_out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npz_out.with_name(f".{npz_out.name}.tmp.npz")
-        np.savez_compressed(tmp, images=images_u8, labels=labels.astype(np.uint8))
-        tmp.replace(npz_out)
+        with atomic_path(npz_out.with_suffix(".npz")) as tmp:
+            np.savez_compressed(tmp, images=images_u8, labels=labels.astype(np.uint8))
         click.echo(f"{len(images_u8)} frames and labels in {npz_out}")
 
 
@@ -134,9 +135,8 @@ def _to_ai4mars(labels: np.ndarray) -> np.ndarray:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -145,10 +144,9 @@ def to_json(cfg: Any, path: str | Path | None = None) -> str:
     """Serialize a (nested) config dataclass; also write it to ``path`` (atomically) when given."""
     text = json.dumps(asdict(cfg), indent=2, sort_keys=True)
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+        from edge.sinks import atomic_write_bytes
+
+        atomic_write_bytes(path, (text + "\n").encode())
     return text
 
 

@@ -201,13 +201,11 @@ def convert_run(
                 saved, precision, calib if precision == "int8" else None
             )
             target = out_dir / f"model_{precision}.tflite"
-            staging = out_dir / f".{target.name}.partial"
-            staging.write_bytes(flatbuffer)
-            try:
-                ops = check_integer_only(staging) if precision == "int8" else None
-            except IntegerCheckError:
-                staging.unlink()  # never leave a float model under an int8 name
-                raise
+            ops = None
+            if precision == "int8":  # checked before it gets a name: never a float "int8"
+                staging = Path(tmp) / target.name
+                staging.write_bytes(flatbuffer)
+                ops = check_integer_only(staging)
             meta = ModelMetadata(
                 mars.label_set,
                 mars.preprocessing,
@@ -221,8 +219,7 @@ def convert_run(
                     "ops": ops,
                 },
             )
-            staging.write_bytes(embed_metadata(flatbuffer, meta))
-            staging.replace(target)
+            atomic_write_bytes(target, embed_metadata(flatbuffer, meta))
             atomic_write_bytes(target.with_suffix(".json"), meta.to_bytes())
             produced[precision] = target
             log.info("wrote %s (%.1f KiB)", target, target.stat().st_size / 1024)

@@ -1,6 +1,6 @@
 """Load, validate and clean the Mars terrain data; split it for training.
 
-Two layouts are read (see ``shared/design/data.md``):
+Two layouts are read:
 
 - the Kaggle course npz (``training_set`` (N, 2, H, W): image and labels; ``test_set``
   (M, H, W) images; optionally ``test_labels``, which the synthetic stand-in writes). Its frames

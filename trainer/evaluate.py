@@ -10,6 +10,7 @@ import numpy as np
 
 from edge.classes import MARS, LabelSet, colourise
 from edge.metrics import IoUReport, confusion_matrix, report_from_confusion, score
+from edge.sinks import atomic_path, atomic_write_bytes, atomic_write_json, png_bytes
 from trainer import data as D
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def evaluate_run(
     }
     if names is not None and mars.layout == "ai4mars":
         result["native"] = native_score(mars, predicted, names, split == "test").as_dict()
-    _write_json(out / "metrics.json", result)
+    atomic_write_json(out / "metrics.json", result)
     viz.confusion_matrix_plot(report.confusion, out / "confusion.png", label_set)
     viz.sample_grid(
         images[worst],
@@ -237,12 +238,6 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def predict_run(
     run: str | Path,
     data_path: str | Path,
@@ -258,8 +253,6 @@ def predict_run(
     Raises:
         ValueError: if the data has no test set or nothing was asked for.
     """
-    from PIL import Image
-
     if submission is None and masks_dir is None:
         raise ValueError("nothing to write: give --submission FILE.csv and/or --masks DIR")
     model_path = resolve_model_path(run)
@@ -276,7 +269,9 @@ def predict_run(
         masks_dir.mkdir(parents=True, exist_ok=True)
         for i, mask in enumerate(predicted):
             name = mars.test_names[i] if mars.test_names else f"{i:05d}"
-            Image.fromarray(colourise(mask, mars.label_set)).save(masks_dir / f"{name}.png")
+            atomic_write_bytes(
+                masks_dir / f"{name}.png", png_bytes(colourise(mask, mars.label_set))
+            )
     return {
         "frames": len(predicted),
         "submission": str(submission) if submission else None,
@@ -288,12 +283,10 @@ def write_submission(predicted: np.ndarray, path: Path) -> Path:
     """Write the Kaggle CSV (``id,0,...,H*W-1``), atomically."""
     _, h, w = predicted.shape
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("id," + ",".join(map(str, range(h * w))) + "\n")
         for i, mask in enumerate(predicted):
             f.write(f"{i}," + ",".join(map(str, mask.reshape(-1).tolist())) + "\n")
-    tmp.replace(path)
     return path
 
 

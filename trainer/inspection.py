@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge.metrics import class_fractions
+from edge.sinks import atomic_write_json
 from trainer import data as D
 from trainer import viz
 
@@ -121,8 +121,6 @@ def inspect_dataset(
     ]
     report_path = out_dir / "inspect.json"
     outlier_report = None if outliers is None else outliers.as_dict()
-    report_path.write_text(
-        json.dumps({**summary, "outlier_report": outlier_report}, indent=2) + "\n"
-    )
+    atomic_write_json(report_path, {**summary, "outlier_report": outlier_report})
     files.append(report_path)
     return Inspection(summary, outliers, files)

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge.classes import LabelSet
 from edge.preprocess import Preprocessing
+from edge.sinks import atomic_path, atomic_write_json
 from trainer import data as D
 from trainer.augment import augment_pair, offline_augment, online_pipeline
 from trainer.config import TrainConfig, flat_fields, flatten, from_dict, to_json, with_values
@@ -265,7 +266,7 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
 def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     to_json(cfg, run_dir / "config.json")
-    write_json(run_dir / "data.json", data.info)
+    atomic_write_json(run_dir / "data.json", data.info)
 
 
 def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, state: dict, run_dir):
@@ -398,15 +399,8 @@ def finish_run(
     if (run_dir / "model.keras").exists():
         model = load_model(run_dir / "model.keras")
         report, _ = evaluate_model(model, val_images, val_labels, label_set)
-        write_json(run_dir / "metrics.json", {"split": "validation", **report.as_dict()})
+        atomic_write_json(run_dir / "metrics.json", {"split": "validation", **report.as_dict()})
         viz.confusion_matrix_plot(report.confusion, run_dir / "confusion.png", label_set)
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _seed_everything(seed: int) -> None:
@@ -423,9 +417,8 @@ def _set_precision(mixed: bool) -> None:
 
 
 def _atomic_save(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.partial.keras")
-    model.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 class LearningRateLog(keras.callbacks.Callback):
@@ -510,4 +503,4 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         _atomic_save(self.model, self.run_dir / "last.keras")
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         state = {"epoch": epoch + 1, "best": self.best, "lr": lr, **self.extra_state}
-        write_json(self.run_dir / "state.json", state)
+        atomic_write_json(self.run_dir / "state.json", state)

@@ -28,12 +28,15 @@ def _legend_handles(label_set: LabelSet):
 
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure atomically (temp name, then rename) and close it."""
+    from edge.sinks import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
     return path
 
 
