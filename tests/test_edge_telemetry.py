@@ -215,3 +215,28 @@ def test_a_model_without_a_background_target_is_flagged(band_models, tmp_path, c
     assert result.exit_code == 0 and "trained without a background target" in caplog.text
     info = CliRunner().invoke(main, ["info", str(model)])
     assert "trained without a background target" in info.output
+
+
+def test_the_hazard_table_counts_frames_by_truth_and_flag(band_models, tmp_path):
+    from tools.hazard_table import hazard_table, markdown
+
+    cam, labels = tmp_path / "cam", tmp_path / "labels"
+    cam.mkdir()
+    labels.mkdir()
+    for i, rock in enumerate([False, True, False, True]):
+        image, truth = band_terrain(rock)
+        write_png(cam / f"f{i}.png", image)
+        write_png(labels / f"f{i}.png", truth)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--camera-dir", str(cam), "--model",
+                                       str(band_models["int8"]), "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = hazard_table(out, labels)
+    assert table["frames"] == 4
+    assert table["rows"] == {
+        "rock": [2, 2],
+        "no rock": [2, 0],
+        "true hazard": [2, 2],
+        "no true hazard": [2, 0],
+    }
+    assert "| hold big rock (anywhere) | 2 | 2 | 100.0 % |" in markdown(table)
