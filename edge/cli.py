@@ -38,6 +38,12 @@ class OutputFatal(click.ClickException):
     exit_code = 6
 
 
+class Interrupted(click.ClickException):
+    """A second Ctrl-C: stopped at once, exit code 130 (the shell's for SIGINT)."""
+
+    exit_code = 130
+
+
 LOG_FORMAT = "%(levelname)s %(message)s"
 
 
@@ -274,6 +280,7 @@ def run(
       4  frames came, none could be segmented
       5  --idle-timeout: the camera fell silent
       6  outputs could not all be written (e.g. a full disk)
+      130  a second Ctrl-C: stopped at once, without the summary
     """
     from edge.frames import CameraDir, LabelReader
     from edge.pipeline import RunContext, RunStats, StatusLine, format_summary, outcome, run_stream
@@ -295,7 +302,11 @@ def run(
         raise Fatal("--keep applies to masks and overlays, and both are off")
     try:
         segmenter = Segmenter(model, threads=threads, runtime=runtime, xnnpack=not no_xnnpack)
-        truth = None if labels is None else LabelReader(labels, segmenter.num_classes, label_format)
+        truth = (
+            None
+            if labels is None
+            else LabelReader(labels, segmenter.num_classes, label_format, max_frame_pixels)
+        )
         source = CameraDir(
             camera_dir,
             watch=watch,
@@ -306,7 +317,11 @@ def run(
             notify=notify,
         )
         region_config = RegionConfig.load(regions_file) if regions_file else RegionConfig()
-        analyzer = RegionAnalyzer(region_config, segmenter.labels)
+        # a model never taught "no terrain here" answers sky and hardware with a terrain class:
+        # its hazard flags stay off unless a regions file asks for rules explicitly
+        untaught = segmenter.metadata.info.get("predicts_ignored_label") is False
+        hazards = not untaught or region_config.hazards is not None
+        analyzer = RegionAnalyzer(region_config, segmenter.labels, hazards=hazards)
     except (ValueError, RuntimeUnavailable) as err:
         raise Fatal(str(err)) from err
     try:
@@ -326,12 +341,15 @@ def run(
     model_info = {"name": meta.info.get("name") or model.stem, "sha256": file_sha256(model)}
     short = {**model_info, "sha256": model_info["sha256"][:16]}
     context = RunContext(identity.run_id, short, identity, analyzer)
-    if meta.info.get("predicts_ignored_label") is False:
+    if untaught:
         logging.getLogger(__name__).warning(
             "%s was trained without a background target (loss %s): it labels sky and rover "
-            "hardware arbitrarily, so hazard flags can fire there",
+            "hardware arbitrarily, so %s",
             model.name,
             meta.info.get("loss"),
+            "its hazard flags may fire there (the regions file asks for them)"
+            if hazards
+            else "its hazard flags are off (give --regions with hazard rules to force them)",
         )
     status = StatusLine()
     stats = RunStats()
@@ -379,6 +397,7 @@ def run(
     )
     if truth is not None:
         click.echo(truth.describe(), err=True)
+    ended = None
     try:
         with writer:
             run_stream(
@@ -405,7 +424,13 @@ def run(
                 "software": software_versions(segmenter.runtime),
                 **stats.summary(),
             }
-            summary["regions"] = region_config.as_dict()
+            summary["regions"] = {
+                **region_config.as_dict(),
+                "hazards": [
+                    {"class": r.cls, "region": r.region, "min_fraction": r.min_fraction}
+                    for r in analyzer.rules
+                ],
+            }
             summary["config"] = {
                 "model": str(model),
                 "camera_dir": str(camera_dir),
@@ -429,12 +454,18 @@ def run(
                     f"summary.json not written ({err.strerror or err}); the summary follows",
                     err=True,
                 )
+    except KeyboardInterrupt:  # the second Ctrl-C
+        ended = "stopped: interrupted twice, no summary"
+        raise Interrupted("stopped at once (a second interrupt): no summary written") from None
+    except BaseException as err:
+        ended = f"failed: {type(err).__name__}"
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         root.handlers = handlers
         if beat is not None:
-            beat.stop(f"stopped: {stats.stopped_by}")
+            beat.stop(ended or f"stopped: {stats.stopped_by}")
     click.echo(format_summary(summary))
     click.echo(
         f"outputs in {out}/ ({'' if no_masks else 'masks/, '}{'overlays/, ' if overlay else ''}"

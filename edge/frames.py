@@ -2,18 +2,24 @@
 
 A camera on the rover writes one image file per frame into a directory. :class:`CameraDir`
 takes the files already there in name order and, with ``watch=True``, follows new ones for as
-long as the run lasts, at a cost per frame that does not depend on how many files the folder
-holds:
+long as the run lasts:
 
 - **inotify** (through the kept ``watchdog`` library, on Linux): a file is taken when its writer
-  closes it or renames it into place, so a writer may pause for any time mid-file. Any file
-  name works, and a camera that reuses a name gets every write processed.
-- **polling** (the fallback where inotify is not available): the folder is listed only when its
-  modification time changes, and only names after the last one taken are new (cameras name
-  frames by time or counter). A file that does not look complete yet (a PNG's closing chunk, a
-  JPEG's end marker after its last segment, the length an .npy or PGM header announces) waits;
-  one that stops changing for ``grace_s`` is taken anyway and reported as bad, and retried if
-  it changes again.
+  closes it or renames it into place, so a writer may pause for any time mid-file, at a cost per
+  frame that does not depend on how many files the folder holds. Any file name works, and a
+  camera that reuses a name gets every write processed. A file that arrives without a close
+  (a hard link, a move from another file system) is taken once it looks complete, or after
+  ten grace periods without a change.
+- **polling** (the fallback where inotify is not available): the folder is listed when its
+  modification time changes (and while that time is recent, as coarse file-system clocks can
+  hide a second change in the same tick), which costs time in proportion to the folder's size;
+  only names after the last one taken are new (cameras name frames by time or counter).
+
+A file that does not look complete yet (a PNG's closing chunk, a JPEG's end marker after its last
+segment, the length an .npy or PGM header announces) waits; one that stops changing for
+``grace_s`` is taken anyway. A frame that fails to decode is retried once, ``grace_s`` later or
+as soon as it changes, before it is reported as bad. Anything that is not a regular file (a
+FIFO, a device, a link to nothing) is reported as bad without being opened.
 
 Hidden files and temporary names are never taken. When the model is slower than the camera,
 only the newest ``max_queue`` live frames wait; older ones are dropped and counted (the files
@@ -32,6 +38,7 @@ import logging
 import math
 import os
 import queue
+import stat
 import struct
 import threading
 import time
@@ -58,6 +65,8 @@ FULL_DECODE_PIXELS = 16_000_000
 # Bounds of the bookkeeping: files waiting to look complete, and failed files watched for change.
 MAX_PENDING = 4096
 MAX_FAILED = 1024
+# inotify: a file that never gets a close event is taken after this many grace periods unchanged
+UNCLOSED_STALL = 10
 
 
 class BadFrame(ValueError):
@@ -119,19 +128,14 @@ def read_frame(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         BadFrame: if the file is empty, truncated, not an image, too large, or has an unusable
             shape or range.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise BadFrame(f"{path.name}: cannot read ({_why(err)})") from err
-    if size == 0:
-        raise BadFrame(f"{path.name}: empty file")
-    image, _ = read_frame_reduced(path, max_pixels)
+    image, _ = read_frame_reduced(Path(path), max_pixels)
     return image
 
 
 def read_frame_reduced(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """:func:`read_frame`, also returning the factor a very large frame was reduced by."""
+    if _regular_file(path).st_size == 0:
+        raise BadFrame(f"{path.name}: empty file")
     if path.suffix.lower() == ".npy":
         return _read_npy(path, max_pixels)
     return _read_image(path, max_pixels)
@@ -139,6 +143,22 @@ def read_frame_reduced(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tupl
 
 def _why(err: OSError) -> str:
     return err.strerror or str(err)
+
+
+def _regular_file(path: Path) -> os.stat_result:
+    """The file's status, following links.
+
+    Raises:
+        BadFrame: when it cannot be reached, or is not a regular file (opening a FIFO or a
+            device would block the run).
+    """
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise BadFrame(f"{path.name}: cannot read ({_why(err)})") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise BadFrame(f"{path.name}: not a regular file (a FIFO, device or folder); not opened")
+    return st
 
 
 def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> int:
@@ -170,10 +190,11 @@ def _read_image(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
                     # DCT scaling decodes at 1/2, 1/4 or 1/8 size: never the whole frame
                     img.draft("L", (img.size[0] // factor, img.size[1] // factor))
                 img.load()  # decode now: a truncated file fails here, not later
-                rest = math.ceil(math.sqrt(img.size[0] * img.size[1] / FULL_DECODE_PIXELS))
-                if rest > 1:
-                    img = img.reduce(rest)
-                return _grey(img), max(1, round(width / img.size[0]))
+                grey = _grey(img)
+        rest = math.ceil(math.sqrt(grey.size / FULL_DECODE_PIXELS))
+        if rest > 1:  # box-reduce the 8-bit frame (Pillow cannot reduce every mode)
+            grey = np.asarray(Image.fromarray(grey).reduce(rest))
+        return grey, max(1, round(width / grey.shape[1]))
     except Image.DecompressionBombError as err:
         raise BadFrame(f"{path.name}: a decompression bomb ({err}); not decoded") from err
     except UnidentifiedImageError as err:
@@ -195,10 +216,16 @@ def _grey(img) -> np.ndarray:
 
 
 def _scale_16bit(array: np.ndarray) -> np.ndarray:
-    """16-bit grey to 8-bit: 0..65535 -> 0..255 when the data uses more than 8 bits."""
-    if array.size and int(array.max()) > 255:
-        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    return array.astype(np.uint8)
+    """16-bit grey to 8-bit: 0..65535 -> 0..255 (rounded) when the data uses more than 8 bits,
+    a million pixels at a time (a 50 MP frame needs no 200 MB temporary)."""
+    if not array.size or int(array.max()) <= 255:
+        return array.astype(np.uint8)
+    flat = np.ascontiguousarray(array).reshape(-1)
+    out = np.empty(flat.size, np.uint8)
+    for start in range(0, flat.size, 1 << 20):
+        chunk = flat[start : start + (1 << 20)].astype(np.uint32)
+        out[start : start + (1 << 20)] = (chunk * 255 + 32767) // 65535
+    return out.reshape(array.shape)
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -220,15 +247,13 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 def _read_npy(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
     try:
-        shape, _, _ = _npy_header(path)
-        if len(shape) >= 2:
-            _check_pixels(path.name, int(shape[1]), int(shape[0]), max_pixels)
-        array = np.load(path, mmap_mode="r", allow_pickle=False)  # pages in only what is read
-    except BadFrame:
-        raise
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
     except (OSError, ValueError, EOFError) as err:
         raise BadFrame(f"{path.name}: not a readable .npy array ({err})") from err
-    return to_grayscale_uint8(array, path.name), 1
+    if array.ndim >= 2:
+        _check_pixels(path.name, int(array.shape[1]), int(array.shape[0]), max_pixels)
+    # a copy: the camera may rewrite the file while the frame is in use
+    return np.array(to_grayscale_uint8(array, path.name), copy=True), 1
 
 
 def to_grayscale_uint8(array: np.ndarray, name: str = "frame") -> np.ndarray:
@@ -261,7 +286,9 @@ def to_grayscale_uint8(array: np.ndarray, name: str = "frame") -> np.ndarray:
     low, high = float(array.min()), float(array.max())
     if low < 0 or high > 255:
         raise BadFrame(f"{name}: values {low:g}..{high:g}, expected 0..255 (or 0..1 floats)")
-    if array.dtype.kind == "f" and high <= 1.0:
+    if array.dtype.kind in "iu":
+        return array.astype(np.uint8)
+    if high <= 1.0:
         array = array * np.float32(255.0)
     return np.rint(array).astype(np.uint8)
 
@@ -272,8 +299,8 @@ def _luminance(rgb: np.ndarray, name: str) -> np.ndarray:
         if rgb.size and (int(rgb.min()) < 0 or int(rgb.max()) > 65535):
             raise BadFrame(f"{name}: colour values outside 0..65535")
         # fixed point, like Pillow's "L" conversion: (299 R + 587 G + 114 B) / 1000, rounded
-        weights = np.array([299, 587, 114], np.uint64)
-        grey = (rgb.astype(np.uint64) @ weights + 500) // 1000
+        weights = np.array([299, 587, 114], np.uint32)  # 65535 * 1000 fits in 32 bits
+        grey = (rgb.astype(np.uint32) @ weights + 500) // 1000
         return grey.astype(np.uint16 if rgb.dtype.itemsize > 1 else np.uint8)
     return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -288,28 +315,30 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every PNG ends wit
 def looks_complete(path: Path) -> bool:
     """Whether a frame file looks fully written, judged from its header and its last bytes.
 
-    PNG must end with its IEND chunk; JPEG must hold every segment its headers announce (an
+    PNG must end with its IEND chunk (give or take a short trailer); JPEG must hold every segment its headers announce (an
     embedded EXIF thumbnail ends with an end-of-image marker of its own) and end with the
     end-of-image marker after the scan; a binary PGM/PPM or an .npy must be as long as its header
     says. Other formats are assumed complete. This is cheap (no decoding).
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return True  # never opened (a FIFO would block): taken, and reported bad
         with open(path, "rb") as handle:
             head = handle.read(256)
             size = handle.seek(0, os.SEEK_END)
             if size == 0:
                 return False
-            handle.seek(max(0, size - 16))
+            handle.seek(max(0, size - 64))
             tail = handle.read()
             suffix = path.suffix.lower()
             if suffix in (".jpg", ".jpeg"):
-                return tail.rstrip(b"\x00").endswith(b"\xff\xd9") and _jpeg_segments_whole(
+                return tail[-16:].rstrip(b"\x00").endswith(b"\xff\xd9") and _jpeg_segments_whole(
                     handle, size
                 )
     except OSError:
         return False
-    if suffix == ".png":
-        return tail.endswith(PNG_END)
+    if suffix == ".png":  # some cameras append a few bytes after the last chunk
+        return PNG_END in tail
     if suffix == ".npy":
         return size >= _npy_expected_size(path)
     if suffix in (".pgm", ".ppm", ".pnm"):
@@ -399,6 +428,7 @@ class _Pending:
     identity: Identity | None
     changed: float  # monotonic time of its last change
     closed: bool  # its writer closed it (inotify), so waiting longer will not complete it
+    retry_at: float | None = None  # it failed to decode: taken again then, or when it changes
 
 
 class CameraDir:
@@ -457,10 +487,13 @@ class CameraDir:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._failed: OrderedDict[str, Identity | None] = OrderedDict()
         self._handed: OrderedDict[str, Identity | None] = OrderedDict()  # recent, for late events
+        self._retried: OrderedDict[tuple, None] = OrderedDict()  # (name, identity) retried once
         self._failed_checked = 0.0
         self._mark = ""  # polling: the last name seen; later names are new
         self._dir_mtime: int | None = None
         self._index = 0
+        if watch:
+            self._start_watching()  # now: an unusable --notify inotify fails before any work
 
     def stop(self) -> None:
         """Ask the source to end after the frame in hand (safe from a signal handler)."""
@@ -477,8 +510,8 @@ class CameraDir:
 
     def __iter__(self) -> Iterator[Frame]:
         try:
-            if self.watch:
-                self._start_watching()  # before listing: nothing written meanwhile is missed
+            if self.watch and self.mode == "inotify" and self._observer is None:
+                self._start_watching()  # iterated again: watch again before listing
             backlog = self._listing()
             self._mark = backlog[-1][0].name if backlog else ""
             known = {path.name: ident for path, ident in backlog}  # only while the backlog lasts
@@ -486,7 +519,12 @@ class CameraDir:
                 if self._stop.is_set():
                     return
                 if self.watch:
-                    self._collect(known)  # keep the live queue bounded meanwhile
+                    self._collect(known)  # new arrivals meanwhile: the live queue, bounded
+                    ident = _identity(path)
+                    if path.name in self._pending or (
+                        ident is not None and self._handed.get(path.name) == ident
+                    ):
+                        continue  # waiting already, or queued when its writer closed it
                     if not looks_complete(path):  # being written, or left half-written
                         self._pending[path.name] = _Pending(path, ident, time.monotonic(), True)
                         continue
@@ -507,22 +545,25 @@ class CameraDir:
         while not self._stop.is_set():
             if self._collect(known):
                 last_new = time.monotonic()
-            while len(self._live) > self.max_queue:
-                old, _ = self._live.popleft()
-                self.dropped += 1
-                self._index += 1
-                log.info("dropped %s: the model is behind the camera", old.name)
             if self._live:
                 frame = self._take(*self._live.popleft())
                 if frame is not None:
                     yield frame
                 continue
-            if self._pending:
-                last_new = time.monotonic()  # a file is arriving
+            if self._arriving():
+                last_new = time.monotonic()
             if self.idle_timeout is not None and time.monotonic() - last_new > self.idle_timeout:
                 self.idle = True
                 return
             self._wait_for_news()
+
+    def _arriving(self) -> bool:
+        """Whether a waiting file is still changing, or waits for a retry (not idle)."""
+        now = time.monotonic()
+        return any(
+            now - e.changed < self.grace_s or (e.retry_at is not None and e.retry_at > now)
+            for e in self._pending.values()
+        )
 
     def _wait_for_news(self) -> None:
         if self.mode == "inotify":
@@ -557,14 +598,17 @@ class CameraDir:
                 del self._pending[name]  # deleted or renamed away meanwhile
                 continue
             if ident != entry.identity:
-                entry.identity, entry.changed = ident, now
-            ready = ident is None or looks_complete(entry.path)  # None: a broken link, say so
+                entry.identity, entry.changed, entry.retry_at = ident, now, None
+            if entry.retry_at is not None:  # failed once, unchanged since: retry on time
+                ready = now >= entry.retry_at
+            else:
+                ready = ident is None or looks_complete(entry.path)  # None: broken link, say so
             # polling cannot know whether a writer still has the file open: a file that stops
-            # changing for grace_s is taken; inotify waits for the close (or the rename)
-            stalled = (
-                entry.closed or self.mode != "inotify"
-            ) and now - entry.changed >= self.grace_s
-            if ready or stalled:
+            # changing for grace_s is taken; inotify waits for the close (or the rename), and
+            # gives a file that never gets one UNCLOSED_STALL grace periods
+            closed = entry.closed or self.mode != "inotify"
+            quiet = self.grace_s * (1 if closed else UNCLOSED_STALL)
+            if ready or now - entry.changed >= quiet:
                 del self._pending[name]
                 arrived.append((entry.path, ident))
         while len(self._pending) > MAX_PENDING:  # a flood of files that never complete
@@ -574,6 +618,11 @@ class CameraDir:
         for path, ident in arrived:
             self._hand(path, ident)
         self._live.extend(arrived)
+        while len(self._live) > self.max_queue:  # the model is behind: keep the newest
+            old, _ = self._live.popleft()
+            self.dropped += 1
+            self._index += 1
+            log.info("dropped %s: the model is behind the camera", old.name)
         return len(arrived)
 
     def _news(self) -> list[tuple[Path, bool]]:
@@ -594,7 +643,9 @@ class CameraDir:
             except OSError as err:
                 log.warning("cannot read %s: %s", self.directory, _why(err))
                 return news
-            if mtime != self._dir_mtime:  # the folder changed: list it once
+            # the folder changed: list it (again while its time is recent: a coarse clock can
+            # give two changes the same time)
+            if mtime != self._dir_mtime or time.time_ns() - mtime < 2_000_000_000:
                 self._dir_mtime = mtime
                 fresh = [(p, False) for p, _ in self._listing(after=self._mark)]
                 if fresh:
@@ -632,10 +683,10 @@ class CameraDir:
                     if name <= after or not is_candidate(name):
                         continue
                     try:
-                        regular = entry.is_file(follow_symlinks=True)
+                        folder = entry.is_dir(follow_symlinks=True)
                     except OSError:
-                        regular = True  # a link loop or an unreadable target: reported once
-                    if regular or entry.is_symlink():
+                        folder = False  # a link loop or an unreadable target: reported once
+                    if not folder:  # files, and FIFOs or devices to report as bad frames
                         found.append(Path(entry.path))
         except OSError as err:
             log.warning("cannot list %s: %s", self.directory, _why(err))
@@ -659,15 +710,17 @@ class CameraDir:
         try:
             if ident is None and path.is_symlink():
                 raise BadFrame(f"{path.name}: a link to nothing readable (loop or missing target)")
-            if ident is not None and ident[1] == 0:
-                raise BadFrame(f"{path.name}: empty file")
             image, reduced = read_frame_reduced(path, self.max_pixels)
             error = None
         except BadFrame as err:
             image, error = None, str(err)
-            if self.watch and self._young(path) and path.name not in self._pending:
-                # just written and not decodable yet: give its writer grace_s to finish
-                self._pending[path.name] = _Pending(path, ident, time.monotonic(), True)
+            if self.watch and ident is not None and (path.name, ident) not in self._retried:
+                # not decodable yet: one retry, grace_s later (or at once when it changes)
+                self._retried[(path.name, ident)] = None
+                while len(self._retried) > MAX_FAILED:
+                    self._retried.popitem(last=False)
+                now = time.monotonic()
+                self._pending[path.name] = _Pending(path, ident, now, True, now + self.grace_s)
                 return None
             if self.watch:
                 self._failed[path.name] = ident
@@ -683,12 +736,6 @@ class CameraDir:
             read_us=(time.perf_counter_ns() - t0) / 1e3,
             reduced=reduced,
         )
-
-    def _young(self, path: Path) -> bool:
-        try:
-            return time.time() - os.stat(path).st_mtime < self.grace_s
-        except OSError:
-            return False
 
     # -- inotify ---------------------------------------------------------------------------------
 
@@ -844,6 +891,7 @@ class LabelReader:
         folder: the label folder.
         num_classes: the model's class count (values must lie below it).
         fmt: ``auto``, ``ai4mars`` or ``model``.
+        max_pixels: label files with more pixels are refused unread.
 
     Raises:
         ValueError: if the folder does not exist or the format is unknown.
@@ -851,13 +899,20 @@ class LabelReader:
 
     SUFFIXES = (".png", "_merged.png", ".npy", ".PNG")
 
-    def __init__(self, folder: str | Path, num_classes: int, fmt: str = "auto"):
+    def __init__(
+        self,
+        folder: str | Path,
+        num_classes: int,
+        fmt: str = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ValueError(f"labels folder {self.folder} does not exist or is not a folder")
         if fmt not in LABEL_FORMATS:
             raise ValueError(f"unknown label format {fmt!r}; valid: {', '.join(LABEL_FORMATS)}")
         self.num_classes = num_classes
+        self.max_pixels = max_pixels
         self.format = detect_label_format(self.folder) if fmt == "auto" else fmt
         if self.format == "ai4mars" and num_classes != 5:
             raise ValueError(
@@ -894,7 +949,7 @@ class LabelReader:
         Raises:
             BadFrame: if it cannot be read or holds values outside the format's.
         """
-        labels = _read_label_array(path)
+        labels = _read_label_array(path, self.max_pixels)
         if self.format == "ai4mars":
             mapped = _AI4MARS_TO_MARS[np.clip(labels, 0, 255).astype(np.intp)]
             if labels.size and (labels.min() < 0 or labels.max() > 255 or (mapped == 255).any()):
@@ -943,16 +998,15 @@ def detect_label_format(folder: Path, sample: int = 16) -> str:
 
 def _read_label_array(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A label file as an integer array, refusing oversized files and bombs before decoding."""
+    _regular_file(path)
     if path.suffix.lower() == ".npy":
         try:
-            shape, _, _ = _npy_header(path)
-            if len(shape) >= 2:
-                _check_pixels(path.name, int(shape[1]), int(shape[0]), max_pixels)
-            labels = np.load(path, allow_pickle=False)
-        except BadFrame:
-            raise
+            labels = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
             raise BadFrame(f"{path.name}: not a readable .npy array ({err})") from err
+        if labels.ndim >= 2:
+            _check_pixels(path.name, int(labels.shape[1]), int(labels.shape[0]), max_pixels)
+        labels = np.array(labels)
     else:
         from PIL import Image
 

@@ -139,11 +139,21 @@ def tflite_metadata(buf: bytes) -> dict[str, bytes]:
 
 
 def _u32(buf: bytes, pos: int) -> int:
+    _in(buf, pos, 4)
     return struct.unpack_from("<I", buf, pos)[0]
 
 
+def _in(buf: bytes, pos: int, size: int) -> None:
+    """Offsets come from the file: one outside it (or negative, which struct would count from
+    the end) means a damaged model."""
+    if pos < 0 or pos + size > len(buf):
+        raise IndexError(f"offset {pos} outside the {len(buf)}-byte model")
+
+
 def _field(buf: bytes, table: int, index: int) -> int | None:
+    _in(buf, table, 4)
     vtable = table - struct.unpack_from("<i", buf, table)[0]
+    _in(buf, vtable, 4)
     vtable_size = struct.unpack_from("<H", buf, vtable)[0]
     slot = 4 + 2 * index
     if slot >= vtable_size:
@@ -168,12 +178,15 @@ def _vector_of_tables(buf: bytes, table: int, index: int) -> list[int]:
 
 def _string(buf: bytes, at: int) -> str:
     start = at + _u32(buf, at)
-    return bytes(buf[start + 4 : start + 4 + _u32(buf, start)]).decode()
+    length = _u32(buf, start)
+    _in(buf, start + 4, length)
+    return bytes(buf[start + 4 : start + 4 + length]).decode()
 
 
 def _buffer_bytes(buf: bytes, table: int) -> bytes:
     start, length = _vector(buf, table, 0)
     if length:
+        _in(buf, start, length)
         return bytes(buf[start : start + length])
     # Models over 2 GB keep buffers after the flatbuffer: (offset, size) from the file start.
     offset_at, size_at = _field(buf, table, 1), _field(buf, table, 2)

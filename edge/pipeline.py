@@ -176,8 +176,8 @@ def run_stream(
         stats: continue these statistics (the caller may hold them to report after a signal).
         limit: stop after this many frames (segmented or not).
         max_fps: take frames no faster than this; a live source drops what piles up meanwhile.
-        consumed: what to do with an input file once done with: ``"delete"``, a folder to move
-            it into, or None (leave it).
+        consumed: what to do with an input file once segmented: ``"delete"``, a folder to move
+            it into, or None (leave it). Unreadable frames stay, so that a rewrite is retried.
         context: run id, model and frame index for every telemetry line, and the region
             analysis (see :class:`RunContext`).
 
@@ -201,7 +201,7 @@ def run_stream(
         record.update(_segment_one(frame, segmenter, writer, labels, stats, context.analyzer))
         if writer is not None and not writer.log(record):
             stats.telemetry_failures += 1
-        if consumed is not None and frame.path is not None:
+        if consumed is not None and frame.path is not None and frame.image is not None:
             try:
                 consume(frame.path, move_to)
             except OSError as err:
@@ -212,7 +212,7 @@ def run_stream(
             stats.stopped_by = f"limit of {limit} frames"
             break
         if period:
-            wait(frame_start + period - time.perf_counter())
+            wait(max(0.0, frame_start + period - time.perf_counter()))
     stats.dropped = getattr(frames, "dropped", stats.dropped)
     if getattr(frames, "idle", False):
         stats.stopped_by = "idle timeout"
@@ -319,6 +319,10 @@ def _score(frame: Frame, predicted: np.ndarray, labels: LabelReader | None, stat
     truth = _truth(frame, labels, stats)
     if truth is None:
         return
+    n = stats.label_set.num_classes
+    if truth.size and (truth.min() < 0 or truth.max() >= n):
+        log.warning("label of %s holds values outside 0..%d: not scored", frame.name, n - 1)
+        return
     if truth.shape != predicted.shape:
         if not stats.warned_label_shape:
             log.warning(
@@ -329,7 +333,6 @@ def _score(frame: Frame, predicted: np.ndarray, labels: LabelReader | None, stat
             )
             stats.warned_label_shape = True
         return
-    n = stats.label_set.num_classes
     if stats.confusion is None:
         stats.confusion = np.zeros((n, n), np.int64)
     stats.confusion += confusion_matrix(truth, predicted, n)

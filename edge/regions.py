@@ -73,6 +73,8 @@ class RegionConfig:
         unknown = set(doc) - {"regions", "hazards", "min_confidence", "low_confidence"}
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        if not isinstance(doc.get("hazards") or [], list):
+            raise ValueError(f"{path}: 'hazards' must be a list of rules")
         try:
             hazards = doc.get("hazards")
             config = cls(
@@ -92,7 +94,10 @@ class RegionConfig:
         return config
 
     def validate(self, labels: LabelSet | None = None) -> None:
-        """Raises ValueError for bad polygons, unknown regions or classes."""
+        """Raises ValueError for bad polygons, unknown regions or classes, a rule on the ignored
+        class, or a threshold that could never fire or would always fire."""
+        if not isinstance(self.regions, dict):
+            raise ValueError("'regions' must be an object: name -> polygon of [x, y] points")
         for name, polygon in self.regions.items():
             points = np.asarray(polygon, dtype=float)
             if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
@@ -104,10 +109,19 @@ class RegionConfig:
                 raise ValueError(
                     f"hazard on unknown region {rule.region!r}; regions: {', '.join(self.regions)}"
                 )
-            if labels is not None and rule.cls not in labels.names:
+            if not 0.0 < rule.min_fraction <= 1.0:  # NaN fails too
+                raise ValueError(
+                    f"hazard on {rule.cls}: min_fraction must be in (0, 1], got "
+                    f"{rule.min_fraction} (0 would fire on frames without any {rule.cls})"
+                )
+            if labels is None:
+                continue
+            if rule.cls not in labels.names:
                 raise ValueError(
                     f"hazard class {rule.cls!r} is not a class of the model: {', '.join(labels.names)}"
                 )
+            if labels.ignore is not None and rule.cls == labels.names[labels.ignore]:
+                raise ValueError(f"{rule.cls!r} means 'no knowledge here': it cannot be a hazard")
         for name in ("min_confidence", "low_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -120,10 +134,14 @@ class RegionConfig:
             HazardRule(name, "corridor") for name in labels.hazards if "corridor" in self.regions
         ]
 
-    def as_dict(self) -> dict:
+    def as_dict(self, labels: LabelSet | None = None) -> dict:
+        """The configuration; with ``labels``, the hazard rules that apply to that model."""
+        rules = self.rules(labels) if labels is not None else self.hazards or []
         return {
             "regions": self.regions,
-            "hazards": [vars(r) | {"class": r.cls} for r in self.hazards or []] or None,
+            "hazards": [
+                {"class": r.cls, "region": r.region, "min_fraction": r.min_fraction} for r in rules
+            ],
             "min_confidence": self.min_confidence,
             "low_confidence": self.low_confidence,
         }
@@ -132,23 +150,28 @@ class RegionConfig:
 class RegionAnalyzer:
     """Per-frame region fractions, hazard flags and confidence of class maps.
 
-    Region masks are rasterized once per frame size.
+    Region masks are rasterized once per frame size (the last two sizes are kept).
+
+    Args:
+        config: regions, rules and thresholds.
+        labels: the model's classes.
+        hazards: apply the hazard rules (off: fractions and confidence only).
     """
 
-    def __init__(self, config: RegionConfig, labels: LabelSet):
+    def __init__(self, config: RegionConfig, labels: LabelSet, hazards: bool = True):
         config.validate(labels)
         self.config = config
         self.labels = labels
-        self.rules = config.rules(labels)
+        self.rules = config.rules(labels) if hazards else []
         self._masks: dict[tuple[int, int], dict[str, np.ndarray]] = {}
 
     def masks(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-        """name -> bool mask of each region for frames of ``shape`` (cached, at most 8 sizes)."""
+        """name -> bool mask of each region for frames of ``shape`` (cached)."""
         shape = (int(shape[0]), int(shape[1]))
         if shape not in self._masks:
             from PIL import Image, ImageDraw
 
-            if len(self._masks) >= 8:
+            if len(self._masks) >= 2:  # one camera, perhaps two: bounded either way
                 self._masks.pop(next(iter(self._masks)))
             h, w = shape
             made = {}

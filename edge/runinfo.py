@@ -121,6 +121,7 @@ class RunIdentity:
                     "restarts": self.restarts,
                     "next_frame_index": self.next_index,
                 },
+                durable=True,
             )
         except OSError:
             pass

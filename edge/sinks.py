@@ -37,11 +37,16 @@ _TEMP = re.compile(r"^\..+\.(\d+)\.tmp(\.\w+)?$")  # what atomic_path names
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """A hidden temporary path beside ``path`` (``.NAME.PID.tmp.SUFFIX``, so that writers that
     go by the suffix still work) that becomes ``path`` when the block ends without an error, and
     is removed otherwise. The one way files are written in this project: a reader never sees half
     a file, and a run killed mid-write leaves only a temporary that the next start removes.
+
+    Args:
+        path: the file to write.
+        durable: also flush the file's data to the disk before the rename (``fsync``), so that
+            it survives a power loss; for state files, not for every mask.
 
     Raises:
         OSError: when the rename fails.
@@ -50,6 +55,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -59,20 +70,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+def atomic_write_bytes(path: str | Path, payload: bytes, durable: bool = False) -> None:
     """Write ``payload`` to ``path`` through :func:`atomic_path`.
 
     Raises:
         OSError: when it cannot be written (nothing is left behind).
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, durable) as tmp, open(tmp, "wb") as handle:
         handle.write(payload)
-        handle.flush()
 
 
-def atomic_write_json(path: str | Path, payload, indent: int | None = 2) -> Path:
+def atomic_write_json(
+    path: str | Path, payload, indent: int | None = 2, durable: bool = False
+) -> Path:
     """Write a JSON document atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(Path(path), (json.dumps(payload, indent=indent) + "\n").encode())
+    atomic_write_bytes(Path(path), (json.dumps(payload, indent=indent) + "\n").encode(), durable)
     return Path(path)
 
 
@@ -168,7 +180,6 @@ class Telemetry:
         self.path = Path(path)
         self.pending: deque[bytes] = deque(maxlen=pending_lines)
         self.lost = 0  # lines dropped from a full pending queue
-        self.failures = 0  # writes that failed
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._repair()
         self.last_record = self._last_record()  # what an earlier run of this folder wrote last
@@ -227,7 +238,6 @@ class Telemetry:
         try:
             before = os.fstat(self._fd).st_size
         except OSError:
-            self.failures += 1
             return False
         try:
             written = os.write(self._fd, line)
@@ -239,7 +249,6 @@ class Telemetry:
             os.ftruncate(self._fd, before)  # a partial line would glue onto the next one
         except OSError:
             pass
-        self.failures += 1
         return False
 
     def close(self) -> None:
@@ -290,7 +299,7 @@ class OutputWriter:
                     log.info("removed %d temporary files a killed run left in %s", removed, folder)
         self.telemetry = Telemetry(self.out_dir / telemetry) if telemetry else None
         self._stems: OrderedDict[str, str] = OrderedDict()  # recent stem -> source suffix
-        self._written: deque[str] = deque()  # output names, oldest first (with keep)
+        self._written: OrderedDict[str, None] = OrderedDict()  # output names, oldest first
         self._last_warning = 0.0
 
     def output_name(self, name: str, source: Path | None) -> str:
@@ -318,9 +327,10 @@ class OutputWriter:
             tinted = overlay(image, labels, label_set=self.label_set)
             atomic_write_bytes(self.overlay_dir / f"{name}.png", png_bytes(tinted))
         if self.keep is not None and (self.mask_dir or self.overlay_dir):
-            self._written.append(name)
+            self._written[name] = None
+            self._written.move_to_end(name)  # a reused name is the newest, not the oldest
             while len(self._written) > self.keep:
-                self._forget(self._written.popleft())
+                self._forget(self._written.popitem(last=False)[0])
 
     def _forget(self, name: str) -> None:
         for folder in (self.mask_dir, self.overlay_dir):
@@ -335,12 +345,12 @@ class OutputWriter:
         return self.telemetry.write(record) if self.telemetry is not None else True
 
     def write_json(self, filename: str, payload: dict) -> Path:
-        """Write a JSON document (e.g. the run summary) atomically into ``out_dir``.
+        """Write a JSON document (e.g. the run summary) atomically and durably into ``out_dir``.
 
         Raises:
             OSError: when it cannot be written.
         """
-        return atomic_write_json(self.out_dir / filename, payload)
+        return atomic_write_json(self.out_dir / filename, payload, durable=True)
 
     def warn_write_failure(self, what: str, err: OSError) -> None:
         """Log a write failure, at most once every 30 s (a full disk fails every frame)."""

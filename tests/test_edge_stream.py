@@ -275,6 +275,7 @@ def test_polling_lists_only_when_the_folder_changes(cam, monkeypatch):
         F.CameraDir, "_listing", lambda self, after="": listings.append(after) or real(self, after)
     )
     write_png(cam / "a.png", band_frame()[0])
+    time.sleep(2.1)  # the folder's time is no longer recent (coarse clocks are relisted)
     source = F.CameraDir(cam, watch=True, poll_s=0.01, idle_timeout=0.5, notify="poll")
     assert [f.name for f in source] == ["a"]
     assert len(listings) <= 2  # the start, and at most one poll (the folder never changed)
@@ -479,3 +480,157 @@ def test_keep_bounds_the_outputs_and_consumed_frames_go(band_models, cam, tmp_pa
         and not (tmp_path / "o2" / "masks").exists()
         and not list(cam.iterdir())
     )
+
+
+# Found by review: each of these failed before its fix.
+
+
+def test_a_fifo_in_the_folder_is_a_bad_frame_not_a_hang(band_models, cam):
+    os.mkfifo(cam / "a_fifo.png")
+    write_png(cam / "b_good.png", band_frame()[0])
+    source = F.CameraDir(cam, watch=True, idle_timeout=1.0, notify="inotify")
+    frames = list(source)
+    errors = {f.name: f.error for f in frames if f.error}
+    assert [f.name for f in frames if not f.error] == ["b_good"]
+    assert "not a regular file" in errors["a_fifo"]
+
+
+def test_a_broken_fresh_file_is_retried_once_not_in_a_loop(cam, monkeypatch):
+    payload = png_of_zeros(cam.parent / "whole.png", 64, 32).read_bytes()
+    broken = payload[:40] + b"\x00" * 30 + payload[-30:]  # a valid start and end, junk between
+    (cam / "broken.png").write_bytes(broken)
+    calls = []
+    real = F.read_frame_reduced
+    monkeypatch.setattr(F, "read_frame_reduced", lambda *a, **k: calls.append(1) or real(*a, **k))
+    frames = list(F.CameraDir(cam, watch=True, grace_s=0.3, idle_timeout=0.5, notify="poll"))
+    assert [f.name for f in frames] == ["broken"] and frames[0].error
+    assert len(calls) == 2  # the first try, and one retry after grace_s
+
+
+def test_a_file_finished_during_the_start_is_taken_once(cam):
+    image = band_frame()[0]
+    write_png(cam / "a.png", image)
+    payload = write_png(cam.parent / "c.png", image).read_bytes()
+    handle = open(cam / "c.png", "wb")
+    handle.write(payload[:50])
+    handle.flush()
+    source = F.CameraDir(cam, watch=True, idle_timeout=1.0, notify="inotify")
+    stream = iter(source)
+    assert next(stream).name == "a"
+    handle.write(payload[50:])
+    handle.close()
+    time.sleep(0.2)
+    assert [f.name for f in stream] == ["c"]
+
+
+def test_a_file_arriving_without_a_close_event_is_taken(cam, tmp_path):
+    payload = write_png(tmp_path / "ok.png", band_frame()[0]).read_bytes() + b"trailer!"
+    (tmp_path / "src.png").write_bytes(payload)
+    source = F.CameraDir(cam, watch=True, grace_s=0.1, idle_timeout=2.5, notify="inotify")
+    stream = iter(source)
+
+    def link():
+        time.sleep(0.2)
+        os.link(tmp_path / "src.png", cam / "linked.png")  # a create event, no close
+
+    threading.Thread(target=link).start()
+    frames = list(stream)
+    assert [(f.name, f.error) for f in frames] == [("linked", None)]
+
+
+def test_keep_with_a_reused_name_keeps_the_current_mask(band_models, tmp_path):
+    out = tmp_path / "out"
+    image = band_frame()[0]
+    with OutputWriter(out, keep=2) as writer:
+        for name in ("latest", "other", "latest", "latest"):
+            writer.write_images(name, image, np.zeros(image.shape, np.uint8))
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["latest.png", "other.png"]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P"])
+def test_large_frames_of_any_mode_are_decoded_reduced(cam, mode):
+    side = 4200  # 17.6 MP: above the 16 MP decoded whole
+    if mode == "I;16":
+        Image.fromarray(np.full((side, side), 40000, np.uint16)).save(cam / "deep.png")
+    else:
+        Image.new("P", (side, side), 3).save(cam / "deep.png")
+    image, factor = F.read_frame_reduced(cam / "deep.png")
+    assert factor == 2 and image.shape == (side // 2, side // 2)
+
+
+def test_npy_frames_are_copies_not_views_of_the_file(cam):
+    np.save(cam / "f.npy", np.arange(64 * 128, dtype=np.uint32).reshape(64, 128) % 256)
+    np.save(cam / "g.npy", np.full((64, 128), 7, np.uint8))
+    for name in ("f.npy", "g.npy"):
+        frame = F.read_frame(cam / name)
+        assert frame.dtype == np.uint8 and frame.flags.writeable and frame.flags.owndata
+    assert F.read_frame(cam / "f.npy")[0, 5] == 5
+
+
+def test_an_unusable_inotify_is_exit_2_and_a_crash_is_in_the_heartbeat(
+    band_models, cam, tmp_path, monkeypatch
+):
+    import edge.pipeline
+
+    monkeypatch.setitem(sys.modules, "watchdog.observers.inotify", None)  # not importable
+    result = run_cli("--camera-dir", str(cam), "--model", str(band_models["int8"]),
+                     "--out", str(tmp_path / "a"), "--watch", "--notify", "inotify")  # fmt: skip
+    assert result.exit_code == 2 and "inotify is not available" in result.output
+    monkeypatch.delitem(sys.modules, "watchdog.observers.inotify")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the interpreter died")
+
+    monkeypatch.setattr(edge.pipeline, "run_stream", crash)
+    result = run_cli(
+        "--camera-dir", str(cam), "--model", str(band_models["int8"]), "--out", str(tmp_path / "b")
+    )
+    assert result.exit_code != 0
+    assert (
+        json.loads((tmp_path / "b" / "status.json").read_text())["state"] == "failed: RuntimeError"
+    )
+
+
+def test_a_paced_npz_run_and_out_of_range_labels_do_not_end_the_run(band_models, tmp_path):
+    from edge.frames import NpzFrames
+
+    image, truth = band_frame()
+    labels = truth.copy()
+    labels[0, 0] = 9  # not a class of the model
+    np.savez(
+        tmp_path / "eval.npz", images=np.stack([image, image]), labels=np.stack([labels, truth])
+    )
+    stats = run_stream(
+        NpzFrames(tmp_path / "eval.npz"), Segmenter(band_models["int8"]), max_fps=1000
+    )
+    assert (stats.frames, stats.errors, stats.scored_frames) == (2, 0, 1)
+
+
+def test_hazard_rules_that_could_never_or_always_fire_are_refused(tmp_path):
+    from edge.classes import MARS
+    from edge.regions import RegionAnalyzer, RegionConfig
+
+    path = tmp_path / "regions.json"
+    for doc, message in (
+        (
+            {"hazards": [{"class": "big_rock", "region": "corridor", "min_fraction": 0}]},
+            "min_fraction",
+        ),
+        (
+            {"hazards": [{"class": "big_rock", "region": "corridor", "min_fraction": 1.5}]},
+            "min_fraction",
+        ),
+        (
+            {
+                "hazards": [
+                    {"class": "big_rock", "region": "corridor", "min_fraction": float("nan")}
+                ]
+            },
+            "min_fraction",
+        ),
+        ({"hazards": [{"class": "background", "region": "corridor"}]}, "no knowledge here"),
+        ({"regions": [[0, 0], [1, 0], [1, 1]]}, "must be an object"),
+    ):
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=message):
+            RegionAnalyzer(RegionConfig.load(path), MARS)
