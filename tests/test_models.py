@@ -31,6 +31,7 @@ class TestModelContract:
         assert np.isfinite(out).all()
         np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-4)
 
+    @pytest.mark.slow  # a compiled training step: ~7 s a model on 2 cores
     def test_one_training_step_changes_weights_and_stays_finite(self, name, size, classes):
         model = build_model(name, (*size, 1), classes, width=0.25)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=make_loss("ce"))
