@@ -93,3 +93,16 @@ def test_edge_seg_info_describes_the_int8_model(small_npz, tmp_path):
     )
     bad = CliRunner().invoke(edge_main, ["info", str(small_npz)])
     assert bad.exit_code == 2 and bad.output.startswith("Error: cannot load")  # run's code
+
+
+def test_calibration_represents_every_missing_class():
+    import numpy as np
+
+    from trainer.convert import calibration_frames
+
+    labels = np.ones((20, 4, 4), np.uint8)
+    labels[3, 0, 0], labels[7, 0, 0] = 3, 4  # sand and big rock in one frame each
+    images = np.arange(20, dtype=np.float32)[:, None, None] * np.ones((20, 4, 4), np.float32)
+    picked = calibration_frames(images, labels, 4, big_rock_share=0.0, seed=0)
+    chosen = {int(frame[0, 0]) for frame in picked}
+    assert {3, 7} <= chosen and len(picked) == 4

@@ -307,3 +307,16 @@ def test_npz_keeps_its_own_size(small_npz):
     with pytest.raises(ValueError, match="holds 64x128 frames"):
         D.load_dataset(small_npz, size=(96, 96))
     assert D.load_dataset(small_npz, size=(64, 128)).frame_shape == (64, 128)
+
+
+def test_a_lone_group_of_a_stratum_trains():
+    """Every big rock at one rover position: that position trains, validation still gets
+    frames, and nothing is left out."""
+    labels = np.ones((10, 4, 4), np.uint8)
+    labels[[0, 1], 0, 0] = 4
+    groups = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+    train, val = D.split_indices(labels, 0.3, 0, groups)
+    assert {0, 1} <= set(train) and len(val) and len(train) + len(val) == 10
+    two = np.ones((2, 4, 4), np.uint8)
+    two[0, 0, 0] = 4
+    assert [x.tolist() for x in D.split_indices(two, 0.2, 0)] == [[0], [1]]

@@ -87,8 +87,25 @@ def test_resume_continues_from_the_last_epoch(small_npz, tmp_path):
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-3, 5e-4])
     assert json.loads((run_dir / "state.json").read_text())["epoch"] == 2 and result.epochs_run == 2
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 2
+    schedule = json.loads((run_dir / "state.json").read_text())["schedule"]
+    assert set(schedule) == {"plateau_wait", "plateau_best", "stop_wait", "stop_best"}
     with pytest.raises(ValueError, match=r"cannot change width \(0.25 in the run, 0.5 asked\)"):
         resume_config(run_dir, {"width": 0.5})
+
+
+def test_evaluating_on_other_data_is_refused(trained_run, small_npz, tmp_path):
+    from edge.synthetic import SyntheticConfig, write_npz
+    from trainer.evaluate import run_split
+
+    other = tmp_path / "other.npz"
+    write_npz(SyntheticConfig(n_train=160, n_test=4, seed=9, big_rock_rate=0.2), other)
+    with pytest.raises(ValueError, match="validation frames other than the run's"):
+        run_split(trained_run[0], other)
+
+
+def test_too_few_frames_for_a_batch_says_so(small_npz, tmp_path):
+    with pytest.raises(ValueError, match="do not fill one batch of 512: lower --batch-size"):
+        fit(tiny_config(small_npz, batch_size=512), tmp_path / "tiny_batch")
 
 
 def test_existing_run_is_not_overwritten(trained_run, small_npz):

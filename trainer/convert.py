@@ -139,12 +139,15 @@ def calibration_frames(
     picked = list(rng.permutation(rock)[: round(big_rock_share * n)])
     rest = rng.permutation(np.setdiff1d(np.arange(len(images)), picked))
     picked += list(rest[: max(0, n - len(picked))])
+    picked = picked[:n]
+    slot = len(picked) - 1  # missing classes replace random picks from the end, one each
     for cls in np.unique(labels):
-        if not (labels[picked] == cls).any():
-            having = np.flatnonzero((labels == cls).any(axis=(1, 2)))
-            if len(having):
-                picked[-1] = int(rng.choice(having))
-    return images[np.array(picked[:n])]
+        if slot < 0 or (labels[picked] == cls).any():
+            continue
+        having = np.flatnonzero((labels == cls).any(axis=(1, 2)))
+        picked[slot] = int(rng.choice(having))
+        slot -= 1
+    return images[np.array(picked)]
 
 
 def convert_run(
@@ -179,6 +182,12 @@ def convert_run(
         raise ValueError("the calibration set is empty: --calib must be at least 1")
     model = load_model(model_path)
     mars, train_idx, val_idx = run_split(run_dir, data_path)
+    if tuple(model.input_shape[1:3]) != mars.preprocessing.size:
+        raise ValueError(
+            f"the model takes {model.input_shape[1]}x{model.input_shape[2]} frames but the data "
+            f"are prepared at {mars.preprocessing.height}x{mars.preprocessing.width}; give the "
+            "run's own data (or --size in its config.json)"
+        )
     config_path = run_dir / "config.json"
     run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
     input_shape = tuple(model.input_shape[1:])
@@ -262,7 +271,7 @@ def convert_run(
         f32 = report["models"]["float32"]["size_bytes"]
         for entry in report["models"].values():
             entry["size_vs_float32"] = entry["size_bytes"] / f32
-    atomic_write_bytes(run_dir / "parity.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "parity.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 

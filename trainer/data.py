@@ -61,6 +61,8 @@ class MarsData:
         test_names: the same for the test frames.
         groups: per training frame, the rover position it was taken at (AI4Mars: site and
             drive); frames of one group stay on one side of a split. None: no groups.
+        files: AI4Mars: frame id -> its files (frame, label, masks), training and test alike;
+            what native-resolution scoring and the export read back.
     """
 
     images: np.ndarray
@@ -75,6 +77,7 @@ class MarsData:
     names: list[str] | None = None
     test_names: list[str] | None = None
     groups: np.ndarray | None = None
+    files: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.index) != len(self.images):
@@ -133,8 +136,9 @@ def load_dataset(
     if size is not None and tuple(size) != data.frame_shape:
         h, w = data.frame_shape
         raise ValueError(
-            f"{path.name} holds {h}x{w} frames; the frame size of an npz is its own (drop "
-            f"--size, or pass {h}x{w}); --size picks the size of folder data sets such as AI4Mars"
+            f"{path.name} holds {h}x{w} frames but {size[0]}x{size[1]} was asked (by --size or "
+            "the run's config.json); an npz is used at its own size, --size picks the size of "
+            "folder data sets such as AI4Mars"
         )
     return data
 
@@ -478,6 +482,7 @@ def load_ai4mars(
         names=names,
         test_names=[p.name for p in test_pairs] or None,
         groups=group_ids.astype(np.int64),
+        files={p.name: p for p in train_pairs} | {f"test:{p.name}": p for p in test_pairs},
     )
 
 
@@ -602,17 +607,14 @@ def read_ai4mars_label(label_path: Path, masks: tuple[Path, ...] = ()) -> np.nda
 
 
 def ai4mars_files(data: MarsData, names: list[str], test: bool = False) -> list[_Pair]:
-    """The files of AI4Mars frames by id: frame, label (``_merged`` for test) and masks.
+    """The files of AI4Mars frames by id, as they were found when the data was loaded.
 
     Raises:
         ValueError: for data that is not an AI4Mars folder.
     """
     if data.layout != "ai4mars":
         raise ValueError("this needs an AI4Mars folder; the data set is an npz")
-    layout = find_ai4mars(data.source)
-    images = {Path(e).stem: layout.images / e for e in _scan(layout.images)}
-    folder, suffix = (layout.test_labels, "_merged") if test else (layout.train_labels, "")
-    return [_Pair(n, images[n], folder / f"{n}{suffix}.png", _masks(layout, n)) for n in names]
+    return [data.files[f"test:{n}" if test else n] for n in names]
 
 
 def native_labels(data: MarsData, names: list[str], test: bool = False) -> list[np.ndarray]:
@@ -768,7 +770,10 @@ def split_indices(
         raise ValueError(f"groups has shape {groups.shape}, expected ({n},): one id per frame")
     ids, member = np.unique(groups, return_inverse=True)
     if len(ids) < 2:
-        raise ValueError("all frames belong to one group; a grouped split needs at least 2")
+        raise ValueError(
+            "all frames belong to one rover position; a grouped split needs at least 2 "
+            "(--no-group-split splits frame by frame)"
+        )
     sizes = np.bincount(member)
     rock = np.bincount(member, weights=has_big_rock(labels)) > 0  # per group
     rng = np.random.default_rng(seed)
@@ -777,12 +782,14 @@ def split_indices(
         if len(stratum) == 0:
             continue
         perm = rng.permutation(stratum)
+        if len(perm) < 2:
+            continue  # a lone group (e.g. every big rock at one rover position) trains
         # the prefix of groups whose frame count comes closest to val_fraction of the stratum's
         target = val_fraction * sizes[stratum].sum()
         k = int(np.argmin(np.abs(np.cumsum(sizes[perm]) - target))) + 1
-        if len(perm) >= 2:
-            k = min(max(k, 1), len(perm) - 1)
-        val_groups.append(perm[:k])
+        val_groups.append(perm[: min(max(k, 1), len(perm) - 1)])
+    if not val_groups:  # every stratum is a lone group: the one without big rock validates
+        val_groups.append(np.flatnonzero(~rock)[:1] if (~rock).any() else np.arange(1))
     val_idx = np.flatnonzero(np.isin(member, np.concatenate(val_groups))).astype(np.int64)
     train_idx = np.setdiff1d(np.arange(n), val_idx)
     return train_idx, val_idx

@@ -35,8 +35,9 @@ class TrainingError(ValueError):
 def select_strategy(name: str, replicas: int = 0):
     """The ``tf.distribute`` strategy for ``name``.
 
-    - ``auto``: MirroredStrategy over all GPUs when there are several, or over ``replicas``
-      logical CPU devices when that is > 1; else the default strategy.
+    - ``auto``: MultiWorkerMirroredStrategy when ``TF_CONFIG`` is set; else MirroredStrategy
+      over all GPUs when there are several, or over ``replicas`` logical CPU devices when that
+      is > 1; else the default strategy.
     - ``default``: one device.
     - ``mirrored``: MirroredStrategy over all GPUs, or over ``replicas`` (>= 2) logical CPUs.
     - ``multiworker``: MultiWorkerMirroredStrategy, configured by the ``TF_CONFIG`` variable;
@@ -51,6 +52,8 @@ def select_strategy(name: str, replicas: int = 0):
 
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    if name == "auto" and "TF_CONFIG" in os.environ:  # a cluster is configured: join it
+        name = "multiworker"
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
@@ -174,10 +177,15 @@ def train_custom(
     label_set = data.label_set
     n, ignore = label_set.num_classes, label_set.ignore
     steps = cfg.steps_per_epoch or max(1, len(data.train_images) // cfg.batch_size)
-    dataset = make_dataset(
-        data.train_images, data.train_labels, cfg.batch_size, training=True, cfg=cfg
-    )
-    iterator = iter(strategy.experimental_distribute_dataset(dataset.repeat()))
+
+    def dataset_fn(context):
+        # each input pipeline (worker) shards the seeded shuffle and batches its replicas' part
+        batch = context.get_per_replica_batch_size(cfg.batch_size)
+        shard = (context.num_input_pipelines, context.input_pipeline_id)
+        images, labels = data.train_images, data.train_labels
+        return make_dataset(images, labels, batch, training=True, cfg=cfg, shard=shard).repeat()
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     loss_fn, optimizer = model.loss, model.optimizer
     if not optimizer.built:  # its slot variables must exist before the step is traced
         with strategy.scope():
@@ -228,7 +236,7 @@ def train_custom(
                     bar.update(step + 1, [("loss", total / (step + 1))])
             seconds = time.perf_counter() - started
             logs = {"loss": total / steps, **_iou_logs(cm, label_set, "")}
-            logs.update(_validate(forward, loss_fn, data, cfg.batch_size, label_set))
+            logs.update(_validate(forward, loss_fn, data, cfg.batch_size, label_set, strategy))
             logs["epoch_s"] = seconds
             logs["train_frames_per_s"] = steps * cfg.batch_size / seconds
             if chief and cfg.verbose:
@@ -256,17 +264,43 @@ def _iou_logs(cm: np.ndarray, label_set, prefix: str) -> dict:
     return {k: float(np.nan_to_num(v)) for k, v in logs.items()}
 
 
-def _validate(forward, loss_fn, data, batch_size: int, label_set) -> dict:
-    """Validation loss, mean IoU and per-class IoU, computed on this worker's own weights."""
+def _validate(forward, loss_fn, data, batch_size: int, label_set, strategy) -> dict:
+    """Validation loss, mean IoU and per-class IoU. Each worker scores its share of the frames
+    and the counts are summed across workers, so that every worker takes the schedule's
+    decisions (learning rate, stopping) from the same numbers."""
     from edge.metrics import confusion_matrix
 
+    workers, index = _worker_share(strategy)
     n = label_set.num_classes
-    cm, losses, weights = np.zeros((n, n), np.int64), 0.0, 0
-    for start in range(0, len(data.val_images), batch_size):
-        images = data.val_images[start : start + batch_size, ..., None]
-        labels = data.val_labels[start : start + batch_size]
-        probs = forward(images)
-        losses += float(loss_fn(labels.astype(np.int32), probs)) * len(images)
-        weights += len(images)
-        cm += confusion_matrix(labels, np.asarray(probs).argmax(-1), n)
-    return {"val_loss": losses / max(weights, 1), **_iou_logs(cm, label_set, "val_")}
+    cm, loss_sum = np.zeros((n, n)), 0.0
+    images, labels = data.val_images[index::workers], data.val_labels[index::workers]
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size, ..., None]
+        truth = labels[start : start + batch_size]
+        probs = forward(chunk)
+        loss_sum += float(loss_fn(truth.astype(np.int32), probs)) * len(chunk)
+        cm += confusion_matrix(truth, np.asarray(probs).argmax(-1), n)
+    totals = _sum_over_workers(strategy, np.append(cm.ravel(), [loss_sum, len(images)]))
+    cm, loss_sum, count = totals[: n * n].reshape(n, n), totals[-2], totals[-1]
+    return {"val_loss": loss_sum / max(count, 1), **_iou_logs(cm, label_set, "val_")}
+
+
+def _worker_share(strategy) -> tuple[int, int]:
+    """(number of workers, this worker's index); (1, 0) on one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1, 0
+    spec = resolver.cluster_spec().as_dict()
+    order = [(kind, i) for kind in ("chief", "worker") for i in range(len(spec.get(kind, [])))]
+    return len(order), order.index((resolver.task_type, resolver.task_id))
+
+
+def _sum_over_workers(strategy, values: np.ndarray) -> np.ndarray:
+    """Sum a float64 vector over the workers (an all-reduce; a no-op on one machine)."""
+    import tensorflow as tf
+
+    if _worker_share(strategy)[0] == 1:
+        return values
+    local = len(strategy.extended.worker_devices)  # each local replica carries a 1/local share
+    per_replica = strategy.run(lambda: tf.constant(values / local, tf.float64))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()

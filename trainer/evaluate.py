@@ -72,6 +72,7 @@ def run_config(run_dir: Path):
     config_path = run_dir / "config.json"
     if config_path.exists():
         return from_dict(TrainConfig, json.loads(config_path.read_text()))
+    log.warning("no config.json beside the model in %s: using the default data settings", run_dir)
     return TrainConfig()
 
 
@@ -98,7 +99,32 @@ def run_split(
         )
     data_cfg = replace(cfg.data, path=path)
     mars, train_idx, val_idx, _ = D.clean_and_split(D.load_data(data_cfg), data_cfg)
+    _check_split(run_dir, mars, val_idx)
     return mars, train_idx, val_idx
+
+
+def _check_split(run_dir: Path, mars: D.MarsData, val_idx: np.ndarray) -> None:
+    """The recomputed validation frames must be the ones the run recorded in data.json: other
+    data (another copy, a folder that changed) would score the model on frames it trained on.
+
+    Raises:
+        ValueError: naming how many frames differ.
+    """
+    path = run_dir / "data.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    if "val_names" in recorded and mars.names is not None:
+        mine, theirs = {mars.names[i] for i in val_idx}, set(recorded["val_names"])
+    elif "val_source_index" in recorded:
+        mine, theirs = set(mars.index[val_idx].tolist()), set(recorded["val_source_index"])
+    else:
+        return
+    if mine != theirs:
+        raise ValueError(
+            f"these data give {len(mine ^ theirs)} validation frames other than the run's "
+            f"{len(theirs)} (data.json): pass the data set the run was trained on"
+        )
 
 
 def evaluation_frames(

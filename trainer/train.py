@@ -95,10 +95,20 @@ def fit(
     loss_terms = parse_loss_spec(cfg.loss)  # the one parse: fails before any data is loaded
     strategy = select_strategy(cfg.strategy, cfg.replicas)  # first: before anything touches TF
     chief = is_chief(strategy)
-    state = _run_state(run_dir, resume, cfg, check_fresh=chief)
+    import tensorflow as tf
+
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multiworker and cfg.loop == "fit":
+        raise ValueError("--loop fit cannot train multiworker (keras-team/keras#20585): use auto")
+    custom = cfg.loop == "custom" or (cfg.loop == "auto" and multiworker)
+    if custom and cfg.xla:
+        log.warning("--xla is not used by the custom training loop")
+    state = _run_state(run_dir, resume, cfg)  # every worker looks: it only reads
     _seed_everything(cfg.seed)
     _set_precision(cfg.mixed_precision)
     data = prepare_data(cfg)
+    if cfg.data.size is None and data.info["layout"] != "npz":  # record the size used
+        cfg.data.size = "{}x{}".format(*data.preprocessing.size)
     if chief:  # the other workers write nothing
         _write_run_files(run_dir, cfg, data)
     with strategy.scope():
@@ -112,12 +122,11 @@ def fit(
         strategy.num_replicas_in_sync,
         "" if chief else f" ({worker_name(strategy)}: not the chief, writes nothing)",
     )
-    checkpoint = AtomicCheckpoint(run_dir, best=state["best"], write=chief)
+    checkpoint = AtomicCheckpoint(run_dir, best=state["best"], write=chief, state=state)
     all_callbacks = make_callbacks(
         cfg, run_dir, checkpoint, data.label_set, adaptive, resume, chief
     )
     all_callbacks += callbacks or []
-    custom = cfg.loop == "custom" or (cfg.loop == "auto" and cfg.strategy == "multiworker")
     try:
         if custom:
             interrupted = train_custom(
@@ -151,7 +160,7 @@ def fit(
 # The steps of fit().
 
 
-def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig, check_fresh: bool = True) -> dict:
+def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig) -> dict:
     """The state to start from: a fresh one, or the run's ``state.json`` on ``resume`` (under
     multiworker every worker must see the run folder: shared storage)."""
     state_path = run_dir / "state.json"
@@ -164,7 +173,7 @@ def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig, check_fresh: bool 
         if cfg.learning_rate != _saved_config(run_dir).learning_rate:
             state["lr"] = cfg.learning_rate  # an explicit new rate wins over the schedule's
         return state
-    if check_fresh and ((run_dir / "model.keras").exists() or state_path.exists()):
+    if (run_dir / "model.keras").exists() or state_path.exists():
         raise ValueError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --name"
         )
@@ -217,6 +226,11 @@ def _saved_config(run_dir: Path) -> TrainConfig:
 def prepare_data(cfg: TrainConfig) -> Prepared:
     """Load, validate, drop outliers, split (stratified) and augment the training part offline."""
     mars, train_idx, val_idx, report = D.clean_and_split(D.load_data(cfg.data), cfg.data)
+    if len(train_idx) * (2 if cfg.data.flip else 1) < cfg.batch_size:
+        raise ValueError(
+            f"{len(train_idx)} training frames do not fill one batch of {cfg.batch_size}: lower "
+            "--batch-size or raise --limit"
+        )
     images, labels, stats = offline_augment(
         mars.images[train_idx],
         mars.labels[train_idx],
@@ -309,29 +323,26 @@ def make_callbacks(
     callbacks = [LearningRateLog(), EpochTimer(cfg.batch_size)]
     if adaptive is not None:
         callbacks.append(AdaptiveWeightsUpdate(adaptive, label_set, checkpoint))
-    if chief:
-        callbacks += [
-            checkpoint,
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
-        ]
-    return [
-        *callbacks,
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_miou",
-            mode="max",
-            factor=cfg.lr_factor,
-            patience=cfg.lr_patience,
-            min_lr=cfg.min_lr,
-            verbose=1,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_miou",
-            mode="max",
-            patience=cfg.stop_patience,
-            restore_best_weights=True,
-            verbose=1,
-        ),
-    ]
+    if chief:  # the history records the rate the epoch used: before the plateau's cut
+        callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume))
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_miou",
+        mode="max",
+        factor=cfg.lr_factor,
+        patience=cfg.lr_patience,
+        min_lr=cfg.min_lr,
+        verbose=1,
+    )
+    stopping = keras.callbacks.EarlyStopping(
+        monitor="val_miou",
+        mode="max",
+        patience=cfg.stop_patience,
+        restore_best_weights=True,
+        verbose=1,
+    )
+    checkpoint.schedule = (plateau, stopping)
+    # the checkpoint last: state.json gets the rate after the plateau's cut, and the counters
+    return [*callbacks, plateau, stopping, ScheduleResume(checkpoint), checkpoint]
 
 
 def train_model(model, data: Prepared, cfg: TrainConfig, initial_epoch: int, callbacks) -> bool:
@@ -357,13 +368,29 @@ def train_model(model, data: Prepared, cfg: TrainConfig, initial_epoch: int, cal
     return False
 
 
-def make_dataset(images, labels, batch_size: int, *, training: bool, cfg: TrainConfig):
-    """``tf.data`` pipeline: shuffle, online albumentations in parallel (training), batch, prefetch."""
+def make_dataset(
+    images,
+    labels,
+    batch_size: int,
+    *,
+    training: bool,
+    cfg: TrainConfig,
+    shard: tuple[int, int] | None = None,
+):
+    """``tf.data`` pipeline: shuffle, online albumentations in parallel (training), batch, prefetch.
+
+    Args:
+        shard: ``(pipelines, index)``: keep every ``pipelines``-th frame of the (identically
+            seeded) shuffle from ``index`` on, before augmenting, so that the workers of a
+            multi-worker run see disjoint frames and augment only their own.
+    """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
         ds = ds.shuffle(len(images), seed=cfg.seed, reshuffle_each_iteration=True)
+        if shard is not None:
+            ds = ds.shard(*shard)
         pipeline = online_pipeline(cfg.data.online_geometric, cfg.data.online_pixel, seed=cfg.seed)
         if pipeline is not None:
             h, w = images.shape[1:3]
@@ -382,7 +409,8 @@ def make_dataset(images, labels, batch_size: int, *, training: bool, cfg: TrainC
     )
     ds = ds.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.OFF if shard else policy.DATA
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
@@ -419,6 +447,23 @@ def _set_precision(mixed: bool) -> None:
 def _atomic_save(model, path: Path) -> None:
     with atomic_path(path) as tmp:
         model.save(tmp)
+
+
+class ScheduleResume(keras.callbacks.Callback):
+    """On ``--resume``, gives ReduceLROnPlateau and EarlyStopping back the counters they had
+    (they reset them when training begins)."""
+
+    def __init__(self, checkpoint):
+        super().__init__()
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, logs=None):
+        saved = self.checkpoint.resumed_schedule
+        if not saved:
+            return
+        plateau, stopping = self.checkpoint.schedule
+        plateau.wait, plateau.best = saved["plateau_wait"], saved["plateau_best"]
+        stopping.wait, stopping.best = saved["stop_wait"], saved["stop_best"]
 
 
 class LearningRateLog(keras.callbacks.Callback):
@@ -481,13 +526,21 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves ``model.keras`` when validation mean IoU improves and ``last.keras`` + ``state.json``
     after every epoch, each through a temporary file and a rename."""
 
-    def __init__(self, run_dir: Path, best: float | None = None, write: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        best: float | None = None,
+        write: bool = True,
+        state: dict | None = None,
+    ):
         super().__init__()
         self.run_dir = run_dir
         self.best = best
         self.write = write  # False on workers that are not the chief: track only
         self.epochs_done = 0
         self.extra_state: dict = {}
+        self.schedule: tuple = ()  # (ReduceLROnPlateau, EarlyStopping): their counters are saved
+        self.resumed_schedule = (state or {}).get("schedule")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -503,4 +556,12 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         _atomic_save(self.model, self.run_dir / "last.keras")
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         state = {"epoch": epoch + 1, "best": self.best, "lr": lr, **self.extra_state}
+        if self.schedule:
+            plateau, stopping = self.schedule
+            state["schedule"] = {
+                "plateau_wait": int(plateau.wait),
+                "plateau_best": float(plateau.best),
+                "stop_wait": int(stopping.wait),
+                "stop_best": float(stopping.best),
+            }
         atomic_write_json(self.run_dir / "state.json", state)
