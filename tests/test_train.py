@@ -188,3 +188,21 @@ def test_mirrored_strategy_over_two_cpu_devices(small_npz, tmp_path):
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert "REPLICAS-OK 1 2" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_init_starts_from_another_runs_weights(trained_run, small_npz, tmp_path):
+    source = keras.saving.load_model(trained_run[0] / "model.keras", compile=False)
+    seen = {}
+
+    class FirstWeights(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["weights"] = [w.copy() for w in self.model.get_weights()]
+
+    cfg = tiny_config(small_npz, epochs=1, init=str(trained_run[0]))
+    fit(cfg, tmp_path / "finetuned", callbacks=[FirstWeights()])
+    for got, want in zip(seen["weights"], source.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=r"do not fit marsseg here \(another model, width"):
+        fit(tiny_config(small_npz, width=0.5, init=str(trained_run[0])), tmp_path / "wider")
+    with pytest.raises(ValueError, match=r"--init .*: no model at"):
+        fit(tiny_config(small_npz, init=str(tmp_path / "nowhere")), tmp_path / "missing")

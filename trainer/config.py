@@ -111,6 +111,11 @@ class TrainConfig:
         8, "EarlyStopping patience on val mIoU (best weights restored).", resume=True
     )
     seed: int = setting(0, "Seed of weights, shuffling and augmentation.")
+    init: str | None = setting(
+        None,
+        "Start from the weights of this run (its model.keras) or .keras file: fine-tuning, e.g. "
+        "with another loss. The architecture and frame size must match.",
+    )
     strategy: str = setting(
         "auto",
         "tf.distribute: auto (all GPUs if several), default (one device), mirrored (local GPUs, "

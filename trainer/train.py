@@ -300,6 +300,8 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
     model = build_model(cfg.model, input_shape, n, width=cfg.width)
     if state["epoch"]:
         model.load_weights(run_dir / "last.keras")
+    elif cfg.init:
+        _load_initial_weights(model, Path(cfg.init))
     model.compile(
         optimizer=keras.optimizers.AdamW(state["lr"], weight_decay=cfg.weight_decay),
         loss=make_loss(loss_terms, weights, adaptive),
@@ -307,6 +309,25 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
         jit_compile=cfg.xla,
     )
     return model, adaptive
+
+
+def _load_initial_weights(model, source: Path) -> None:
+    """The weights of another run's best model (fine-tuning).
+
+    Raises:
+        ValueError: when the file is missing or its architecture differs.
+    """
+    path = source / "model.keras" if source.is_dir() else source
+    if not path.is_file():
+        raise ValueError(f"--init {source}: no model at {path}")
+    try:
+        model.load_weights(path)
+    except ValueError as err:
+        raise ValueError(
+            f"--init {source}: its weights do not fit {model.name} here (another model, width, "
+            f"size or class count?): {str(err).splitlines()[0]}"
+        ) from err
+    log.info("starting from the weights of %s", path)
 
 
 def make_callbacks(
