@@ -36,7 +36,8 @@ test-fast: lint
 # two on 2 cores; not part of `make test`). Survivors: `$(BIN)/mutmut results`; the ones judged
 # equivalent are listed with their reason in docs/mutation.md.
 mutation: $(STAMP)
-	$(BIN)/mutmut run --max-children 2
+	rm -rf mutants .cache/mutation-models
+	MARSSEG_TEST_MODEL_CACHE=$(CURDIR)/.cache/mutation-models $(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
 
 # The whole mission on an embedded synthetic data set (DATA=path/to/mars_for_students.npz for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +86,19 @@ def band_metadata(precision: str = "float32"):
 @pytest.fixture(scope="session")
 def band_models(tmp_path_factory) -> dict[str, Path]:
     """float32 and int8 .tflite of the band model (with metadata), the int8 one without
-    metadata, and an RGB-input one (the wrong shape)."""
+    metadata, and an RGB-input one (the wrong shape).
+
+    Mutation testing runs a fresh pytest session per mutant; ``MARSSEG_TEST_MODEL_CACHE`` keeps
+    the conversions of its first, unmutated session instead of repeating them (about 15 s each).
+    """
+    names = ("float32", "int8", "bare", "rgb")
+    cache = os.environ.get("MARSSEG_TEST_MODEL_CACHE")  # set by `make mutation` only
+    if cache and all((Path(cache) / f"bands_{n}.tflite").is_file() for n in names):
+        return {n: Path(cache) / f"bands_{n}.tflite" for n in names}
     from trainer.convert import convert_saved_model, embed_metadata, export_saved_model
 
-    folder = tmp_path_factory.mktemp("band_models")
+    folder = Path(cache) if cache else tmp_path_factory.mktemp("band_models")
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
     calibration = np.stack([band_frame(rng)[0] for _ in range(8)]).astype(np.float32) / 255.0
     paths = {}
