@@ -86,3 +86,13 @@ def test_class_weights_favour_rare_classes():
     assert class_weights_from_labels(np.array([1, 1, 2]))[4] == pytest.approx(
         1.5
     )  # absent: the largest weight
+
+
+def test_per_frame_keeps_the_mean():
+    from trainer.losses import per_frame
+
+    labels = np.array([[[1, 2], [3, 0]], [[4, 4], [1, 1]]], np.int32)
+    probs = _onehot(np.array([[[1, 1], [1, 1]], [[4, 2], [1, 3]]], np.int32)) * 0.9 + 0.02
+    batch = float(make_loss("ce+dice")(labels, probs))
+    values = np.asarray(per_frame(make_loss("ce+dice"))(labels, probs))
+    assert values.shape == (2,) and values == pytest.approx([batch, batch], rel=1e-6)

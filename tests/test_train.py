@@ -206,3 +206,19 @@ def test_init_starts_from_another_runs_weights(trained_run, small_npz, tmp_path)
         fit(tiny_config(small_npz, width=0.5, init=str(trained_run[0])), tmp_path / "wider")
     with pytest.raises(ValueError, match=r"--init .*: no model at"):
         fit(tiny_config(small_npz, init=str(tmp_path / "nowhere")), tmp_path / "missing")
+
+
+def test_fit_gets_one_loss_per_frame(small_npz):
+    """Keras divides a loss by the replicas only when it reduces per-frame values itself; a
+    batch-level scalar made MirroredStrategy apply the sum of the replicas' gradients."""
+    from trainer.losses import parse_loss_spec
+    from trainer.train import build_training_model, prepare_data
+
+    cfg = tiny_config(small_npz)
+    data = prepare_data(cfg)
+    state = {"epoch": 0, "lr": cfg.learning_rate}
+    model, _ = build_training_model(cfg, data, parse_loss_spec(cfg.loss), state, None)
+    labels = data.train_labels[:3].astype(np.int32)
+    probs = model(data.train_images[:3, ..., None]).numpy()
+    values = np.asarray(model.loss(labels, probs))
+    assert values.shape == (3,) and np.all(values == values[0]) and values[0] > 0

@@ -194,7 +194,7 @@ def train_custom(
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
             probs = model(images, training=True)
-            loss = loss_fn(labels, probs)
+            loss = tf.reduce_mean(loss_fn(labels, probs))  # per_frame: B copies of one value
             # each replica's loss is a mean over its slice: the global mean is their mean
             scaled = loss / replicas
             if hasattr(optimizer, "scale_loss"):  # mixed float16: the loss-scale optimizer
@@ -278,7 +278,7 @@ def _validate(forward, loss_fn, data, batch_size: int, label_set, strategy) -> d
         chunk = images[start : start + batch_size, ..., None]
         truth = labels[start : start + batch_size]
         probs = forward(chunk)
-        loss_sum += float(loss_fn(truth.astype(np.int32), probs)) * len(chunk)
+        loss_sum += float(np.mean(loss_fn(truth.astype(np.int32), probs))) * len(chunk)
         cm += confusion_matrix(truth, np.asarray(probs).argmax(-1), n)
     totals = _sum_over_workers(strategy, np.append(cm.ravel(), [loss_sum, len(images)]))
     cm, loss_sum, count = totals[: n * n].reshape(n, n), totals[-2], totals[-1]

@@ -232,3 +232,20 @@ def make_loss(
 
     loss.__name__ = "loss_" + "_".join(terms)
     return loss
+
+
+def per_frame(loss_fn: LossFn) -> LossFn:
+    """``loss_fn`` as Keras' ``fit`` needs it under ``tf.distribute``: one value per frame.
+
+    The losses here are means over the whole batch (Dice needs the batch), so a scalar. Keras
+    divides a loss by the number of replicas (the all-reduced sum of their gradients is then the
+    mean) only when it reduces per-frame values itself; a scalar passes unscaled, so under
+    MirroredStrategy every step applied the sum of the replicas' gradients and the log showed
+    the loss times the replicas. Broadcast to ``(batch,)`` the mean is the same and scales.
+    """
+
+    def loss(y_true, y_pred):
+        return ops.broadcast_to(loss_fn(y_true, y_pred), ops.shape(y_pred)[:1])
+
+    loss.__name__ = getattr(loss_fn, "__name__", "loss")
+    return loss

@@ -285,7 +285,7 @@ def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared) -> None:
 
 def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, state: dict, run_dir):
     """The compiled model (call inside ``strategy.scope()``) and the ``afd`` weights, if used."""
-    from trainer.losses import AdaptiveWeights, class_weights_from_labels, make_loss
+    from trainer.losses import AdaptiveWeights, class_weights_from_labels, make_loss, per_frame
     from trainer.metrics import segmentation_metrics
     from trainer.models import build_model
 
@@ -304,7 +304,7 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
         _load_initial_weights(model, Path(cfg.init))
     model.compile(
         optimizer=keras.optimizers.AdamW(state["lr"], weight_decay=cfg.weight_decay),
-        loss=make_loss(loss_terms, weights, adaptive),
+        loss=per_frame(make_loss(loss_terms, weights, adaptive)),
         metrics=segmentation_metrics(data.label_set),
         jit_compile=cfg.xla,
     )
@@ -412,6 +412,10 @@ def make_dataset(
         ds = ds.shuffle(len(images), seed=cfg.seed, reshuffle_each_iteration=True)
         if shard is not None:
             ds = ds.shard(*shard)
+        if cfg.steps_per_epoch:
+            # fit keeps one iterator across epochs when steps_per_epoch is set; without repeat an
+            # epoch that meets the end of a pass is cut short ("Your input ran out of data")
+            ds = ds.repeat()
         pipeline = online_pipeline(cfg.data.online_geometric, cfg.data.online_pixel, seed=cfg.seed)
         if pipeline is not None:
             h, w = images.shape[1:3]
