@@ -176,18 +176,21 @@ def test_a_really_full_disk(band_models, cam, tmp_path, when):
     disk.mkdir()
     (disk / "out").mkdir(parents=True) if when == "at start" else None
     fill = (
-        "dd if=/dev/zero of=disk/filler bs=1k count=200 2>/dev/null;" if when == "at start" else ""
+        f"dd if=/dev/zero of={disk}/filler bs=1k count=200 2>/dev/null;"
+        if when == "at start"
+        else ""
     )
     script = (
-        f"mount -t tmpfs -o size=96k tmpfs disk && mkdir -p disk/out && {fill} "
+        f"mount -t tmpfs -o size=96k tmpfs {disk} && mkdir -p {disk}/out && {fill} "
         f"{sys.executable} -m edge.cli run --camera-dir {cam} --model {band_models['int8']} "
-        f"--out disk/out --overlay --threads 1; echo EXIT=$?; "
-        "cat disk/out/telemetry.jsonl > telemetry.copy 2>/dev/null; ls disk/out > listing.copy"
+        f"--out {disk}/out --overlay --threads 1; echo EXIT=$?; "
+        f"cat {disk}/out/telemetry.jsonl > {tmp_path}/telemetry.copy 2>/dev/null; "
+        f"ls {disk}/out > {tmp_path}/listing.copy"
     )
-    proc = subprocess.run(
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(  # from the repository: mutmut's stats run reads its config there
         ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)},
     )  # fmt: skip
     assert "EXIT=6" in proc.stdout, proc.stdout + proc.stderr
     assert "frames 12  errors 0" in proc.stdout and "unwritten" in proc.stdout  # printed anyway
