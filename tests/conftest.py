@@ -7,8 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from edge.synthetic import SyntheticConfig, generate, write_npz
+
+# The same examples on every run, so that CI and mutation testing judge the code, not the draw;
+# `HYPOTHESIS_PROFILE=explore make test-fast` searches new ones (keep what it finds as a test).
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 
 @pytest.fixture(scope="session")
