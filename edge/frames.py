@@ -525,8 +525,10 @@ class CameraDir:
                         ident is not None and self._handed.get(path.name) == ident
                     ):
                         continue  # waiting already, or queued when its writer closed it
-                    if not looks_complete(path):  # being written, or left half-written
-                        self._pending[path.name] = _Pending(path, ident, time.monotonic(), True)
+                    complete = looks_complete(path)
+                    latest = _identity(path)
+                    if not complete or latest != ident:  # being written, or left half-written
+                        self._pending[path.name] = _Pending(path, latest, time.monotonic(), True)
                         continue
                 frame = self._take(path, ident)
                 if frame is not None:
@@ -603,6 +605,10 @@ class CameraDir:
                 ready = now >= entry.retry_at
             else:
                 ready = ident is None or looks_complete(entry.path)  # None: broken link, say so
+                latest = _identity(entry.path) if ready and ident is not None else ident
+                if latest != ident:  # written to while checked: judged again as its new self
+                    # (handed with the old identity, its close event would hand it twice)
+                    entry.identity, entry.changed, ready = latest, now, False
             # polling cannot know whether a writer still has the file open: a file that stops
             # changing for grace_s is taken; inotify waits for the close (or the rename), and
             # gives a file that never gets one UNCLOSED_STALL grace periods

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
@@ -269,6 +270,29 @@ def test_inotify_never_lists_the_folder_again(band_models, cam, monkeypatch):
     names = [f.name for f in stream]
     writer.join()
     assert names == [f"n{i:03d}" for i in range(20)] and listings == [""]  # the start only
+
+
+def test_a_frame_finished_while_it_is_checked_is_taken_once(cam, monkeypatch):
+    """Seen empty, complete by the time it is checked: handed with the empty file's identity,
+    the writer's close event looked like a new version and the frame came out twice (found
+    under load by the mutation run's clean pass)."""
+    buffer = io.BytesIO()
+    Image.fromarray(band_frame()[0]).save(buffer, format="PNG")
+    target = cam / "late.png"
+    real = F.looks_complete
+
+    def the_writer_finishes_meanwhile(path):
+        if path == target and target.stat().st_size == 0:
+            target.write_bytes(buffer.getvalue())
+        return real(path)
+
+    monkeypatch.setattr(F, "looks_complete", the_writer_finishes_meanwhile)
+    source = F.CameraDir(cam, watch=True, idle_timeout=1.0, max_queue=10, notify="inotify")
+    writer = threading.Timer(0.3, target.touch)  # created empty: its first event says size 0
+    writer.start()
+    frames = list(source)
+    writer.join()
+    assert [(f.name, f.error) for f in frames] == [("late", None)]
 
 
 def test_polling_lists_only_when_the_folder_changes(cam, monkeypatch):
