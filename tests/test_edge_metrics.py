@@ -37,3 +37,38 @@ def test_shape_mismatch_and_range_errors():
         confusion_matrix(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match=r"outside 0\.\.4"):
         confusion_matrix(np.array([5]), np.array([1]))
+
+
+def test_the_rover_safety_figures_by_hand():
+    """Truth and prediction of 10 pixels, every figure counted by hand."""
+    from edge.metrics import class_fractions, hazard_report, score
+
+    # truth:      0  0  0  1  1  2  4  4  4  3
+    # prediction: 4  4  1  1  4  2  4  4  0  3
+    truth = np.array([0, 0, 0, 1, 1, 2, 4, 4, 4, 3])
+    predicted = np.array([4, 4, 1, 1, 4, 2, 4, 4, 0, 3])
+    report = score(truth, predicted)
+    # scored pixels (truth != 0): 7, of which correct: 1 (soil), 2 (bedrock), 3 (sand), two rocks
+    assert report.pixel_accuracy == pytest.approx(5 / 7)
+    rock = report.hazards["big_rock"]
+    # predicted big rock: 5 pixels, 2 on unlabelled ground, 3 on labelled (2 right, 1 soil)
+    assert rock == {
+        "iou": pytest.approx(2 / 4),  # tp 2 / (truth 3 + predicted-on-labelled 3 - 2)
+        "recall": pytest.approx(2 / 3),
+        "precision": pytest.approx(2 / 3),
+        "on_unlabelled": pytest.approx(2 / 5),
+        "predicted_pixels": 5,
+    }
+    as_dict = report.as_dict()
+    assert as_dict["pixel_accuracy"] == pytest.approx(5 / 7)
+    assert (
+        as_dict["confusion"][0][4] == 2 and as_dict["hazards"]["big_rock"]["predicted_pixels"] == 5
+    )
+    # nothing predicted: the ratios are None, not 0 or NaN
+    nothing = hazard_report(np.diag([5, 1, 1, 1, 0]).astype(np.int64))["big_rock"]
+    assert nothing["precision"] is None and nothing["iou"] is None
+    assert class_fractions(np.array([[1, 1], [4, 0]])) == pytest.approx([0.25, 0.5, 0, 0, 0.25])
+    only_background = score(np.zeros(4, int), np.zeros(4, int))
+    assert (
+        np.isnan(only_background.pixel_accuracy) and only_background.as_dict()["mean_iou"] is None
+    )

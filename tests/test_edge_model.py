@@ -180,3 +180,88 @@ def test_info_shows_the_metadata(band_models):
     assert "classes: background, soil, bedrock, sand, big_rock" in result.output
     assert "preprocessing: 64x128, crop none" in result.output
     assert band_metadata("int8").labels == MARS
+
+
+def test_the_generic_classes_warning_names_the_model_and_the_classes(band_models, caplog):
+    with caplog.at_level(logging.WARNING):
+        Segmenter(band_models["bare"])
+    assert (
+        "bands_bare.tflite carries no marsseg-edge metadata: classes are named class_0..class_4, "
+        "label 0 is unscored, no class is a hazard, frames are resized whole (convert with "
+        "`trainer convert` to embed the real ones)"
+    ) in caplog.text
+
+
+@pytest.mark.parametrize("ignore", [0, 4])
+def test_what_a_centre_crop_left_out_is_the_ignored_label(band_models, tmp_path, ignore):
+    """A 1:2 model cropping a square frame: the top and bottom quarters were never seen."""
+    model = tmp_path / "cropped.tflite"
+    model.write_bytes(band_models["bare"].read_bytes())
+    labels = LabelSet(("a", "b", "c", "d", "e"), ignore=ignore)
+    sidecar = ModelMetadata(labels, Preprocessing(64, 128, crop="centre"))
+    model.with_suffix(".json").write_bytes(sidecar.to_bytes())
+    segmenter = Segmenter(model)
+    image, _ = band_frame()
+    square = np.zeros((128, 128), np.uint8)
+    square[32:96] = np.asarray(Image.fromarray(image).resize((128, 64), Image.NEAREST))
+    result = segmenter.segment(square, with_confidence=True)
+    assert result.labels.shape == (128, 128)
+    assert (result.labels[:32] == ignore).all() and (result.labels[96:] == ignore).all()
+    assert (result.top_probability[:32] == 0).all() and (result.top_probability[96:] == 0).all()
+    assert (result.top_probability[32:96] > 0.2).all()  # at least 1/5 where the model looked
+
+
+def test_outputs_are_only_what_was_asked_in_float32_and_microseconds(band_models):
+    import time
+
+    segmenter = Segmenter(band_models["int8"])
+    image, _ = band_frame()
+    plain = segmenter.segment(image)
+    assert plain.probabilities is None and plain.top_probability is None
+    start = time.perf_counter_ns()
+    full = segmenter.segment(image, with_probabilities=True, with_confidence=True)
+    elapsed_us = (time.perf_counter_ns() - start) / 1e3
+    assert full.probabilities.dtype == np.float32 and full.top_probability.dtype == np.float32
+    assert (
+        all(0 < v for v in full.timings_us.values()) and sum(full.timings_us.values()) <= elapsed_us
+    )
+    # the confidence is the top probability in 1/255 steps (native size: no resampling)
+    top = full.probabilities.max(axis=-1)
+    assert np.abs(full.top_probability - top).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="frames must be uint8 grey levels, got float32"):
+        segmenter.preprocess(image.astype(np.float32))
+
+
+def test_the_shared_preprocessing_by_hand():
+    """Area resize for frames, nearest for labels, the centre crop's window, the defaults."""
+    from edge.preprocess import INPUT_SCALE
+
+    prep = Preprocessing(8, 8)
+    frame = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8) * 3, np.ones((2, 2), np.uint8))
+    frame[0, 0] = 255  # one bright pixel: the area filter averages it into its 2x2 box
+    small = prep.prepare(frame)
+    assert small.shape == (8, 8) and small[0, 1] == frame[0, 2] and small[0, 0] == 64
+    checker = (np.indices((16, 16)).sum(axis=0) % 2 * 2 + 1).astype(np.uint8)  # 1, 3, 1, ...
+    assert set(np.unique(prep.prepare_labels(checker))) <= {1, 3}  # nearest: never a blend, 2
+    assert prep.to_input(frame).dtype == np.float32
+    crop = Preprocessing(64, 128, crop="centre")
+    assert crop.region((100, 400)) == (0, 100, 100, 200)  # too wide: the middle columns
+    assert crop.region((300, 128)) == (118, 0, 64, 128)  # too tall: the middle rows
+    assert crop.region((64, 128)) == (0, 0, 64, 128)
+    striped = np.full((128, 128), 255, np.uint8)
+    striped[32:96] = 7
+    assert (crop.prepare(striped) == 7).all()  # only the window reaches the model
+    restored = crop.restore(np.full((64, 128), 2, np.uint8), (128, 128), fill=0)
+    assert restored.dtype == np.uint8 and (restored[32:96] == 2).all()
+    assert Preprocessing.from_dict({"height": 64, "width": 128}) == Preprocessing(64, 128)
+    assert Preprocessing(64, 128).scale == INPUT_SCALE and Preprocessing(64, 128).crop == "none"
+    assert Preprocessing.from_dict(crop.as_dict()) == crop
+    assert crop.as_dict()["resize"] == "area (box filter) for images, nearest for labels"
+    with pytest.raises(ValueError, match=r"input size must be at least 8x8, got 64x4"):
+        Preprocessing(64, 4)
+    with pytest.raises(ValueError, match=r"unknown crop 'middle'; valid: none, centre"):
+        Preprocessing(64, 128, crop="middle")
+    with pytest.raises(ValueError, match=r"not a preprocessing description: \{'width': 8\}"):
+        Preprocessing.from_dict({"width": 8})
+    with pytest.raises(ValueError, match=r"expected a single-channel \(H, W\) array, got shape"):
+        prep.prepare(np.zeros((16, 16, 3), np.uint8))

@@ -252,6 +252,36 @@ def test_streaming_quantiles_are_within_their_relative_error(values, q):
     assert hist.count == len(values) and hist.min == min(values) and hist.max == max(values)
 
 
+def test_log_histogram_by_hand():
+    """Sums, zeros, the ends of the range and the summary, worked out by hand."""
+    hist = LogHistogram.of([0.0, 0.0, 1.0, 2.0, 3.0])
+    assert (hist.count, hist.zeros, hist.total, hist.min, hist.max) == (5, 2, 6.0, 0.0, 3.0)
+    assert hist.mean == pytest.approx(1.2) and hist.std == pytest.approx(math.sqrt(14 / 5 - 1.44))
+    assert hist.quantile(0.25) == 0.0  # rank 1 of [0, 0, 1, 2, 3]: a zero
+    assert hist.quantile(0.75) == pytest.approx(2.0, rel=0.01)  # rank 3
+    assert hist.summary(full=True) == {
+        "count": 5, "std": round(hist.std, 3), "min": 0.0, "mean": 1.2,
+        "p50": round(hist.quantile(0.5), 3), "p90": round(hist.quantile(0.9), 3),
+        "p99": round(hist.quantile(0.99), 3), "max": 3.0,
+    }  # fmt: skip
+    assert hist.quantile(0.99) == pytest.approx(2.0, rel=0.01)  # rank floor(3.96) = 3
+    near_high = LogHistogram.of([1.0, 9.99e5])  # the top bucket of the default range
+    assert near_high.quantile(1.0) == pytest.approx(9.99e5, rel=0.01)
+    beyond = LogHistogram.of([1.0, 5e6])  # counted as `high`, and never out of bounds
+    assert beyond.count == 2 and beyond.quantile(0.0) == pytest.approx(1.0, rel=0.01)
+    assert LogHistogram().summary() == {} and math.isnan(LogHistogram().quantile(0.5))
+    for kwargs, message in (
+        ({"accuracy": 0.0}, r"accuracy must be in \(0, 1\), got 0.0"),
+        ({"accuracy": 1.0}, r"accuracy must be in \(0, 1\), got 1.0"),
+        ({"low": 0.0}, r"need 0 < low < high, got 0.0, 1000000.0"),
+        ({"low": 5.0, "high": 5.0}, r"need 0 < low < high, got 5.0, 5.0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            LogHistogram(**kwargs)
+    with pytest.raises(ValueError, match=r"q must be in \[0, 1\], got 1.5"):
+        hist.quantile(1.5)
+
+
 # The shared preprocessing: any frame size comes back to itself.
 
 
