@@ -72,3 +72,17 @@ def test_the_rover_safety_figures_by_hand():
     assert (
         np.isnan(only_background.pixel_accuracy) and only_background.as_dict()["mean_iou"] is None
     )
+
+
+def test_a_label_set_without_background_and_with_three_classes():
+    from edge.classes import LabelSet
+    from edge.metrics import class_fractions, hazard_report
+
+    every = LabelSet(("flat", "rock", "sand"), ignore=None, hazards=("rock",))
+    truth, predicted = np.array([0, 1, 1, 2]), np.array([1, 1, 1, 2])
+    report = score(truth, predicted, every)
+    assert report.confusion.shape == (3, 3) and report.pixel_accuracy == pytest.approx(3 / 4)
+    rock = hazard_report(report.confusion, every)["rock"]
+    assert rock["precision"] == pytest.approx(2 / 3) and rock["on_unlabelled"] is None
+    assert rock["iou"] == pytest.approx(2 / 3)
+    assert class_fractions(np.array([0, 1, 1, 1]), 5) == pytest.approx([0.25, 0.75, 0, 0, 0])

@@ -265,3 +265,19 @@ def test_the_shared_preprocessing_by_hand():
         Preprocessing.from_dict({"width": 8})
     with pytest.raises(ValueError, match=r"expected a single-channel \(H, W\) array, got shape"):
         prep.prepare(np.zeros((16, 16, 3), np.uint8))
+
+
+def test_the_shared_preprocessing_at_odd_sizes():
+    """An off-centre-sized crop, a non-integer restore, a scale of its own, sizes as pairs."""
+    crop = Preprocessing(64, 128, crop="centre")
+    tall = np.repeat(np.arange(100, dtype=np.uint8)[:, None], 128, axis=1)  # row i holds i
+    assert crop.region((100, 128)) == (18, 0, 64, 128)
+    np.testing.assert_array_equal(crop.prepare(tall), tall[18:82])  # the window, unresized
+    checker = (np.indices((8, 8)).sum(axis=0) % 2 * 2 + 1).astype(np.uint8)
+    restored = Preprocessing(8, 8).restore(checker, (13, 11))
+    assert restored.shape == (13, 11) and set(np.unique(restored)) <= {1, 3}  # never blended
+    own = Preprocessing(8, 8, scale=0.5)
+    assert Preprocessing.from_dict(own.as_dict()).scale == 0.5
+    assert parse_size((8, 16)) == (8, 16) and parse_size([8, 8]) == (8, 8)
+    with pytest.raises(ValueError):
+        parse_size("7x8")
