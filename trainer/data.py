@@ -29,6 +29,7 @@ import numpy as np
 from edge.classes import CLASS_NAMES, MARS, NUM_CLASSES, LabelSet
 from edge.metrics import class_fractions
 from edge.preprocess import Preprocessing
+from edge.runinfo import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -621,14 +622,6 @@ def native_labels(data: MarsData, names: list[str], test: bool = False) -> list[
     """Labels of AI4Mars frames at their own resolution (masks applied), for scoring a model's
     restored output the way the rover is scored."""
     return [read_ai4mars_label(p.label, p.masks) for p in ai4mars_files(data, names, test)]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_course_file(path: str | Path) -> bool:
