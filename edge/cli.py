@@ -424,13 +424,7 @@ def run(
                 "software": software_versions(segmenter.runtime),
                 **stats.summary(),
             }
-            summary["regions"] = {
-                **region_config.as_dict(),
-                "hazards": [
-                    {"class": r.cls, "region": r.region, "min_fraction": r.min_fraction}
-                    for r in analyzer.rules
-                ],
-            }
+            summary["regions"] = region_config.as_dict(analyzer.rules)  # the rules applied
             summary["config"] = {
                 "model": str(model),
                 "camera_dir": str(camera_dir),

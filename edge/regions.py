@@ -134,9 +134,10 @@ class RegionConfig:
             HazardRule(name, "corridor") for name in labels.hazards if "corridor" in self.regions
         ]
 
-    def as_dict(self, labels: LabelSet | None = None) -> dict:
-        """The configuration; with ``labels``, the hazard rules that apply to that model."""
-        rules = self.rules(labels) if labels is not None else self.hazards or []
+    def as_dict(self, rules: list[HazardRule] | None = None) -> dict:
+        """The configuration, with ``rules`` as its hazard rules (default: the file's own), e.g.
+        the ones a :class:`RegionAnalyzer` applies."""
+        rules = (self.hazards or []) if rules is None else rules
         return {
             "regions": self.regions,
             "hazards": [

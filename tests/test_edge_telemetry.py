@@ -121,6 +121,8 @@ def test_telemetry_and_summary_follow_their_schemas(run_out):
     ok = [line for line in lines if line["status"] == "ok"]
     assert [line["hazard"] for line in ok] == [False, True, False, True, True]
     assert summary["hazard_frames"] == 3 and summary["model"]["classes"][4] == "big_rock"
+    rule = {"class": "big_rock", "region": "corridor", "min_fraction": 0.01}
+    assert summary["regions"]["hazards"] == [rule]  # the default rule, as applied
     assert {line["run_id"] for line in lines} == {summary["run_id"]}
     assert [line["frame_index"] for line in lines] == list(range(6))
     assert all(line["model"]["sha256"] == summary["model"]["sha256"][:16] for line in lines)
@@ -213,6 +215,8 @@ def test_a_model_without_a_background_target_is_flagged(band_models, tmp_path, c
         result = CliRunner().invoke(main, ["run", "--camera-dir", str(cam), "--model", str(model),
                                            "--out", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 0 and "trained without a background target" in caplog.text
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["regions"]["hazards"] == []  # the rules applied: none
     info = CliRunner().invoke(main, ["info", str(model)])
     assert "trained without a background target" in info.output
 
