@@ -7,9 +7,9 @@
   keras-team/keras#20585), so :func:`train_custom` runs the training step under
   ``strategy.run``: each replica computes its loss and gradients on its slice of the global batch,
   the optimizer all-reduces the gradients, and every worker ends each step with the same weights.
-  Validation is computed by every worker on its own copy of the (identical) weights, so the
-  schedule (ReduceLROnPlateau, EarlyStopping) takes the same decision everywhere without a
-  collective. Only the chief (``TF_CONFIG`` task ``chief``, else worker 0) writes the run folder.
+  Each worker scores its share of the validation frames and the counts are summed over the
+  workers, so that the schedule (ReduceLROnPlateau, EarlyStopping) takes the same decision
+  everywhere. Only the chief (``TF_CONFIG`` task ``chief``, else worker 0) writes the run folder.
 
 With more than one replica, BatchNormalization is synchronized across replicas, so that the
 batch statistics are those of the global batch, as in a single-process run, and the moving

@@ -135,8 +135,6 @@ def fit(
         else:
             interrupted = train_model(model, data, cfg, state["epoch"], all_callbacks)
     except Exception as err:
-        import tensorflow as tf
-
         if isinstance(err, (tf.errors.OpError, RuntimeError)):
             raise TrainingError(
                 f"training failed on {worker_name(strategy)}: {one_line(err)}"
