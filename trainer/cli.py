@@ -311,6 +311,21 @@ def predict(run: Path, data: Path, submission: Path | None, masks: Path | None) 
     default=None,
     help="Validation frames for the parity report [default: all].",
 )
+@click.option(
+    "--graph",
+    type=click.Choice(["rover", "keras"]),
+    default="rover",
+    show_default=True,
+    help="rover: exact export-time rewrites for speed (sub-pixel decoder instead of transposed "
+    "convs, logits instead of the softmax, dilated convs that fold their BatchNorm); keras: the "
+    "model as trained.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the .tflite files and parity.json [default: RUN].",
+)
 def convert(
     run: Path,
     int8: bool,
@@ -319,11 +334,15 @@ def convert(
     calib: int,
     data: Path | None,
     parity_frames: int | None,
+    graph: str,
+    out: Path | None,
 ) -> None:
     """Convert RUN's best model to .tflite and report float-vs-int8 parity.
 
     Without a precision flag, writes float32 and int8. The int8 model must be integer-only
     (no float or Flex op), else the command fails naming the op and writes no int8 file.
+    The rover graph's output is logits (the metadata says so; edge-seg computes probabilities
+    where it needs them); its parity is measured against the Keras model's probabilities.
     """
     from trainer.convert import ConvertConfig, convert_run, format_parity
 
@@ -334,11 +353,13 @@ def convert(
         precisions=precisions or ("float32", "int8"),
         calibration_frames=calib,
         parity_frames=parity_frames,
+        graph=graph,
     )
-    report = convert_run(run, cfg, data)
+    report = convert_run(run, cfg, data, out_dir=out)
     click.echo(format_parity(report))
     click.echo(
-        f"wrote {', '.join(m['file'] for m in report['models'].values())} and parity.json beside {run}"
+        f"wrote {', '.join(m['file'] for m in report['models'].values())} and parity.json "
+        f"in {out or run}"
     )
 
 

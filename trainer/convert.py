@@ -1,8 +1,9 @@
 """`trainer convert`: Keras model -> .tflite (int8 full-integer, float16, float32), an
 integer-only check, and a float-vs-int8 parity report through the real LiteRT interpreter.
 
-Export uses a fixed (1, H, W, 1) signature: a dynamic batch turns dilated convolutions into
-SPACE_TO_BATCH_ND/BATCH_TO_SPACE_ND pairs and stops BatchNorm from folding into the convs.
+Export uses a fixed (1, H, W, 1) signature and, by default, the rover graph
+(:mod:`trainer.export_graph`: sub-pixel decoder, logits head, dilated convs as single ops, which
+lets every BatchNorm fold into its conv).
 The SavedModel is written by ``keras.export.ExportArchive`` and converted with
 ``TFLiteConverter.from_saved_model`` (a bare ``from_concrete_functions`` can silently lose the
 variables).
@@ -25,6 +26,7 @@ from edge.runtime import list_ops, make_interpreter
 from edge.segmenter import Segmenter
 from edge.sinks import atomic_write_bytes
 from trainer import data as D
+from trainer.export_graph import GRAPHS, rover_graph
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "float16", "int8")
@@ -39,6 +41,9 @@ class ConvertConfig:
     big_rock_share: float = 0.25  # of the calibration frames, when that many contain big rock
     seed: int = 0
     parity_frames: int | None = None  # None: the whole validation split
+    graph: str = (
+        "rover"  # "rover": export-time rewrites (trainer.export_graph); "keras": as trained
+    )
 
 
 class IntegerCheckError(ValueError):
@@ -46,7 +51,11 @@ class IntegerCheckError(ValueError):
 
 
 def export_saved_model(model, directory: Path, input_shape: tuple[int, int, int]) -> Path:
-    """Write a SavedModel with one fixed-shape ``serving_default`` endpoint (batch 1)."""
+    """Write a SavedModel with one fixed-shape ``serving_default`` endpoint (batch 1).
+
+    ``model`` is exported as given: pass :func:`trainer.export_graph.rover_graph`'s model for the
+    rover graph.
+    """
     import keras
     import tensorflow as tf
 
@@ -150,6 +159,80 @@ def calibration_frames(
     return images[np.array(picked)]
 
 
+def convert_model(
+    model,
+    out_dir: Path,
+    precisions: tuple[str, ...],
+    calibration: np.ndarray | None,
+    label_set,
+    preprocessing,
+    info: dict,
+    graph: str = "rover",
+) -> dict[str, Path]:
+    """Write ``model_<precision>.tflite`` (metadata embedded) and its sidecar for each precision.
+
+    Args:
+        model: the trained Keras model.
+        out_dir: created if missing.
+        precisions: among :data:`PRECISIONS`.
+        calibration: float32 frames (N, H, W) in [0, 1], for int8.
+        label_set: the classes (:class:`edge.classes.LabelSet`).
+        preprocessing: how frames become inputs (:class:`edge.preprocess.Preprocessing`).
+        info: provenance recorded in the metadata (the graph, output kind and precision are
+            added).
+        graph: ``rover`` (:func:`trainer.export_graph.rover_graph`) or ``keras`` (as trained).
+
+    Returns:
+        {precision: path}.
+
+    Raises:
+        IntegerCheckError: an int8 model that is not integer-only (no file is written for it).
+    """
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; valid: {', '.join(GRAPHS)}")
+    exported, rewrites = rover_graph(model) if graph == "rover" else (model, {})
+    info = {
+        **info,
+        "output": "logits" if rewrites.get("logits") else "probabilities",
+        "graph": {"name": graph, "rewrites": rewrites},
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    produced: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export_saved_model(exported, Path(tmp) / "saved_model", model.input_shape[1:])
+        for precision in precisions:
+            int8 = precision == "int8"
+            flatbuffer = convert_saved_model(saved, precision, calibration if int8 else None)
+            target = out_dir / f"model_{precision}.tflite"
+            ops = None
+            if int8:  # checked before it gets a name: never a float "int8"
+                staging = Path(tmp) / target.name
+                staging.write_bytes(flatbuffer)
+                ops = check_integer_only(staging)
+            meta = ModelMetadata(
+                label_set,
+                preprocessing,
+                {
+                    **info,
+                    "precision": precision,
+                    "file": target.name,
+                    "calibration": {
+                        "frames": len(calibration),
+                        "from": "training split, big rock oversampled",
+                    }
+                    if int8 and calibration is not None
+                    else None,
+                    "ops": ops,
+                },
+            )
+            atomic_write_bytes(target, embed_metadata(flatbuffer, meta))
+            atomic_write_bytes(target.with_suffix(".json"), meta.to_bytes())
+            produced[precision] = target
+            log.info("wrote %s (%.1f KiB)", target, target.stat().st_size / 1024)
+    return produced
+
+
 def convert_run(
     run: str | Path, cfg: ConvertConfig, data_path: Path | None = None, out_dir: Path | None = None
 ) -> dict:
@@ -173,6 +256,8 @@ def convert_run(
     model_path = resolve_model_path(run)
     run_dir = model_path.parent
     out_dir = Path(out_dir or run_dir)
+    if cfg.graph not in GRAPHS:
+        raise ValueError(f"unknown graph {cfg.graph!r}; valid: {', '.join(GRAPHS)}")
     unknown = set(cfg.precisions) - set(PRECISIONS)
     if unknown or not cfg.precisions:
         raise ValueError(
@@ -190,7 +275,6 @@ def convert_run(
         )
     config_path = run_dir / "config.json"
     run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    input_shape = tuple(model.input_shape[1:])
     calib = None
     if "int8" in cfg.precisions:
         calib = calibration_frames(
@@ -200,38 +284,10 @@ def convert_run(
             cfg.big_rock_share,
             cfg.seed,
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
     info = _provenance(model_path, run_config, mars)
-    produced: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = export_saved_model(model, Path(tmp) / "saved_model", input_shape)
-        for precision in cfg.precisions:
-            flatbuffer = convert_saved_model(
-                saved, precision, calib if precision == "int8" else None
-            )
-            target = out_dir / f"model_{precision}.tflite"
-            ops = None
-            if precision == "int8":  # checked before it gets a name: never a float "int8"
-                staging = Path(tmp) / target.name
-                staging.write_bytes(flatbuffer)
-                ops = check_integer_only(staging)
-            meta = ModelMetadata(
-                mars.label_set,
-                mars.preprocessing,
-                {
-                    **info,
-                    "precision": precision,
-                    "file": target.name,
-                    "calibration": None
-                    if calib is None or precision != "int8"
-                    else {"frames": len(calib), "from": "training split, big rock oversampled"},
-                    "ops": ops,
-                },
-            )
-            atomic_write_bytes(target, embed_metadata(flatbuffer, meta))
-            atomic_write_bytes(target.with_suffix(".json"), meta.to_bytes())
-            produced[precision] = target
-            log.info("wrote %s (%.1f KiB)", target, target.stat().st_size / 1024)
+    produced = convert_model(
+        model, out_dir, cfg.precisions, calib, mars.label_set, mars.preprocessing, info, cfg.graph
+    )
 
     images, labels = mars.images[val_idx], mars.labels[val_idx]
     if cfg.parity_frames:
@@ -355,6 +411,7 @@ __all__ = [
     "ConvertConfig",
     "IntegerCheckError",
     "check_integer_only",
+    "convert_model",
     "convert_run",
     "format_parity",
 ]

@@ -16,7 +16,8 @@ Choices where the references leave a detail open:
       with small dilations (local context), the deep one with pyramid pooling (global context),
       and their outputs are summed; this reproduces the seed's parameter count;
     - transposed convolutions are 3x3, stride 2;
-    - the output is softmax probabilities (the edge contract), not logits;
+    - the Keras model outputs softmax probabilities; the rover's .tflite outputs the logits
+      (``trainer.export_graph``, which also turns the transposed convs into sub-pixel convs);
     - PSA uses mean instead of sum over pixels in its channel branch (the factor H*W is absorbed
       by the LayerNorm that follows) and the parallel layout (both rescalings summed);
     - the paper's optional deep supervision is not implemented.
