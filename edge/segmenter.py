@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.modelmeta import ModelMetadata, default_metadata, read_model_metadata
-from edge.runtime import make_interpreter
+from edge.runtime import choose_kernels, make_interpreter
 
 log = logging.getLogger(__name__)
+OUTPUT_KINDS = ("probabilities", "logits")
 
 
 @dataclass
@@ -39,7 +40,9 @@ class Segmenter:
         model_path: the .tflite.
         threads: CPU threads.
         runtime: ``auto``, ``litert`` or ``tflite-runtime``.
-        xnnpack: use the XNNPACK delegate.
+        xnnpack: use the XNNPACK delegate (when ``kernels`` is not given).
+        kernels: ``auto``, ``xnnpack``, ``xnnpack-no-amx`` or ``builtin``
+            (:func:`edge.runtime.choose_kernels`); what ran is in :attr:`execution`.
 
     Raises:
         ValueError: if the model has more than one input, its input is not (1, H, W, 1), its
@@ -47,10 +50,23 @@ class Segmenter:
     """
 
     def __init__(
-        self, model_path: str | Path, threads: int = 1, runtime: str = "auto", xnnpack: bool = True
+        self,
+        model_path: str | Path,
+        threads: int = 1,
+        runtime: str = "auto",
+        xnnpack: bool = True,
+        kernels: str | None = None,
     ):
         self.model_path = Path(model_path)
-        self.interpreter, self.runtime = make_interpreter(model_path, threads, runtime, xnnpack)
+        if not self.model_path.is_file():
+            raise ValueError(f"no model at {self.model_path}")
+        kernels = kernels or ("xnnpack" if xnnpack else "builtin")
+        choice = choose_kernels(kernels, self.model_path, threads, runtime)
+        self.interpreter, self.runtime = make_interpreter(
+            model_path, threads, runtime, choice.kernels != "builtin"
+        )
+        # the execution path as it is now that XNNPACK has started (AMX granted or not)
+        self.execution = choice.record()
         self.threads = threads
         name = self.model_path.name
         inputs, outputs = (
@@ -60,7 +76,7 @@ class Segmenter:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(
                 f"{name}: {len(inputs)} input(s) and {len(outputs)} output(s); a segmentation "
-                "model has one grayscale input and one probability output"
+                "model has one grayscale input and one class-score output"
             )
         self._input, self._output = inputs[0], outputs[0]
         shape_in = tuple(int(v) for v in self._input["shape"])
@@ -73,7 +89,7 @@ class Segmenter:
         if len(shape_out) != 4 or shape_out[1:3] != shape_in[1:3] or shape_out[3] < 2:
             raise ValueError(
                 f"{name}: output shape {shape_out}, expected (1, {shape_in[1]}, {shape_in[2]}, C) "
-                "class probabilities"
+                "class scores"
             )
         self.input_shape = shape_in[1:3]
         self.num_classes = shape_out[3]
@@ -84,6 +100,14 @@ class Segmenter:
         self.output_dtype = np.dtype(self._output["dtype"])
         self.input_quant = tuple(self._input["quantization"])
         self.output_quant = tuple(self._output["quantization"])
+        # what the output channels hold: "probabilities" (softmax in the graph, the models of
+        # before the rover graph) or "logits" (the rover graph: softmax only where asked)
+        self.output_kind = self.metadata.info.get("output", "probabilities")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise ValueError(
+                f"{name}: its metadata says output {self.output_kind!r}; "
+                f"valid: {', '.join(OUTPUT_KINDS)}"
+            )
         # grey level -> input value, computed once: quantizing a frame is then one table lookup
         self._lut = self._input_table()
 
@@ -135,12 +159,28 @@ class Segmenter:
             raise ValueError(f"frames must be uint8 grey levels, got {frame.dtype}")
         return self._lut[self.preprocessing.prepare(frame)][None, :, :, None]
 
-    def probabilities(self, raw: np.ndarray) -> np.ndarray:
-        """Dequantize the output to float probabilities (H, W, C)."""
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        """The output tensor as float32 (probabilities or logits, as the model gives them)."""
         if self.output_dtype.kind in "iu":
             scale, zero = self.output_quant
             return (raw.astype(np.float32) - zero) * np.float32(scale)
         return raw.astype(np.float32)
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """The output (H, W, C) as float32 class probabilities."""
+        values = self.dequantize(raw)
+        if self.output_kind == "probabilities":
+            return values
+        exp = np.exp(values - values.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
+
+    def top_probability(self, raw: np.ndarray) -> np.ndarray:
+        """Each pixel's probability of its top class (H, W), float32."""
+        if self.output_kind == "probabilities":
+            return self.dequantize(raw.max(axis=-1))
+        values = self.dequantize(raw)
+        # softmax at the argmax: 1 / sum_c exp(l_c - l_max), without the full softmax
+        return 1.0 / np.exp(values - values.max(axis=-1, keepdims=True)).sum(axis=-1)
 
     def segment(
         self, frame: np.ndarray, with_probabilities: bool = False, with_confidence: bool = False
@@ -161,13 +201,13 @@ class Segmenter:
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self._output["index"])[0]
         t2 = time.perf_counter_ns()
-        # argmax of int8 scores equals argmax of the probabilities (monotonic dequantization)
+        # argmax of the int8 scores is the argmax of the probabilities: dequantization and
+        # softmax are both monotonic
         labels = raw.argmax(axis=-1).astype(np.uint8)
         probs = self.probabilities(raw) if with_probabilities else None
         top = None
-        if with_confidence:  # the top score of each pixel, as a probability in 1/255 steps
-            scores = self.probabilities(raw.max(axis=-1))
-            top = np.clip(np.rint(scores * 255.0), 0, 255).astype(np.uint8)
+        if with_confidence:  # the top probability of each pixel, in 1/255 steps
+            top = np.clip(np.rint(self.top_probability(raw) * 255.0), 0, 255).astype(np.uint8)
         if labels.shape != frame.shape[:2]:
             labels = self.preprocessing.restore(labels, frame.shape, fill=self.labels.ignore or 0)
             if top is not None:

@@ -93,16 +93,18 @@ def band_metadata(precision: str = "float32"):
 @pytest.fixture(scope="session")
 def band_models(tmp_path_factory) -> dict[str, Path]:
     """float32 and int8 .tflite of the band model (with metadata), the int8 one without
-    metadata, and an RGB-input one (the wrong shape).
+    metadata, an RGB-input one (the wrong shape), and the int8 rover graph (``logits``: the
+    same model with a logits output, :mod:`trainer.export_graph`).
 
     Mutation testing runs a fresh pytest session per mutant; ``MARSSEG_TEST_MODEL_CACHE`` keeps
     the conversions of its first, unmutated session instead of repeating them (about 15 s each).
     """
-    names = ("float32", "int8", "bare", "rgb")
+    names = ("float32", "int8", "bare", "rgb", "logits")
     cache = os.environ.get("MARSSEG_TEST_MODEL_CACHE")  # set by `make mutation` only
     if cache and all((Path(cache) / f"bands_{n}.tflite").is_file() for n in names):
         return {n: Path(cache) / f"bands_{n}.tflite" for n in names}
     from trainer.convert import convert_saved_model, embed_metadata, export_saved_model
+    from trainer.export_graph import rover_graph
 
     folder = Path(cache) if cache else tmp_path_factory.mktemp("band_models")
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,13 @@ def band_models(tmp_path_factory) -> dict[str, Path]:
         if precision == "int8":
             paths["bare"] = folder / "bands_bare.tflite"
             paths["bare"].write_bytes(flatbuffer)
+    logits = export_saved_model(rover_graph(model)[0], folder / "saved_logits", (64, 128, 1))
+    meta = band_metadata("int8")
+    meta.info["output"] = "logits"
+    paths["logits"] = folder / "bands_logits.tflite"
+    paths["logits"].write_bytes(
+        embed_metadata(convert_saved_model(logits, "int8", calibration), meta)
+    )
     rgb = export_saved_model(build_band_model(3), folder / "saved_rgb", (64, 128, 3))
     paths["rgb"] = folder / "bands_rgb.tflite"
     paths["rgb"].write_bytes(convert_saved_model(rgb, "float32"))

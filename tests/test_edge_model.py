@@ -281,3 +281,35 @@ def test_the_shared_preprocessing_at_odd_sizes():
     assert parse_size((8, 16)) == (8, 16) and parse_size([8, 8]) == (8, 8)
     with pytest.raises(ValueError):
         parse_size("7x8")
+
+
+def test_a_logits_model_gives_the_probabilities_of_the_softmax_model(band_models):
+    """The rover graph ships logits: its class map is the softmax model's, and the
+    probabilities and confidence computed on the rover agree with what the softmax gave."""
+    softmax, logits = Segmenter(band_models["float32"]), Segmenter(band_models["logits"])
+    assert softmax.output_kind == "probabilities" and logits.output_kind == "logits"
+    image, _ = band_frame(np.random.default_rng(5))
+    a = softmax.segment(image, with_probabilities=True, with_confidence=True)
+    b = logits.segment(image, with_probabilities=True, with_confidence=True)
+    assert (a.labels == b.labels).mean() > 0.98  # int8 against float32
+    np.testing.assert_allclose(b.probabilities.sum(-1), 1.0, atol=1e-5)
+    assert np.abs(a.probabilities - b.probabilities).mean() < 0.02
+    # the confidence is the top probability of the computed softmax, to 1/255
+    top = b.probabilities.max(axis=-1)
+    assert np.abs(b.top_probability - top).max() <= 0.5 / 255 + 1e-6
+    # by hand: logits (0, ln 3) -> probabilities (1/4, 3/4)
+    raw = np.array([[[0.0, np.log(3.0)]]], np.float32)
+    logits.output_dtype = np.dtype(np.float32)  # as a float32 logits model gives them
+    np.testing.assert_allclose(logits.probabilities(raw)[0, 0], [0.25, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(logits.top_probability(raw), [[0.75]], rtol=1e-6)
+
+
+def test_a_model_whose_metadata_names_an_unknown_output_is_refused(band_models, tmp_path):
+    model = tmp_path / "odd.tflite"
+    model.write_bytes(band_models["bare"].read_bytes())
+    meta = ModelMetadata(
+        LabelSet(("a", "b", "c", "d", "e"), ignore=0), Preprocessing(64, 128), {"output": "scores"}
+    )
+    model.with_suffix(".json").write_bytes(meta.to_bytes())
+    with pytest.raises(ValueError, match="output 'scores'; valid: probabilities, logits"):
+        Segmenter(model)

@@ -117,7 +117,9 @@ def test_int8_quantization_round_trips_within_half_a_step(scale, zero, values):
     quantized = np.clip(np.round(values / scale + zero), -128, 127).astype(np.int8)
     segmenter = Segmenter.__new__(Segmenter)  # only the dequantization under test
     segmenter.output_dtype, segmenter.output_quant = np.dtype(np.int8), (scale, zero)
+    segmenter.output_kind = "probabilities"
     restored = segmenter.probabilities(quantized)
+    assert np.array_equal(segmenter.dequantize(quantized), restored)
     representable = (values / scale + zero >= -128.5) & (values / scale + zero <= 127.5)
     assert np.all(np.abs(restored - values)[representable] <= scale / 2 + 1e-6)
 
