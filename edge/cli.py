@@ -204,7 +204,16 @@ def info(model: Path, tensors: bool) -> None:
     show_default=True,
     help="auto: LiteRT (ai-edge-litert), else tflite-runtime.",
 )
-@click.option("--no-xnnpack", is_flag=True, help="Use the reference kernels (for comparison).")
+@click.option(
+    "--kernels",
+    type=click.Choice(["auto", "xnnpack", "xnnpack-no-amx", "builtin"]),
+    default="auto",
+    show_default=True,
+    help="CPU kernels. auto: XNNPACK; on a CPU with AMX, XNNPACK with or without AMX, whichever "
+    "a short calibration at start-up finds faster. xnnpack-no-amx: the kernel refuses AMX to this "
+    "process, so XNNPACK runs its VNNI kernels. builtin: TFLite's own kernels (comparison only). "
+    "summary.json records what ran (execution).",
+)
 @click.option(
     "--labels",
     type=click.Path(file_okay=False, path_type=Path),
@@ -256,7 +265,7 @@ def run(
     move_consumed: Path | None,
     threads: int,
     runtime: str,
-    no_xnnpack: bool,
+    kernels: str,
     labels: Path | None,
     label_format: str,
     regions_file: Path | None,
@@ -301,7 +310,7 @@ def run(
     if no_masks and keep is not None and not overlay:
         raise Fatal("--keep applies to masks and overlays, and both are off")
     try:
-        segmenter = Segmenter(model, threads=threads, runtime=runtime, xnnpack=not no_xnnpack)
+        segmenter = Segmenter(model, threads=threads, runtime=runtime, kernels=kernels)
         truth = (
             None
             if labels is None
@@ -422,6 +431,7 @@ def run(
                     "classes": list(segmenter.labels.names),
                 },
                 "software": software_versions(segmenter.runtime),
+                "execution": segmenter.execution,
                 **stats.summary(),
             }
             summary["regions"] = region_config.as_dict(analyzer.rules)  # the rules applied
@@ -430,7 +440,7 @@ def run(
                 "camera_dir": str(camera_dir),
                 "runtime": segmenter.runtime,
                 "threads": threads,
-                "xnnpack": not no_xnnpack,
+                "kernels": kernels,
                 "watch": watch,
                 "notify": source.mode if watch else None,
                 "max_fps": max_fps,
@@ -496,7 +506,21 @@ def run(
     default="auto",
     show_default=True,
 )
-@click.option("--no-xnnpack", is_flag=True, help="Reference kernels instead of XNNPACK.")
+@click.option(
+    "--kernels",
+    default="auto",
+    show_default=True,
+    help="CPU kernels to measure, comma-separated (each model runs with each): auto, xnnpack, "
+    "xnnpack-no-amx, builtin (see edge-seg run --help). E.g. xnnpack,xnnpack-no-amx puts AMX and "
+    "VNNI side by side on a CPU with AMX.",
+)
+@click.option(
+    "--limit/--no-limit",
+    default=True,
+    show_default=True,
+    help="Also time one large conv of each precision: the GMAC/s a model reaches against it, and "
+    "the floor (its MACs at that rate).",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -520,7 +544,8 @@ def bench(
     runs: int,
     warmup: int,
     runtime: str,
-    no_xnnpack: bool,
+    kernels: str,
+    limit: bool,
     out: Path,
     emulated: bool,
     seed: int,
@@ -532,6 +557,7 @@ def bench(
     OUT/report.json, OUT/report.md (ratios and changes against the first model) and charts.
     """
     from edge.bench import BenchConfig, run_benchmark
+    from edge.runtime import KERNELS
 
     try:
         thread_counts = tuple(sorted({int(t) for t in threads.split(",") if t.strip()}))
@@ -541,6 +567,13 @@ def bench(
         ) from err
     if not thread_counts or min(thread_counts) < 1:
         raise click.BadParameter("thread counts must be >= 1", param_hint="--threads")
+    kernel_sets = tuple(dict.fromkeys(k.strip() for k in kernels.split(",") if k.strip()))
+    unknown = [k for k in kernel_sets if k not in KERNELS]
+    if unknown or not kernel_sets:
+        raise click.BadParameter(
+            f"unknown {', '.join(unknown) or 'empty list'}; valid: {', '.join(KERNELS)}",
+            param_hint="--kernels",
+        )
     cfg = BenchConfig(
         models=list(models) + [p for p in more_models if p.suffix == ".tflite"],
         data=data,
@@ -549,7 +582,8 @@ def bench(
         runs=runs,
         warmup=warmup,
         runtime=runtime,
-        xnnpack=not no_xnnpack,
+        kernels=kernel_sets,
+        limit=limit,
         out=out,
         emulated=emulated,
         seed=seed,

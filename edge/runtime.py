@@ -15,6 +15,9 @@ from pathlib import Path
 
 RUNTIMES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 INTEGER_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
+# auto: xnnpack, or on a CPU with AMX whichever of xnnpack / xnnpack-no-amx a short calibration
+# finds faster; builtin: TFLite's own kernels (no XNNPACK), for comparison.
+KERNELS = ("auto", "xnnpack", "xnnpack-no-amx", "builtin")
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -89,6 +92,126 @@ def make_interpreter(
     return interpreter, runtime
 
 
+@dataclass
+class KernelChoice:
+    """Which CPU kernels run a model, and why.
+
+    Attributes:
+        kernels: ``xnnpack``, ``xnnpack-no-amx`` or ``builtin``.
+        chosen_by: ``asked`` (a flag), ``calibration``, or why there was nothing to choose.
+        calibration_ms: median invoke (ms) of each candidate, when calibrated.
+    """
+
+    kernels: str
+    chosen_by: str
+    calibration_ms: dict[str, float] | None = None
+
+    def record(self) -> dict:
+        """What reports and summary.json say of the execution path (after the interpreter is
+        made: whether XNNPACK got AMX is read from the kernel then)."""
+        from edge.cpu import amx_permitted, cpu_features
+
+        amx = amx_permitted()
+        cpu = cpu_features().as_dict(amx)
+        if self.kernels == "builtin":
+            cpu["int8_isa"] = "builtin kernels (no XNNPACK)"
+        return {
+            "kernels": self.kernels,
+            "chosen_by": self.chosen_by,
+            "calibration_ms": self.calibration_ms,
+            "amx_in_use": amx and self.kernels != "builtin",
+            "cpu": cpu,
+        }
+
+
+def choose_kernels(
+    requested: str, model_path: str | Path, num_threads: int = 1, runtime: str = "auto"
+) -> KernelChoice:
+    """Resolve ``--kernels`` for this process, before its first interpreter.
+
+    ``auto`` calibrates only where the CPU offers XNNPACK two int8 paths (AMX or VNNI): each is
+    timed in a child process (the choice is per process and cannot be undone), the faster wins.
+    ``xnnpack-no-amx`` makes the kernel refuse AMX to this process (:func:`edge.cpu.refuse_amx`).
+
+    Raises:
+        ValueError: for an unknown name.
+        OSError: if AMX cannot be refused (no seccomp).
+    """
+    from edge.cpu import amx_permitted, amx_refused, cpu_features, refuse_amx
+
+    if requested not in KERNELS:
+        raise ValueError(f"unknown kernels {requested!r}; valid: {', '.join(KERNELS)}")
+    if requested != "auto":
+        choice = KernelChoice(requested, "asked")
+    elif not cpu_features().has_amx:
+        choice = KernelChoice("xnnpack", "one XNNPACK int8 path on this CPU (no AMX)")
+    elif amx_permitted() or amx_refused():
+        choice = KernelChoice("xnnpack", "AMX already granted or refused in this process")
+    else:
+        timings = calibrate(model_path, ["xnnpack", "xnnpack-no-amx"], num_threads, runtime)
+        choice = KernelChoice(min(timings, key=timings.get), "calibration", timings)
+    if choice.kernels == "xnnpack-no-amx":
+        refuse_amx()
+    return choice
+
+
+def calibrate(
+    model_path: str | Path,
+    candidates: list[str],
+    num_threads: int = 1,
+    runtime: str = "auto",
+    runs: int = 30,
+) -> dict[str, float]:
+    """Median invoke time (ms) of each kernel choice, each in a fresh child process.
+
+    Raises:
+        ValueError: naming the candidate whose child failed.
+    """
+    import json
+    import subprocess
+    import sys
+
+    timings = {}
+    for kernels in candidates:
+        spec = {"model": str(model_path), "kernels": kernels, "threads": num_threads,
+                "runtime": runtime, "runs": runs}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "edge.runtime", "--time-invoke", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise ValueError(f"calibrating {kernels} on {Path(model_path).name} failed: {tail}")
+        timings[kernels] = round(float(done.stdout.split()[-1]), 4)
+    return timings
+
+
+def time_invoke(spec: dict) -> float:
+    """Median ms of ``spec["runs"]`` invokes (zeros in) after a few warm-ups, with the asked
+    kernels; the worker of :func:`calibrate`."""
+    import time
+
+    import numpy as np
+
+    if spec["kernels"] == "xnnpack-no-amx":
+        from edge.cpu import refuse_amx
+
+        refuse_amx()
+    interpreter, _ = make_interpreter(
+        spec["model"], spec["threads"], spec["runtime"], spec["kernels"] != "builtin"
+    )
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    times = []
+    for i in range(5 + spec["runs"]):
+        start = time.perf_counter_ns()
+        interpreter.invoke()
+        if i >= 5:
+            times.append((time.perf_counter_ns() - start) / 1e6)
+    return float(np.median(times))
+
+
 @contextlib.contextmanager
 def _native_stderr_to_log():
     """Route what the runtime's C++ code prints on stderr (its "INFO: Created TensorFlow Lite
@@ -151,3 +274,13 @@ def list_ops(interpreter) -> list[OpInfo]:
         out_types, _ = describe(op["outputs"])
         ops.append(OpInfo(op["index"], op["op_name"], in_types, out_types, in_names))
     return ops
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--time-invoke":
+        print(time_invoke(json.loads(sys.argv[2])))
+    else:
+        sys.exit("usage: this module's entry point is for its own calibration workers")

@@ -127,6 +127,10 @@ def test_telemetry_and_summary_follow_their_schemas(run_out):
     assert [line["frame_index"] for line in lines] == list(range(6))
     assert all(line["model"]["sha256"] == summary["model"]["sha256"][:16] for line in lines)
     assert summary["software"]["marsseg_edge"] and summary["software"]["litert"]
+    # which kernels ran and why (the default --kernels auto), the CPU named
+    execution = summary["execution"]
+    assert execution["kernels"] in ("xnnpack", "xnnpack-no-amx") and execution["chosen_by"]
+    assert execution["cpu"]["int8_isa"] and execution["cpu"]["model"]
 
 
 def test_the_frame_index_continues_across_restarts(band_models, run_out, tmp_path):
