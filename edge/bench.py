@@ -11,6 +11,12 @@ preprocess, invoke, argmax, region analysis, mask PNG and telemetry written). Wi
 each model's mIoU is computed and the first model is the reference the others are compared with
 (pixel agreement and mIoU change, like ``inference_diff``). The machine's load average is
 recorded before and after, since another process on the board skews every timing.
+
+Every measurement records its execution path (kernels, the int8 instruction set XNNPACK used,
+AMX or not: :mod:`edge.cpu`); with several ``kernels`` each model runs with each. The limit
+(:mod:`edge.limit`): one large conv of each precision, timed in the same run with the same
+kernels, gives the GMAC/s a model reaches as a share of what the machine does for a conv, and
+the model's floor (its MACs at that rate).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,7 +51,8 @@ class BenchConfig:
         runs: timed invokes (and pipeline frames) per model and thread count.
         warmup: untimed invokes first.
         runtime: ``auto``, ``litert`` or ``tflite-runtime``.
-        xnnpack: use the XNNPACK delegate.
+        kernels: kernel choices (:data:`edge.runtime.KERNELS`); each model runs with each.
+        limit: also time the limit convs (:mod:`edge.limit`; not when ``emulated``).
         out: where report.json, report.md and the charts go.
         emulated: the timings measure an emulator (qemu), not a board.
         seed: of the synthetic set.
@@ -58,7 +66,8 @@ class BenchConfig:
     runs: int = 200
     warmup: int = 20
     runtime: str = "auto"
-    xnnpack: bool = True
+    kernels: tuple[str, ...] = ("auto",)
+    limit: bool = True
     out: Path = Path("report/bench")
     emulated: bool = False
     seed: int = 0
@@ -84,10 +93,15 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
 
     if not cfg.models:
         raise ValueError("give at least one model")
-    reference = Segmenter(cfg.models[0])
+    reference = Segmenter(cfg.models[0], xnnpack=False)  # XNNPACK starts in the children only
     label_set = reference.labels
     frames, labels, data_name = load_eval(cfg.data, cfg.frames, cfg.seed, reference.input_shape)
-    names = unique_names(cfg.models)
+    columns = [
+        (path, kernels, name if len(cfg.kernels) == 1 else f"{name} [{kernels}]")
+        for path, name in zip(cfg.models, unique_names(cfg.models))
+        for kernels in cfg.kernels
+    ]
+    names = [name for _, _, name in columns]
     report = {
         "machine": machine_info(cfg.emulated),
         "load_average_before": _load(),
@@ -97,7 +111,7 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
             "runs": cfg.runs,
             "warmup": cfg.warmup,
             "runtime": cfg.runtime,
-            "xnnpack": cfg.xnnpack,
+            "kernels": list(cfg.kernels),
             "latency_relative_error": 0.01,
         },
         "models": {},
@@ -112,20 +126,27 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
         frame_dir.mkdir()
         for i, frame in enumerate(frames):
             atomic_write_bytes(frame_dir / f"{i:06d}.png", png_bytes(frame))
-        for path, name in zip(cfg.models, names):
+        if cfg.limit and not cfg.emulated:  # an emulator's GMAC/s say nothing of a board
+            report["limit"] = measure_limits(cfg, tmp, progress)
+        for path, kernels, name in columns:
             entry = {"path": str(path), "size_bytes": path.stat().st_size, "threads": {}}
+            entry["kernels"] = kernels
             for k, n_threads in enumerate(cfg.threads):
                 if progress:
                     progress(f"measuring {name} with {n_threads} thread(s)")
                 spec = {
                     "model": str(path), "threads": n_threads, "runtime": cfg.runtime,
-                    "xnnpack": cfg.xnnpack, "runs": cfg.runs, "warmup": cfg.warmup,
+                    "kernels": kernels, "runs": cfg.runs, "warmup": cfg.warmup,
                     "frames": str(tmp / "frames.npy"), "frame_dir": str(frame_dir),
                     "maps": str(tmp / f"maps_{len(maps)}.npy") if k == 0 else None,
                 }  # fmt: skip
                 result = measure(spec) if cfg.in_process else _in_child(spec)
                 result["isolated_process"] = not cfg.in_process
                 report["runtime"] = result.pop("runtime")
+                entry["macs"] = result.pop("macs")
+                limit = report.get("limit", {}).get(kernels, {}).get(str(n_threads))
+                if limit:
+                    result.update(versus_limit(entry["macs"], result, limit[result["precision"]]))
                 entry["threads"][str(n_threads)] = result
                 if spec["maps"]:
                     maps[name] = np.load(spec["maps"])
@@ -152,7 +173,7 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
                 f"{name}: invoke latency, {first} thread(s)"
                 + (" (EMULATED)" if cfg.emulated else ""),
                 "ms",
-                cfg.out / f"latency_{name.replace('/', '_')}.png",
+                cfg.out / f"latency_{_file_name(name)}.png",
             )
         )
         for other in report["models"][name]["threads"].values():
@@ -188,7 +209,7 @@ def measure(spec: dict) -> dict:
 
     frames = np.load(spec["frames"])
     t0 = time.perf_counter_ns()
-    seg = Segmenter(spec["model"], spec["threads"], spec["runtime"], spec["xnnpack"])
+    seg = Segmenter(spec["model"], spec["threads"], spec["runtime"], kernels=spec["kernels"])
     init_us = (time.perf_counter_ns() - t0) / 1e3
     interp, index = seg.interpreter, seg.input_index
     tensors = [seg.preprocess(f) for f in frames[: min(len(frames), 64)]]
@@ -215,6 +236,9 @@ def measure(spec: dict) -> dict:
     pipeline["fps"] = stats.fps
     result = {
         "runtime": f"{seg.runtime} {runtime_version(seg.runtime)}",
+        "execution": seg.execution,
+        "precision": "int8" if seg.quantized else "float32",
+        "macs": _macs(spec["model"], spec["runtime"]),
         "init_ms": init_us / 1e3,
         "first_inference_ms": first_us / 1e3,
         "warmup_avg_ms": float(np.mean(warmup)) / 1e3 if warmup else None,
@@ -231,6 +255,75 @@ def measure(spec: dict) -> dict:
     return result
 
 
+def _macs(model: str | Path, runtime: str) -> int:
+    """The model's MACs per invoke, read from its graph before delegation."""
+    from edge.limit import graph_macs
+    from edge.runtime import make_interpreter
+
+    interpreter, _ = make_interpreter(model, 1, runtime, xnnpack=False)
+    return graph_macs(interpreter)
+
+
+def measure_limits(cfg: BenchConfig, tmp: Path, progress=None) -> dict:
+    """Time the limit convs of both precisions per kernel choice and thread count, each in its
+    own process like the models: {kernels: {threads: {precision: {...}}}}; {} when LiteRT's
+    schema module (needed to write them) is missing."""
+    from edge.limit import conv_model, limit_macs
+
+    try:
+        paths = {}
+        for precision in ("int8", "float32"):
+            paths[precision] = tmp / f"limit_{precision}.tflite"
+            paths[precision].write_bytes(conv_model(precision))
+    except ImportError as err:
+        if progress:
+            progress(f"no limit column: {err} (it needs ai-edge-litert)")
+        return {}
+    out: dict = {}
+    for kernels in cfg.kernels:
+        for n_threads in cfg.threads:
+            row = out.setdefault(kernels, {}).setdefault(str(n_threads), {})
+            for precision, path in paths.items():
+                if progress:
+                    progress(f"measuring the {precision} limit conv with {n_threads} thread(s)")
+                spec = {"model": str(path), "kernels": kernels, "threads": n_threads,
+                        "runtime": cfg.runtime, "runs": max(5, cfg.runs // 4)}  # fmt: skip
+                ms = time_limit(spec) if cfg.in_process else _limit_in_child(spec)
+                row[precision] = {
+                    "macs": limit_macs(),
+                    "invoke_ms": round(ms, 4),
+                    "gmac_per_s": round(limit_macs() / ms / 1e6, 1),
+                }
+    return out
+
+
+def time_limit(spec: dict) -> float:
+    from edge.runtime import time_invoke
+
+    return time_invoke(spec)
+
+
+def _limit_in_child(spec: dict) -> float:
+    from edge.runtime import calibrate
+
+    return calibrate(spec["model"], [spec["kernels"]], spec["threads"], spec["runtime"],
+                     spec["runs"])[spec["kernels"]]  # fmt: skip
+
+
+def versus_limit(macs: int, result: dict, limit: dict) -> dict:
+    """A model's GMAC/s, its share of the limit conv's, its floor and how far above it it runs
+    (medians on both sides: a few slow invokes on a shared board do not move them)."""
+    median_ms = result["invoke"]["p50"]
+    gmacs = macs / median_ms / 1e6
+    floor_ms = macs / limit["gmac_per_s"] / 1e6
+    return {
+        "gmac_per_s": gmacs,
+        "limit_share": gmacs / limit["gmac_per_s"],
+        "floor_ms": floor_ms,
+        "vs_floor": median_ms / floor_ms,
+    }
+
+
 def machine_info(emulated: bool) -> dict:
     """CPU model, cores, OS, Python and library versions."""
     import PIL
@@ -245,8 +338,13 @@ def machine_info(emulated: bool) -> dict:
                 break
     except OSError:
         pass
+    from edge.cpu import cpu_features
+
+    features = cpu_features()
     return {
         "cpu": cpu or "unknown",
+        "cpu_features": sorted(features.flags),
+        "int8_isa_available": features.int8_isa(amx=True),
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "os": platform.platform(),
@@ -291,6 +389,11 @@ def load_eval(
         made.labels,
         f"synthetic (seed {seed}, {n} frames of {size[0]}x{size[1]}, big rock in 10 %)",
     )
+
+
+def _file_name(name: str) -> str:
+    """A column name as a file name: "int8 [xnnpack-no-amx]" -> "int8_xnnpack-no-amx"."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -338,6 +441,7 @@ def write_markdown(report: dict) -> str:
             "not an ARM board. Only the class maps and accuracy are meaningful.",
             "",
         ]
+    lines += _execution_lines(report)
     ratio_head = " | ".join(f"{n} / {ref}" for n in names[1:])
     rule = "|---" * (1 + 2 * len(names) - 1) + "|"
     for threads in report["settings"]["threads"]:
@@ -361,6 +465,13 @@ def write_markdown(report: dict) -> str:
             ("first inference (ms)", lambda r: r["first_inference_ms"]),
             ("peak RSS (MiB)", lambda r: r["peak_rss_mb"] or float("nan")),
         ]
+        if report.get("limit"):
+            rows += [
+                ("GMAC/s (at p50)", lambda r: r.get("gmac_per_s", float("nan"))),
+                ("limit share", lambda r: r.get("limit_share", float("nan"))),
+                ("floor (ms)", lambda r: r.get("floor_ms", float("nan"))),
+                ("invoke p50 / floor", lambda r: r.get("vs_floor", float("nan"))),
+            ]
         for label, get in rows:
             values = [get(report["models"][n]["threads"][str(threads)]) for n in names]
             ratios = " | ".join(f"{v / values[0]:.2f}x" for v in values[1:])
@@ -396,6 +507,49 @@ def write_markdown(report: dict) -> str:
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def _execution_lines(report: dict) -> list[str]:
+    """Which kernels and instruction set each column ran with, and the limit convs' rates."""
+    from edge.limit import describe
+
+    isa = report["machine"].get("int8_isa_available")
+    lines = [
+        "## Execution",
+        "",
+        f"CPU int8 instruction sets: best available {isa or 'unknown'}; features: "
+        f"{', '.join(report['machine'].get('cpu_features', [])) or 'unknown'}.",
+        "",
+        "| model | kernels | chosen by | int8 path | AMX in use |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in report["models"].items():
+        first = next(iter(entry["threads"].values()))
+        ex = first.get("execution", {})
+        lines.append(
+            f"| {name} | {ex.get('kernels', '?')} | {ex.get('chosen_by', '?')} | "
+            f"{ex.get('cpu', {}).get('int8_isa', '?')} | {'yes' if ex.get('amx_in_use') else 'no'} |"
+        )
+    if report.get("limit"):
+        lines += [
+            "",
+            f"Limit: {describe()}, timed in this run:",
+            "",
+            "| kernels | threads | int8 GMAC/s | float32 GMAC/s | int8 ms | float32 ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for kernels, by_threads in report["limit"].items():
+            for threads, row in by_threads.items():
+                i8, f32 = row["int8"], row["float32"]
+                lines.append(
+                    f"| {kernels} | {threads} | {i8['gmac_per_s']:.0f} | {f32['gmac_per_s']:.0f} | "
+                    f"{i8['invoke_ms']:.3f} | {f32['invoke_ms']:.3f} |"
+                )
+        lines.append(
+            "\nGMAC/s counts the MACs of the model's graph as its kernels compute them; a model "
+            "is compared with the limit of its own precision; floor = its MACs at the limit's rate."
+        )
+    return [*lines, ""]
 
 
 def _accuracy_row(label: str, values: list[float | None]) -> str:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.test_edge_import import BLOCK_TF
 
@@ -30,12 +31,14 @@ def test_benchmark_reports_float_vs_int8_without_tensorflow(band_models, tmp_pat
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"),
          "--models", str(band_models["float32"]), str(band_models["int8"]),
-         "--frames", "12", "--threads", "1,2", "--runs", "8", "--warmup", "2", "--out", str(out)],
+         "--frames", "12", "--threads", "1,2", "--runs", "8", "--warmup", "2", "--out", str(out),
+         "--kernels", "xnnpack,builtin"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert list(report["models"]) == ["bands_float32", "bands_int8"]
+    columns = [f"bands_{p} [{k}]" for p in ("float32", "int8") for k in ("xnnpack", "builtin")]
+    assert list(report["models"]) == columns
     assert report["data"].startswith("synthetic")  # generated here, numpy only
     for entry in report["models"].values():
         for threads in ("1", "2"):
@@ -46,12 +49,32 @@ def test_benchmark_reports_float_vs_int8_without_tensorflow(band_models, tmp_pat
             )
             assert figures["pipeline"]["count"] == 8 and figures["pipeline"]["fps"] > 0
             assert figures["peak_rss_mb"] > 0
+            # what ran is recorded, and the model is set against the limit conv of this run
+            assert figures["execution"]["kernels"] == entry["kernels"]
+            assert figures["execution"]["cpu"]["int8_isa"]
+            limit = report["limit"][entry["kernels"]][threads][figures["precision"]]
+            assert limit["gmac_per_s"] > 0 and limit["macs"] == 64 * 64 * 256 * 256 * 9
+            assert figures["gmac_per_s"] == pytest.approx(
+                entry["macs"] / figures["invoke"]["p50"] / 1e6
+            )
+            assert figures["limit_share"] == pytest.approx(
+                figures["gmac_per_s"] / limit["gmac_per_s"]
+            )
+            assert figures["vs_floor"] == pytest.approx(1 / figures["limit_share"])
+        assert entry["macs"] > 0
         assert 0 <= entry["accuracy"]["mean_iou"] <= 1
+    # MACs are the graph's: the same for a model whatever kernels run it
+    assert len({report["models"][c]["macs"] for c in columns[:2]}) == 1
     pair = report["pairs"][0]
-    assert (pair["reference"], pair["test"]) == ("bands_float32", "bands_int8")
+    assert (pair["reference"], pair["test"]) == (columns[0], columns[1])
     assert 0.9 <= pair["pixel_agreement"] <= 1.0
     markdown = (out / "report.md").read_text()
-    assert "bands_int8 / bands_float32" in markdown and "pixel agreement" in markdown
-    for png in ("latency_bands_float32.png", "latency_bands_int8.png", "iou_per_class.png"):
+    assert f"{columns[2]} / {columns[0]}" in markdown and "pixel agreement" in markdown
+    assert "## Execution" in markdown and "Limit: one 3x3 conv, 64x64x256" in markdown
+    assert "| builtin | no |" not in markdown  # builtin's row names builtin kernels, not an ISA
+    charts = [
+        f"latency_bands_{p}_{k}.png" for p in ("float32", "int8") for k in ("xnnpack", "builtin")
+    ]
+    for png in ("iou_per_class.png", *charts):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert np.isfinite(report["models"]["bands_int8"]["threads"]["1"]["invoke_fps"])
+    assert np.isfinite(report["models"][columns[2]]["threads"]["1"]["invoke_fps"])
