@@ -333,6 +333,8 @@ def run(
         analyzer = RegionAnalyzer(region_config, segmenter.labels, hazards=hazards)
     except (ValueError, RuntimeUnavailable) as err:
         raise Fatal(str(err)) from err
+    except OSError as err:  # e.g. --kernels xnnpack-no-amx where the kernel has no seccomp
+        raise Fatal(f"cannot start: {err}") from err
     try:
         if move_consumed is not None:
             move_consumed.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,12 @@ def choose_kernels(
         timings = calibrate(model_path, ["xnnpack", "xnnpack-no-amx"], num_threads, runtime)
         choice = KernelChoice(min(timings, key=timings.get), "calibration", timings)
     if choice.kernels == "xnnpack-no-amx":
-        refuse_amx()
+        try:
+            refuse_amx()
+        except OSError as err:
+            if requested != "auto":
+                raise
+            choice = KernelChoice("xnnpack", f"calibration chose no AMX, but {err}", timings)
     return choice
 
 
