@@ -269,6 +269,7 @@ def measure_limits(cfg: BenchConfig, tmp: Path, progress=None) -> dict:
     own process like the models: {kernels: {threads: {precision: {...}}}}; {} when LiteRT's
     schema module (needed to write them) is missing."""
     from edge.limit import conv_model, limit_macs
+    from edge.runtime import calibrate, time_invoke
 
     try:
         paths = {}
@@ -288,26 +289,18 @@ def measure_limits(cfg: BenchConfig, tmp: Path, progress=None) -> dict:
                     progress(f"measuring the {precision} limit conv with {n_threads} thread(s)")
                 spec = {"model": str(path), "kernels": kernels, "threads": n_threads,
                         "runtime": cfg.runtime, "runs": max(5, cfg.runs // 4)}  # fmt: skip
-                ms = time_limit(spec) if cfg.in_process else _limit_in_child(spec)
+                if cfg.in_process:
+                    ms = time_invoke(spec)
+                else:  # a child process, like the models: one run, one interpreter
+                    ms = calibrate(str(path), [kernels], n_threads, cfg.runtime, spec["runs"])[
+                        kernels
+                    ]
                 row[precision] = {
                     "macs": limit_macs(),
                     "invoke_ms": round(ms, 4),
                     "gmac_per_s": round(limit_macs() / ms / 1e6, 1),
                 }
     return out
-
-
-def time_limit(spec: dict) -> float:
-    from edge.runtime import time_invoke
-
-    return time_invoke(spec)
-
-
-def _limit_in_child(spec: dict) -> float:
-    from edge.runtime import calibrate
-
-    return calibrate(spec["model"], [spec["kernels"]], spec["threads"], spec["runtime"],
-                     spec["runs"])[spec["kernels"]]  # fmt: skip
 
 
 def versus_limit(macs: int, result: dict, limit: dict) -> dict:
@@ -328,21 +321,11 @@ def machine_info(emulated: bool) -> dict:
     """CPU model, cores, OS, Python and library versions."""
     import PIL
 
-    cpu = platform.processor() or ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for key in ("model name", "Hardware", "Model", "CPU part"):
-            line = next((ln for ln in text.splitlines() if ln.startswith(key)), None)
-            if line:
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from edge.cpu import cpu_features
 
     features = cpu_features()
     return {
-        "cpu": cpu or "unknown",
+        "cpu": features.model,
         "cpu_features": sorted(features.flags),
         "int8_isa_available": features.int8_isa(amx=True),
         "arch": platform.machine(),

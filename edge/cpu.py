@@ -112,16 +112,20 @@ def cpu_features(cpuinfo: str | None = None, arch: str | None = None) -> CpuFeat
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
-    model, flags = "", set()
+    names, flags = {}, set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
         if key in ("flags", "Features") and not flags:
             flags = set(value.split()) & _KNOWN
-        elif key in ("model name", "Hardware", "Model") and not model:
-            model = value.strip()
-        elif key == "CPU part" and not model:
-            model = f"ARM part {value.strip()}"
+        elif key in ("model name", "Hardware", "Model", "CPU part"):
+            names.setdefault(key, value.strip())
+    if "CPU part" in names:
+        names["CPU part"] = f"ARM part {names['CPU part']}"
+    # the most telling name first: x86's model name, then the board's, then the ARM core's part
+    model = next(
+        (names[k] for k in ("model name", "Hardware", "Model", "CPU part") if k in names), ""
+    )
     return CpuFeatures(model or platform.processor() or "unknown", arch, flags)
 
 

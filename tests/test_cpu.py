@@ -55,6 +55,9 @@ def test_cpu_names_come_from_cpuinfo():
     assert cpu_features(SAPPHIRE_RAPIDS, "x86_64").model == "Intel(R) Xeon(R) Platinum 8480+"
     assert cpu_features(CORTEX_A76, "aarch64").model == "ARM part 0xd0b"
     assert "amx_int8" in cpu_features(SAPPHIRE_RAPIDS, "x86_64").flags
+    # the board's name before the core's part number, whatever their order in the file
+    pi = "CPU part\t: 0xd08\nHardware\t: BCM2835\nModel\t: Raspberry Pi 4 Model B\n"
+    assert cpu_features(pi, "aarch64").model == "BCM2835"
 
 
 _REFUSAL = """
