@@ -44,7 +44,8 @@ class BenchConfig:
     """What to measure.
 
     Attributes:
-        models: .tflite files; the first is the reference (give float32 first).
+        models: .tflite files, and .onnx peers (:mod:`edge.onnx_peer`, run with ONNX Runtime);
+            the first is the reference (give float32 first).
         data: an eval npz (images + labels), or None for a synthetic labelled set.
         frames: eval frames to use.
         threads: interpreter thread counts.
@@ -93,13 +94,23 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
 
     if not cfg.models:
         raise ValueError("give at least one model")
+    peers = [p for p in cfg.models if p.suffix.lower() == ".onnx"]
+    if peers:  # before anything is timed: the peer column needs ONNX Runtime here
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as err:
+            raise ValueError(
+                f"{peers[0].name} is an ONNX peer and needs onnxruntime: pip install "
+                "'marsseg-edge[peers]' (or leave the .onnx models out)"
+            ) from err
     reference = Segmenter(cfg.models[0], xnnpack=False)  # XNNPACK starts in the children only
     label_set = reference.labels
     frames, labels, data_name = load_eval(cfg.data, cfg.frames, cfg.seed, reference.input_shape)
     columns = [
-        (path, kernels, name if len(cfg.kernels) == 1 else f"{name} [{kernels}]")
+        (path, kernels, name if len(cfg.kernels) == 1 or peer else f"{name} [{kernels}]")
         for path, name in zip(cfg.models, unique_names(cfg.models))
-        for kernels in cfg.kernels
+        for peer in [path.suffix.lower() == ".onnx"]  # ONNX Runtime: its own kernels, once
+        for kernels in (cfg.kernels[:1] if peer else cfg.kernels)
     ]
     names = [name for _, _, name in columns]
     report = {
@@ -142,11 +153,12 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
                 }  # fmt: skip
                 result = measure(spec) if cfg.in_process else _in_child(spec)
                 result["isolated_process"] = not cfg.in_process
-                report["runtime"] = result.pop("runtime")
+                entry["runtime"] = result.pop("runtime")
                 entry["macs"] = result.pop("macs")
                 limit = report.get("limit", {}).get(kernels, {}).get(str(n_threads))
-                if limit:
-                    result.update(versus_limit(entry["macs"], result, limit[result["precision"]]))
+                if limit and entry["macs"]:  # a float16 model is compared with float32's
+                    own = limit["int8" if result["precision"] == "int8" else "float32"]
+                    result.update(versus_limit(entry["macs"], result, own))
                 entry["threads"][str(n_threads)] = result
                 if spec["maps"]:
                     maps[name] = np.load(spec["maps"])
@@ -161,6 +173,8 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
                 - report["models"][names[0]]["accuracy"]["mean_iou"]
             )
         report["pairs"].append(pair)
+    report["peers"] = peer_ratios(report)
+    report["runtime"] = ", ".join(dict.fromkeys(e["runtime"] for e in report["models"].values()))
     report["load_average_after"] = _load()
 
     charts = []
@@ -237,7 +251,7 @@ def measure(spec: dict) -> dict:
     result = {
         "runtime": f"{seg.runtime} {runtime_version(seg.runtime)}",
         "execution": seg.execution,
-        "precision": "int8" if seg.quantized else "float32",
+        "precision": seg.precision,
         "macs": _macs(spec["model"], spec["runtime"]),
         "init_ms": init_us / 1e3,
         "first_inference_ms": first_us / 1e3,
@@ -255,11 +269,14 @@ def measure(spec: dict) -> dict:
     return result
 
 
-def _macs(model: str | Path, runtime: str) -> int:
-    """The model's MACs per invoke, read from its graph before delegation."""
+def _macs(model: str | Path, runtime: str) -> int | None:
+    """The model's MACs per invoke, read from its graph before delegation (None for an ONNX
+    peer: its GMAC/s are not compared with the limit)."""
     from edge.limit import graph_macs
     from edge.runtime import make_interpreter
 
+    if Path(model).suffix.lower() == ".onnx":
+        return None
     interpreter, _ = make_interpreter(model, 1, runtime, xnnpack=False)
     return graph_macs(interpreter)
 
@@ -380,9 +397,10 @@ def _file_name(name: str) -> str:
 
 
 def unique_names(paths: list[Path]) -> list[str]:
-    names = [p.stem for p in paths]
+    """Column names: file stems (an ONNX peer keeps its suffix), parent-qualified if needed."""
+    names = [p.stem if p.suffix.lower() == ".tflite" else p.name for p in paths]
     if len(set(names)) < len(names):
-        names = [f"{p.parent.name}/{p.stem}" for p in paths]
+        names = [f"{p.parent.name}/{n}" for p, n in zip(paths, names)]
     return names
 
 
@@ -460,6 +478,7 @@ def write_markdown(report: dict) -> str:
             ratios = " | ".join(f"{v / values[0]:.2f}x" for v in values[1:])
             lines.append(f"| {label} | {' | '.join(f'{v:.2f}' for v in values)} | {ratios} |")
         lines.append("")
+    lines += _peer_lines(report)
     sizes = [report["models"][n]["size_bytes"] for n in names]
     change_head = " | ".join(f"{n} - {ref}" for n in names[1:])
     lines += [
@@ -503,14 +522,15 @@ def _execution_lines(report: dict) -> list[str]:
         f"CPU int8 instruction sets: best available {isa or 'unknown'}; features: "
         f"{', '.join(report['machine'].get('cpu_features', [])) or 'unknown'}.",
         "",
-        "| model | kernels | chosen by | int8 path | AMX in use |",
-        "|---|---|---|---|---|",
+        "| model | runtime | kernels | chosen by | int8 path | AMX in use |",
+        "|---|---|---|---|---|---|",
     ]
     for name, entry in report["models"].items():
         first = next(iter(entry["threads"].values()))
         ex = first.get("execution", {})
         lines.append(
-            f"| {name} | {ex.get('kernels', '?')} | {ex.get('chosen_by', '?')} | "
+            f"| {name} | {entry.get('runtime', report.get('runtime', '?'))} | "
+            f"{ex.get('kernels', '?')} | {ex.get('chosen_by', '?')} | "
             f"{ex.get('cpu', {}).get('int8_isa', '?')} | {'yes' if ex.get('amx_in_use') else 'no'} |"
         )
     if report.get("limit"):
@@ -532,6 +552,54 @@ def _execution_lines(report: dict) -> list[str]:
             "\nGMAC/s counts the MACs of the model's graph as its kernels compute them; a model "
             "is compared with the limit of its own precision; floor = its MACs at the limit's rate."
         )
+    return [*lines, ""]
+
+
+def peer_ratios(report: dict) -> list[dict]:
+    """Each model against each peer-runtime model of the same precision (ONNX Runtime beside
+    LiteRT): invoke p50 ratio per thread count, "model / peer" (below 1: ours is faster)."""
+    from edge.runtime import PEER_RUNTIME
+
+    models = report["models"]
+    by_runtime = {n: m.get("runtime", "").split(" ")[0] for n, m in models.items()}
+    out = []
+    for peer, peer_entry in models.items():
+        if by_runtime[peer] != PEER_RUNTIME:
+            continue
+        for name, entry in models.items():
+            if by_runtime[name] == PEER_RUNTIME:
+                continue
+            mine, theirs = entry["threads"], peer_entry["threads"]
+            precision = next(iter(mine.values()))["precision"]
+            if precision != next(iter(theirs.values()))["precision"]:
+                continue
+            out.append({
+                "model": name, "peer": peer, "precision": precision,
+                "p50_ratio": {t: mine[t]["invoke"]["p50"] / theirs[t]["invoke"]["p50"]
+                              for t in mine if t in theirs},
+            })  # fmt: skip
+    return out
+
+
+def _peer_lines(report: dict) -> list[str]:
+    rows = peer_ratios(report)
+    if not rows:
+        return []
+    threads = [str(t) for t in report["settings"]["threads"]]
+    lines = [
+        "## Against the peer runtime",
+        "",
+        "Invoke p50 of each model over the peer-runtime model of the same precision (below 1: "
+        "ours is faster).",
+        "",
+        f"| model / peer | precision | {' | '.join(f'{t} thr' for t in threads)} |",
+        "|---|---|" + "---:|" * len(threads),
+    ]
+    for row in rows:
+        cells = " | ".join(
+            f"{row['p50_ratio'][t]:.2f}x" if t in row["p50_ratio"] else "-" for t in threads
+        )
+        lines.append(f"| {row['model']} / {row['peer']} | {row['precision']} | {cells} |")
     return [*lines, ""]
 
 

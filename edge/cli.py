@@ -488,7 +488,9 @@ def run(
     required=True,
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The .tflite files; the first is the reference (give float32 first). Repeat or list.",
+    help="The .tflite files, and .onnx peers (from `trainer convert --onnx`, run with ONNX "
+    "Runtime when installed: pip install 'marsseg-edge[peers]'); the first is the reference "
+    "(give float32 first). Repeat or list.",
 )
 @click.argument("more_models", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -557,6 +559,7 @@ def bench(
 
     Each model and thread count runs in its own process (its peak RSS is its own). Writes
     OUT/report.json, OUT/report.md (ratios and changes against the first model) and charts.
+    With .onnx peers, a section puts each model against the peer of its precision.
     """
     from edge.bench import BenchConfig, run_benchmark
     from edge.runtime import KERNELS
@@ -576,8 +579,14 @@ def bench(
             f"unknown {', '.join(unknown) or 'empty list'}; valid: {', '.join(KERNELS)}",
             param_hint="--kernels",
         )
+    every = [*models, *more_models]
+    strange = [p.name for p in every if p.suffix.lower() not in (".tflite", ".onnx")]
+    if strange:
+        raise click.BadParameter(
+            f"{', '.join(strange)}: not a .tflite or .onnx model", param_hint="--models"
+        )
     cfg = BenchConfig(
-        models=list(models) + [p for p in more_models if p.suffix == ".tflite"],
+        models=every,
         data=data,
         frames=n_frames,
         threads=thread_counts,

@@ -80,6 +80,9 @@ def default_metadata(height: int, width: int, num_classes: int) -> ModelMetadata
 def read_model_metadata(model_path: str | Path) -> ModelMetadata | None:
     """The model's metadata: the embedded document, else the sidecar ``<model>.json``.
 
+    A ``.tflite`` embeds it in its metadata table, an ``.onnx`` (the ONNX Runtime peer,
+    :mod:`edge.onnx_peer`) in its ``metadata_props``; both under :data:`METADATA_KEY`.
+
     Returns:
         None when the model carries neither.
 
@@ -89,9 +92,10 @@ def read_model_metadata(model_path: str | Path) -> ModelMetadata | None:
     """
     path = Path(model_path)
     try:
-        entries = tflite_metadata(path.read_bytes())
+        buf = path.read_bytes()
     except OSError as err:
         raise ValueError(f"cannot read {path}: {err.strerror or err}") from err
+    entries = onnx_metadata(buf) if path.suffix.lower() == ".onnx" else tflite_metadata(buf)
     if METADATA_KEY in entries:
         try:
             doc = json.loads(entries[METADATA_KEY])
@@ -132,6 +136,59 @@ def tflite_metadata(buf: bytes) -> dict[str, bytes]:
         return out
     except (struct.error, IndexError, UnicodeDecodeError) as err:
         raise ValueError(f"not a readable TFLite flatbuffer ({err})") from err
+
+
+def onnx_metadata(buf: bytes) -> dict[str, bytes]:
+    """The ``metadata_props`` of an ONNX model: {key: value bytes}, read without the onnx
+    package (protobuf wire format: ModelProto field 14 holds StringStringEntryProto entries,
+    key = field 1, value = field 2).
+
+    Raises:
+        ValueError: if ``buf`` is not a readable protobuf.
+    """
+    try:
+        out = {}
+        for field, wire, value in _proto_fields(memoryview(buf)):
+            if field == 14 and wire == 2:
+                entry = {f: bytes(v) for f, w, v in _proto_fields(value) if w == 2}
+                out[entry.get(1, b"").decode()] = entry.get(2, b"")
+        return out
+    except (IndexError, UnicodeDecodeError) as err:
+        raise ValueError(f"not a readable ONNX model ({err})") from err
+
+
+def _proto_fields(buf: memoryview):
+    """(field number, wire type, value) of each top-level field of a protobuf message."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            _in(buf, pos, size)
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            _in(buf, pos, size)
+            value, pos = buf[pos : pos + size], pos + size
+        else:
+            raise IndexError(f"wire type {wire} at byte {pos}")
+        yield field, wire, value
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        _in(buf, pos, 1)
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+        if shift > 63:
+            raise IndexError(f"varint longer than 10 bytes at byte {pos}")
 
 
 # A flatbuffer table starts with an int32 back-offset to its vtable; the vtable lists one uint16

@@ -1,7 +1,10 @@
 """The one module that imports a TFLite interpreter.
 
 ``ai-edge-litert`` (LiteRT, Google's successor of TFLite) is the default; ``tflite-runtime`` is
-the fallback for boards without a LiteRT wheel. Neither pulls in TensorFlow.
+the fallback for boards without a LiteRT wheel. Neither pulls in TensorFlow. An ``.onnx`` model
+(the ONNX Runtime peer of ``edge-seg bench``, :mod:`edge.onnx_peer`) runs with ``onnxruntime``
+behind the same few calls (:class:`OnnxInterpreter`); it is a benchmark peer, never the rover's
+runtime.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUNTIMES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
+PEER_RUNTIME = "onnxruntime"  # runs .onnx files only; `pip install 'marsseg-edge[peers]'`
 INTEGER_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
 # auto: xnnpack, or on a CPU with AMX whichever of xnnpack / xnnpack-no-amx a short calibration
 # finds faster; builtin: TFLite's own kernels (no XNNPACK), for comparison.
@@ -34,7 +38,7 @@ def available_runtimes() -> list[str]:
 def runtime_version(name: str) -> str:
     from importlib import metadata
 
-    dist = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}[name]
+    dist = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}.get(name, name)
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -47,7 +51,7 @@ def make_interpreter(
     """Open a .tflite with tensors allocated.
 
     Args:
-        model_path: the model file.
+        model_path: the model file (an ``.onnx`` opens an :class:`OnnxInterpreter`).
         num_threads: CPU threads for the kernels (LiteRT's default is 1; say it explicitly).
         runtime: ``auto`` (LiteRT, else tflite-runtime), ``litert`` or ``tflite-runtime``.
         xnnpack: use the XNNPACK delegate (the default delegate); False for the reference kernels'
@@ -63,6 +67,12 @@ def make_interpreter(
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ValueError(f"no model at {model_path}")
+    if model_path.suffix.lower() == ".onnx":
+        if runtime not in ("auto", PEER_RUNTIME):
+            raise ValueError(
+                f"{model_path.name} is an ONNX model: it runs with {PEER_RUNTIME} only"
+            )
+        return OnnxInterpreter(model_path, num_threads), PEER_RUNTIME
     if runtime == "auto":
         names = available_runtimes()
         if not names:
@@ -92,6 +102,95 @@ def make_interpreter(
     return interpreter, runtime
 
 
+class OnnxInterpreter:
+    """An ONNX Runtime session behind the calls the pipeline makes of a TFLite interpreter
+    (details, ``set_tensor``, ``invoke``, ``get_tensor``), for the benchmark's peer column.
+
+    The session is ONNX Runtime's CPU provider as it ships (MLAS kernels, every graph
+    optimization, ``num_threads`` intra-op threads, sequential). The output is bound once to a
+    preallocated array and each input where it lies (I/O binding), so that ``invoke`` times the
+    graph as LiteRT's does, not argument conversion and output allocation. Tensor indices:
+    inputs first, then outputs.
+
+    Raises:
+        RuntimeUnavailable: without onnxruntime.
+        ValueError: for a file ONNX Runtime cannot load.
+    """
+
+    def __init__(self, model_path: str | Path, num_threads: int = 1):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise RuntimeUnavailable(
+                f"{Path(model_path).name} needs onnxruntime: pip install 'marsseg-edge[peers]'"
+            ) from err
+        import numpy as np
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # ORT raises its own exception types
+            raise ValueError(
+                f"cannot load {Path(model_path).name} with onnxruntime: {str(err).splitlines()[0]}"
+            ) from err
+        dtypes = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+        def details(args, first):
+            odd = [f"{a.name}: {a.type}" for a in args if a.type not in dtypes]
+            if odd:
+                raise ValueError(f"{Path(model_path).name}: unsupported tensor type(s) {odd}")
+            return [
+                {
+                    "index": first + k,
+                    "name": a.name,
+                    "shape": np.array(a.shape, np.int32),
+                    "dtype": dtypes[a.type],
+                    "quantization": (0.0, 0),
+                }
+                for k, a in enumerate(args)
+            ]
+
+        self._inputs = details(self.session.get_inputs(), 0)
+        self._outputs = details(self.session.get_outputs(), len(self._inputs))
+        self._binding = self.session.io_binding()
+        self._results = {}
+        for d in self._outputs:
+            self._results[d["index"]] = np.zeros(d["shape"], d["dtype"])
+            value = ort.OrtValue.ortvalue_from_numpy(self._results[d["index"]])
+            self._binding.bind_ortvalue_output(d["name"], value)
+        self._fed = {}
+
+    def get_input_details(self) -> list[dict]:
+        return self._inputs
+
+    def get_output_details(self) -> list[dict]:
+        return self._outputs
+
+    def allocate_tensors(self) -> None:
+        """Nothing to do (kept for the interpreter's interface)."""
+
+    def set_tensor(self, index: int, value) -> None:
+        import numpy as np
+
+        detail = self._inputs[index]
+        value = np.ascontiguousarray(value, detail["dtype"])
+        self._fed[index] = value  # the binding points at this array: keep it alive
+        self._binding.bind_cpu_input(detail["name"], value)
+
+    def invoke(self) -> None:
+        self.session.run_with_iobinding(self._binding)
+
+    def get_tensor(self, index: int):
+        return self._results[index].copy()
+
+
 @dataclass
 class KernelChoice:
     """Which CPU kernels run a model, and why.
@@ -115,6 +214,8 @@ class KernelChoice:
         cpu = cpu_features().as_dict(amx)
         if self.kernels == "builtin":
             cpu["int8_isa"] = "builtin kernels (no XNNPACK)"
+        elif self.kernels == "onnxruntime-cpu":
+            cpu["int8_isa"] = f"ONNX Runtime MLAS (best on this CPU: {cpu['int8_isa']})"
         return {
             "kernels": self.kernels,
             "chosen_by": self.chosen_by,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.modelmeta import ModelMetadata, default_metadata, read_model_metadata
-from edge.runtime import choose_kernels, make_interpreter
+from edge.runtime import KernelChoice, choose_kernels, make_interpreter
 
 log = logging.getLogger(__name__)
 OUTPUT_KINDS = ("probabilities", "logits")
@@ -61,7 +61,10 @@ class Segmenter:
         if not self.model_path.is_file():
             raise ValueError(f"no model at {self.model_path}")
         kernels = kernels or ("xnnpack" if xnnpack else "builtin")
-        choice = choose_kernels(kernels, self.model_path, threads, runtime)
+        if self.model_path.suffix.lower() == ".onnx":  # the benchmark's peer: its own kernels
+            choice = KernelChoice("onnxruntime-cpu", "ONNX Runtime peer (its CPU provider)")
+        else:
+            choice = choose_kernels(kernels, self.model_path, threads, runtime)
         self.interpreter, self.runtime = make_interpreter(
             model_path, threads, runtime, choice.kernels != "builtin"
         )
@@ -150,7 +153,13 @@ class Segmenter:
 
     @property
     def quantized(self) -> bool:
+        """Whether the input tensor is integer (an ONNX QDQ model's is float: see precision)."""
         return self.input_dtype.kind in "iu"
+
+    @property
+    def precision(self) -> str:
+        """``int8``, ``float32``, ... as the metadata says, else from the input tensor."""
+        return self.metadata.info.get("precision") or ("int8" if self.quantized else "float32")
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """uint8 (any size) frame -> the model's input tensor (1, H, W, 1)."""

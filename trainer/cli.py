@@ -321,6 +321,13 @@ def predict(run: Path, data: Path, submission: Path | None, masks: Path | None) 
     "model as trained.",
 )
 @click.option(
+    "--onnx",
+    is_flag=True,
+    help="Also write the ONNX Runtime peer for edge-seg bench: OUT/onnx/model_float32.onnx "
+    "(the float32 .tflite translated op for op) and model_int8.onnx (ONNX Runtime's QDQ "
+    "quantization, calibrated on the same frames); needs pip install 'marsseg-edge[peers]'.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -335,6 +342,7 @@ def convert(
     data: Path | None,
     parity_frames: int | None,
     graph: str,
+    onnx: bool,
     out: Path | None,
 ) -> None:
     """Convert RUN's best model to .tflite and report float-vs-int8 parity.
@@ -354,6 +362,7 @@ def convert(
         calibration_frames=calib,
         parity_frames=parity_frames,
         graph=graph,
+        onnx=onnx,
     )
     report = convert_run(run, cfg, data, out_dir=out)
     click.echo(format_parity(report))

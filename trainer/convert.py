@@ -44,6 +44,9 @@ class ConvertConfig:
     graph: str = (
         "rover"  # "rover": export-time rewrites (trainer.export_graph); "keras": as trained
     )
+    # also the ONNX Runtime peer (edge.onnx_peer): onnx/model_{float32,int8}.onnx, translated
+    # from the float32 .tflite and calibrated on the same frames (needs the [peers] extra)
+    onnx: bool = False
 
 
 class IntegerCheckError(ValueError):
@@ -168,6 +171,7 @@ def convert_model(
     preprocessing,
     info: dict,
     graph: str = "rover",
+    onnx: bool = False,
 ) -> dict[str, Path]:
     """Write ``model_<precision>.tflite`` (metadata embedded) and its sidecar for each precision.
 
@@ -181,15 +185,20 @@ def convert_model(
         info: provenance recorded in the metadata (the graph, output kind and precision are
             added).
         graph: ``rover`` (:func:`trainer.export_graph.rover_graph`) or ``keras`` (as trained).
+        onnx: also write the ONNX Runtime peer (:func:`edge.onnx_peer.export_onnx`) under
+            ``out_dir/onnx``, from the float32 .tflite and ``calibration``.
 
     Returns:
-        {precision: path}.
+        {precision: path}, with ``onnx-float32`` and ``onnx-int8`` for the peer.
 
     Raises:
         IntegerCheckError: an int8 model that is not integer-only (no file is written for it).
+        ValueError: ``onnx`` without float32 or calibration frames, or without the packages.
     """
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r}; valid: {', '.join(GRAPHS)}")
+    if onnx:  # checked before anything is written
+        check_onnx_peer(precisions, calibration)
     exported, rewrites = rover_graph(model) if graph == "rover" else (model, {})
     info = {
         **info,
@@ -230,7 +239,30 @@ def convert_model(
             atomic_write_bytes(target.with_suffix(".json"), meta.to_bytes())
             produced[precision] = target
             log.info("wrote %s (%.1f KiB)", target, target.stat().st_size / 1024)
+    if onnx:
+        from edge.onnx_peer import export_onnx
+
+        peer = export_onnx(produced["float32"], calibration, out_dir / "onnx")
+        produced.update({f"onnx-{p}": path for p, path in peer.items()})
+        log.info("wrote the ONNX Runtime peer in %s", out_dir / "onnx")
     return produced
+
+
+def check_onnx_peer(precisions: tuple[str, ...], calibration: np.ndarray | None) -> None:
+    """What the ONNX peer needs: the float32 .tflite, calibration frames, onnx + onnxruntime.
+
+    Raises:
+        ValueError: saying what is missing and how to get it.
+    """
+    import importlib.util
+
+    if "float32" not in precisions:
+        raise ValueError("--onnx translates the float32 .tflite: convert float32 too")
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("--onnx quantizes with the int8 calibration frames: --calib must be >= 1")
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"--onnx needs {' and '.join(missing)}: pip install 'marsseg-edge[peers]'")
 
 
 def convert_run(
@@ -276,7 +308,7 @@ def convert_run(
     config_path = run_dir / "config.json"
     run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
     calib = None
-    if "int8" in cfg.precisions:
+    if "int8" in cfg.precisions or cfg.onnx:
         calib = calibration_frames(
             mars.images[train_idx],
             mars.labels[train_idx],
@@ -285,9 +317,12 @@ def convert_run(
             cfg.seed,
         )
     info = _provenance(model_path, run_config, mars)
+    if cfg.onnx:
+        check_onnx_peer(cfg.precisions, calib)
     produced = convert_model(
-        model, out_dir, cfg.precisions, calib, mars.label_set, mars.preprocessing, info, cfg.graph
-    )
+        model, out_dir, cfg.precisions, calib, mars.label_set, mars.preprocessing, info,
+        cfg.graph, cfg.onnx,
+    )  # fmt: skip
 
     images, labels = mars.images[val_idx], mars.labels[val_idx]
     if cfg.parity_frames:
@@ -313,7 +348,7 @@ def convert_run(
             max_diff, sum_diff = max(max_diff, float(diff.max())), sum_diff + float(diff.mean())
         s = score(labels, pred, label_set)
         report["models"][precision] = {
-            "file": path.name,
+            "file": path.relative_to(out_dir).as_posix(),  # onnx/... for the peer
             "size_bytes": path.stat().st_size,
             **_scores(s),
             "miou_change_vs_keras": s.mean_iou - keras_score.mean_iou,
@@ -391,7 +426,7 @@ def _provenance(model_path: Path, run_config: dict, mars: D.MarsData) -> dict:
 def format_parity(report: dict) -> str:
     """The parity table printed by `trainer convert`."""
     head = (
-        f"{'model':<9} {'size KiB':>9} {'mIoU':>7} {'change':>7} {'agree %':>8} {'labelled':>9} "
+        f"{'model':<12} {'size KiB':>9} {'mIoU':>7} {'change':>7} {'agree %':>8} {'labelled':>9} "
         f"{'max|dp|':>8} {'mean|dp|':>9}"
     )
     lines = [
@@ -400,7 +435,7 @@ def format_parity(report: dict) -> str:
     ]
     for name, m in report["models"].items():
         lines.append(
-            f"{name:<9} {m['size_bytes'] / 1024:>9.1f} {m['mean_iou']:>7.4f} {m['miou_change_vs_keras']:>+7.4f} "
+            f"{name:<12} {m['size_bytes'] / 1024:>9.1f} {m['mean_iou']:>7.4f} {m['miou_change_vs_keras']:>+7.4f} "
             f"{100 * m['pixel_agreement']:>8.2f} {100 * m['pixel_agreement_labelled']:>9.2f} "
             f"{m['max_abs_prob_diff']:>8.4f} {m['mean_abs_prob_diff']:>9.5f}"
         )
