@@ -5,12 +5,14 @@
 For the trained rover model (its run folder) and for MarsSeg at widths 0.25 and 1.0 (untrained
 weights, seed 0: the time does not depend on them; calibrated on the eval frames), each at the
 rover's input size: the Keras graph ("before", ``trainer convert --graph keras``) and the rover
-graph ("after", ``--graph rover``), float32 and int8, all four measured side by side by
-``edge-seg bench`` (each in its own process, same kernels, same run, with the limit conv). The
-rover model's conversions also write parity.json on its whole validation split (real frames).
+graph ("after", ``--graph rover``), float32 and int8, and the ONNX Runtime peer of the rover graph
+(``--onnx``: the same float32 graph, quantized by ONNX Runtime on the same calibration frames),
+all six measured side by side by ``edge-seg bench`` (each in its own process, same run, with the
+limit conv). The rover model's conversions also write parity.json on its whole validation split
+(real frames), the peer's included.
 Writes OUT/summary.md and OUT/summary.json, and each set's bench report under OUT/<set>/bench.
 
-Needs TensorFlow (it converts); the timings need a quiet machine.
+Needs TensorFlow (it converts) and the ``[peers]`` extra; the timings need a quiet machine.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from edge.sinks import atomic_write_bytes, atomic_write_json
 
 GRAPHS = ("keras", "rover")
+PAIR = ("float32", "int8")
+COLUMNS = (*GRAPHS, "onnx")  # before, after, the ONNX Runtime peer of after
 
 
 def convert_sets(run: Path, data: Path, widths: list[float], out: Path) -> dict[str, dict]:
@@ -40,8 +44,9 @@ def convert_sets(run: Path, data: Path, widths: list[float], out: Path) -> dict[
     sets: dict[str, dict] = {"rover": {}}
     for graph in GRAPHS:  # the trained model: also its parity on the real validation split
         target = out / "rover" / graph
-        convert_run(run, ConvertConfig(graph=graph), out_dir=target)
+        convert_run(run, ConvertConfig(graph=graph, onnx=graph == "rover"), out_dir=target)
         sets["rover"][graph] = {p: target / f"model_{p}.tflite" for p in ("float32", "int8")}
+    sets["rover"]["onnx"] = {p: out / "rover" / "rover" / "onnx" / f"model_{p}.onnx" for p in PAIR}
     meta = read_model_metadata(sets["rover"]["keras"]["int8"])
     prep = meta.preprocessing
     frames = np.load(data)["images"]
@@ -62,18 +67,22 @@ def convert_sets(run: Path, data: Path, widths: list[float], out: Path) -> dict[
                 prep,
                 info,
                 graph,
+                onnx=graph == "rover",
             )
-            sets[name][graph] = produced
+            sets[name][graph] = {p: produced[p] for p in PAIR}
+            if graph == "rover":
+                sets[name]["onnx"] = {p: produced[f"onnx-{p}"] for p in PAIR}
     return sets
 
 
 def bench_sets(sets: dict, data: Path, threads: tuple[int, ...], runs: int, out: Path) -> dict:
-    """One edge-seg bench per set: Keras float32 and int8, rover float32 and int8."""
+    """One edge-seg bench per set: Keras float32 and int8, rover float32 and int8, and the
+    ONNX Runtime peer's float32 and int8."""
     from edge.bench import BenchConfig, run_benchmark
 
     reports = {}
     for name, graphs in sets.items():
-        models = [graphs[g][p] for g in GRAPHS for p in ("float32", "int8")]
+        models = [graphs[g][p] for g in COLUMNS for p in PAIR]
         cfg = BenchConfig(
             models=models, data=data, threads=threads, runs=runs, out=out / name / "bench"
         )
@@ -88,7 +97,7 @@ def summarize(reports: dict, threads: tuple[int, ...]) -> tuple[list[dict], str]
 
     rows = []
     for name, report in reports.items():
-        columns = list(report["models"])  # keras f32, keras int8, rover f32, rover int8
+        columns = list(report["models"])  # keras f32/int8, rover f32/int8, ONNX peer f32/int8
         for t in threads:
             r = [report["models"][c]["threads"][str(t)] for c in columns]
             ms = [x["invoke"]["p50"] for x in r]
@@ -111,6 +120,9 @@ def summarize(reports: dict, threads: tuple[int, ...]) -> tuple[list[dict], str]
                     "int8_floor_ms": r[3].get("floor_ms"),
                     "int8_vs_floor": r[3].get("vs_floor"),
                     "int8_path": r[3]["execution"]["cpu"]["int8_isa"],
+                    "ort_float32_ms": ms[4] if len(ms) > 4 else None,
+                    "ort_int8_ms": ms[5] if len(ms) > 5 else None,
+                    "litert_over_ort_int8": ms[3] / ms[5] if len(ms) > 5 else None,
                 }
             )
     any_report = next(iter(reports.values()))
@@ -120,11 +132,15 @@ def summarize(reports: dict, threads: tuple[int, ...]) -> tuple[list[dict], str]
         "",
         f"Machine: {m['cpu']} ({m['arch']}, {m['cores']} cores), {any_report['runtime']}; int8 "
         f"path: {rows[0]['int8_path']}. Median invoke (ms), each model in its own process; limit "
-        "= one large int8 conv timed in the same run (edge.limit).",
+        "= one large int8 conv timed in the same run (edge.limit). ORT int8: ONNX Runtime on the "
+        "rover graph's float32 model translated to ONNX and quantized by ONNX Runtime (QDQ, "
+        "uint8 activations, int8 per-channel weights) on the same calibration frames "
+        "(edge.onnx_peer), in the same run; below 1x, LiteRT is faster.",
         "",
         "| model | threads | f32 before | int8 before | int8/f32 before | f32 after | int8 after "
-        "| int8/f32 after | int8 speed-up | int8 GMAC/s | limit share | floor ms | int8 / floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| int8/f32 after | int8 speed-up | int8 GMAC/s | limit share | floor ms | int8 / floor "
+        "| ORT int8 | LiteRT int8 / ORT int8 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lim = r["int8_limit_share"] is not None
@@ -138,6 +154,11 @@ def summarize(reports: dict, threads: tuple[int, ...]) -> tuple[list[dict], str]
                 f"{r['int8_floor_ms']:.3f} | {r['int8_vs_floor']:.2f}x |"
                 if lim
                 else "- | - | - | - |"
+            )
+            + (
+                f" {r['ort_int8_ms']:.3f} | {r['litert_over_ort_int8']:.2f}x |"
+                if r["ort_int8_ms"] is not None
+                else " - | - |"
             )
         )
     return rows, "\n".join(lines) + "\n"
