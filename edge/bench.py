@@ -142,11 +142,14 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
         for path, kernels, name in columns:
             entry = {"path": str(path), "size_bytes": path.stat().st_size, "threads": {}}
             entry["kernels"] = kernels
+            entry["graph"] = _graph_name(path)
             for k, n_threads in enumerate(cfg.threads):
                 if progress:
                     progress(f"measuring {name} with {n_threads} thread(s)")
                 spec = {
-                    "model": str(path), "threads": n_threads, "runtime": cfg.runtime,
+                    "model": str(path), "threads": n_threads,
+                    # --runtime picks among the TFLite runtimes; a peer has its own
+                    "runtime": "auto" if path.suffix.lower() == ".onnx" else cfg.runtime,
                     "kernels": kernels, "runs": cfg.runs, "warmup": cfg.warmup,
                     "frames": str(tmp / "frames.npy"), "frame_dir": str(frame_dir),
                     "maps": str(tmp / f"maps_{len(maps)}.npy") if k == 0 else None,
@@ -555,9 +558,20 @@ def _execution_lines(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _graph_name(path: Path) -> str | None:
+    """The graph a model was exported as (``rover`` or ``keras``, from its metadata)."""
+    from edge.modelmeta import read_model_metadata
+
+    meta = read_model_metadata(path)
+    graph = meta.info.get("graph") if meta else None
+    return graph.get("name") if isinstance(graph, dict) else None
+
+
 def peer_ratios(report: dict) -> list[dict]:
-    """Each model against each peer-runtime model of the same precision (ONNX Runtime beside
-    LiteRT): invoke p50 ratio per thread count, "model / peer" (below 1: ours is faster)."""
+    """Each model against each peer-runtime model of the same graph and precision (ONNX Runtime
+    beside LiteRT): invoke p50 ratio per thread count, "model / peer" (below 1: ours is faster).
+    A peer translates one graph: the Keras graph's models are not set against the rover
+    graph's peer."""
     from edge.runtime import PEER_RUNTIME
 
     models = report["models"]
@@ -572,6 +586,8 @@ def peer_ratios(report: dict) -> list[dict]:
             mine, theirs = entry["threads"], peer_entry["threads"]
             precision = next(iter(mine.values()))["precision"]
             if precision != next(iter(theirs.values()))["precision"]:
+                continue
+            if entry.get("graph") != peer_entry.get("graph"):
                 continue
             out.append({
                 "model": name, "peer": peer, "precision": precision,

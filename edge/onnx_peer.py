@@ -5,8 +5,9 @@ peer column.
 A peer only means something on the same graph: this is a translation of the converted
 float32 .tflite (the rover graph, BatchNorms already folded), op for op, not a second export
 from Keras. TFLite is NHWC and ONNX's convolutions NCHW: every 4-D tensor is kept NCHW where an
-op needs it, with a Transpose only where a layout-bound op (RESHAPE, TILE) meets one; the model's
-input and output stay NHWC, so frames go in as they do into the .tflite. The int8 model is
+op needs it, with a Transpose where a layout-bound op (RESHAPE, TILE) meets one and at the
+model's input and output, which stay NHWC so that frames go in as they do into the .tflite
+(ONNX Runtime's optimizer folds those two away). The int8 model is
 calibrated on the same frames as the .tflite's (``trainer convert --onnx``).
 
 Needs ``onnx`` and ``onnxruntime`` (the ``[peers]`` extra; never on the rover) and LiteRT's
@@ -42,7 +43,8 @@ def tflite_to_onnx(tflite: bytes, metadata: bytes | None = None):
             ``metadata_props`` (key ``marsseg_edge``) as the .tflite stores it.
 
     Returns:
-        An ``onnx.ModelProto`` (checked).
+        An ``onnx.ModelProto``, checked by ``onnx.checker`` with shape inference (structure
+        and shapes; the numbers are tested against LiteRT in tests/test_onnx_peer.py).
 
     Raises:
         UnsupportedModel: for an op outside :data:`HANDLERS` (the message lists them), an
@@ -54,8 +56,8 @@ def tflite_to_onnx(tflite: bytes, metadata: bytes | None = None):
     from edge.modelmeta import METADATA_KEY
 
     model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(tflite, 0))
-    graph = model.subgraphs[0]
-    if len(model.subgraphs) != 1 or len(graph.inputs) != 1 or len(graph.outputs) != 1:
+    graph = model.subgraphs[0] if len(model.subgraphs or []) == 1 else None
+    if graph is None or len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedModel("one subgraph with one input and one output is supported")
     codes = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     build = _Builder(model, fb)
@@ -69,8 +71,8 @@ def tflite_to_onnx(tflite: bytes, metadata: bytes | None = None):
         handler = HANDLERS.get(name)
         if handler is None:
             raise UnsupportedModel(
-                f"op {name} has no ONNX translation here; supported: {', '.join(sorted(HANDLERS))}"
-                + (" (convert with --graph rover)" if name == "TRANSPOSE_CONV" else "")
+                f"op {name} has no ONNX translation here; supported: {', '.join(sorted(HANDLERS))} "
+                "(the rover graph, `trainer convert --graph rover`, uses only these)"
             )
         handler(build, list(op.inputs), list(op.outputs), op.builtinOptions)
     last = build.get(graph.outputs[0], "nhwc")
@@ -96,7 +98,10 @@ def tflite_to_onnx(tflite: bytes, metadata: bytes | None = None):
     if metadata is not None:
         entry = out.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.decode()
-    onnx.checker.check_model(out)
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise UnsupportedModel(f"the translation is not a valid ONNX model: {err}") from err
     return out
 
 
@@ -130,8 +135,18 @@ class _Builder:
             self.fb.TensorType.INT64: np.int64,
         }
         if t.type not in dtypes:
-            raise UnsupportedModel(f"constant {t.name!r} has TFLite type {t.type}; float32 only")
+            names = {v: k for k, v in vars(self.fb.TensorType).items() if not k.startswith("_")}
+            raise UnsupportedModel(
+                f"constant {t.name!r} is {names.get(t.type, t.type)}; float32, int32 or int64 only"
+            )
         return np.frombuffer(bytes(data), dtypes[t.type]).reshape(self.shape(index))
+
+    def constant_input(self, index: int, what: str) -> np.ndarray:
+        """An input that must be a constant (weights, axes, paddings...)."""
+        value = self.array(index)
+        if value is None:
+            raise UnsupportedModel(f"{what} computed at run time is not translated")
+        return value
 
     def fresh(self, hint: str) -> str:
         self._count += 1
@@ -203,12 +218,17 @@ class _Builder:
 
 def _conv(b: _Builder, ins, outs, opt, depthwise: bool = False) -> None:
     x = b.get(ins[0], "nchw")
-    w = b.array(ins[1])  # (O, kh, kw, I); depthwise: (1, kh, kw, C * multiplier)
+    w = b.constant_input(ins[1], "a conv's weights")  # (O, kh, kw, I); depthwise (1, kh, kw, C*m)
     kh, kw = w.shape[1:3]
+    channels = b.shape(ins[0])[3]
     if depthwise:
-        groups = b.shape(ins[0])[3]
+        groups = channels
         w = w.transpose(3, 0, 1, 2)  # -> (C * m, 1, kh, kw)
     else:
+        if w.shape[3] != channels:
+            raise UnsupportedModel(
+                f"a grouped CONV_2D ({channels} channels, {w.shape[3]} per filter)"
+            )
         groups = 1
         w = w.transpose(_TO_NCHW)  # -> (O, I, kh, kw)
     inputs = [x, b.constant(w, "weights")]
@@ -252,13 +272,20 @@ def _elementwise(op_type: str) -> Callable:
         layout = "nchw" if b.rank(outs[0]) == 4 else "nhwc"
         names = []
         for i in ins:
+            if layout == "nhwc" or b.rank(i) == 4:
+                names.append(b.get(i, layout))
+                continue
+            # a lower-rank operand broadcasts against NHWC's trailing axes: make it a 4-D NHWC
+            # tensor ((C,) -> (1, 1, 1, C)), then NCHW
+            shape4 = (1,) * (4 - b.rank(i)) + tuple(b.shape(i))
             value = b.array(i) if i not in b.where else None
-            if value is not None and value.ndim < 4 and layout == "nchw":
-                # a broadcast constant: as a (1, 1, 1, C)-style NHWC tensor, then NCHW
-                value = value.reshape((1,) * (4 - value.ndim) + value.shape).transpose(_TO_NCHW)
+            if value is not None:
+                value = value.reshape(shape4).transpose(_TO_NCHW)
                 names.append(b.constant(np.ascontiguousarray(value), "const"))
             else:
-                names.append(b.get(i, layout))
+                flat = b.constant(np.array(shape4, np.int64), "shape")
+                as4 = b.node("Reshape", [b.get(i, "nhwc"), flat], "to_rank4")
+                names.append(b.node("Transpose", [as4], "to_nchw", perm=list(_TO_NCHW)))
         fused = getattr(opt, "fusedActivationFunction", 0) if opt is not None else 0
         b.put(outs[0], b.node(op_type, names), layout, fused)
 
@@ -275,8 +302,8 @@ def _unary(op_type: str) -> Callable:
 
 def _reduce(op_type: str) -> Callable:
     def handler(b: _Builder, ins, outs, opt) -> None:
-        axes = [int(a) for a in np.atleast_1d(b.array(ins[1]))]
-        keep = bool(opt.keepDims)
+        axes = [int(a) for a in np.atleast_1d(b.constant_input(ins[1], "reduction axes"))]
+        keep = bool(getattr(opt, "keepDims", False))
         # keeping the dims, NCHW holds; dropping them, NHWC order decides the result's order
         layout = "nchw" if keep and b.rank(ins[0]) == 4 else "nhwc"
         if layout == "nchw":
@@ -293,12 +320,12 @@ def _reshape(b: _Builder, ins, outs, opt) -> None:
 
 
 def _tile(b: _Builder, ins, outs, opt) -> None:
-    repeats = b.constant(b.array(ins[1]).astype(np.int64), "repeats")
+    repeats = b.constant(b.constant_input(ins[1], "TILE multiples").astype(np.int64), "repeats")
     b.put(outs[0], b.node("Tile", [b.get(ins[0], "nhwc"), repeats]), "nhwc")
 
 
 def _pad(b: _Builder, ins, outs, opt) -> None:
-    paddings = b.array(ins[1]).astype(np.int64)  # (rank, 2): before, after per NHWC axis
+    paddings = b.constant_input(ins[1], "PAD paddings").astype(np.int64)  # (rank, 2), NHWC
     layout = "nchw" if b.rank(ins[0]) == 4 else "nhwc"
     if layout == "nchw":
         paddings = paddings[list(_TO_NCHW)]
@@ -428,12 +455,13 @@ def export_onnx(tflite_float32: Path, calibration: np.ndarray, out_dir: Path) ->
     float_model = tflite_to_onnx(
         tflite_float32.read_bytes(), document("float32", produced["float32"].name)
     )
-    atomic_write_bytes(produced["float32"], float_model.SerializeToString())
-    with tempfile.TemporaryDirectory() as tmp:
-        staging = Path(tmp) / "int8.onnx"
-        quantize(produced["float32"], calibration, staging)
-        _set_metadata(staging, document("int8", produced["int8"].name))
-        atomic_write_bytes(produced["int8"], staging.read_bytes())
+    with tempfile.TemporaryDirectory() as tmp:  # both made before either replaces a file
+        staged = {p: Path(tmp) / path.name for p, path in produced.items()}
+        staged["float32"].write_bytes(float_model.SerializeToString())
+        quantize(staged["float32"], calibration, staged["int8"])
+        _set_metadata(staged["int8"], document("int8", produced["int8"].name))
+        for precision, path in produced.items():
+            atomic_write_bytes(path, staged[precision].read_bytes())
     return produced
 
 

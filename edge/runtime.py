@@ -177,18 +177,40 @@ class OnnxInterpreter:
         """Nothing to do (kept for the interpreter's interface)."""
 
     def set_tensor(self, index: int, value) -> None:
+        """Copy ``value`` in (as LiteRT does: the caller may reuse its array).
+
+        Raises:
+            ValueError: for another index, dtype or shape than the input's, as LiteRT's does.
+        """
         import numpy as np
 
+        if not 0 <= index < len(self._inputs):
+            raise ValueError(f"no input tensor {index} (inputs: 0..{len(self._inputs) - 1})")
         detail = self._inputs[index]
-        value = np.ascontiguousarray(value, detail["dtype"])
-        self._fed[index] = value  # the binding points at this array: keep it alive
+        value = np.asarray(value)
+        shape = tuple(int(v) for v in detail["shape"])
+        if value.dtype != detail["dtype"] or value.shape != shape:
+            raise ValueError(
+                f"input {detail['name']!r} takes {np.dtype(detail['dtype']).name} {shape}, "
+                f"got {value.dtype.name} {value.shape}"
+            )
+        self._fed[index] = value = value.copy()  # the binding points at it: keep it alive
         self._binding.bind_cpu_input(detail["name"], value)
 
     def invoke(self) -> None:
         self.session.run_with_iobinding(self._binding)
 
     def get_tensor(self, index: int):
-        return self._results[index].copy()
+        """A copy of an output (or of an input set before).
+
+        Raises:
+            ValueError: for an index that is neither.
+        """
+        if index in self._results:
+            return self._results[index].copy()
+        if index in self._fed:
+            return self._fed[index].copy()
+        raise ValueError(f"no tensor {index} set or computed")
 
 
 @dataclass
@@ -196,7 +218,8 @@ class KernelChoice:
     """Which CPU kernels run a model, and why.
 
     Attributes:
-        kernels: ``xnnpack``, ``xnnpack-no-amx`` or ``builtin``.
+        kernels: ``xnnpack``, ``xnnpack-no-amx`` or ``builtin``; ``onnxruntime-cpu`` for an
+            ONNX peer.
         chosen_by: ``asked`` (a flag), ``calibration``, or why there was nothing to choose.
         calibration_ms: median invoke (ms) of each candidate, when calibrated.
     """

@@ -37,9 +37,10 @@ class Segmenter:
     integer, and the class map is brought back to the frame's own size.
 
     Args:
-        model_path: the .tflite.
+        model_path: the .tflite (or an ``.onnx`` peer of ``edge-seg bench``, run with ONNX
+            Runtime: :class:`edge.runtime.OnnxInterpreter`).
         threads: CPU threads.
-        runtime: ``auto``, ``litert`` or ``tflite-runtime``.
+        runtime: ``auto``, ``litert`` or ``tflite-runtime`` (an ``.onnx`` takes ``auto``).
         xnnpack: use the XNNPACK delegate (when ``kernels`` is not given).
         kernels: ``auto``, ``xnnpack``, ``xnnpack-no-amx`` or ``builtin``
             (:func:`edge.runtime.choose_kernels`); what ran is in :attr:`execution`.

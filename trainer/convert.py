@@ -198,7 +198,7 @@ def convert_model(
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r}; valid: {', '.join(GRAPHS)}")
     if onnx:  # checked before anything is written
-        check_onnx_peer(precisions, calibration)
+        check_onnx_peer(precisions, calibration, graph)
     exported, rewrites = rover_graph(model) if graph == "rover" else (model, {})
     info = {
         **info,
@@ -248,14 +248,19 @@ def convert_model(
     return produced
 
 
-def check_onnx_peer(precisions: tuple[str, ...], calibration: np.ndarray | None) -> None:
-    """What the ONNX peer needs: the float32 .tflite, calibration frames, onnx + onnxruntime.
+def check_onnx_peer(
+    precisions: tuple[str, ...], calibration: np.ndarray | None, graph: str = "rover"
+) -> None:
+    """What the ONNX peer needs: the rover graph's float32 .tflite, calibration frames, onnx and
+    onnxruntime.
 
     Raises:
         ValueError: saying what is missing and how to get it.
     """
     import importlib.util
 
+    if graph != "rover":  # the Keras graph's SPACE_TO_BATCH_ND / TRANSPOSE_CONV have no peer
+        raise ValueError("--onnx translates the rover graph only: leave out --graph keras")
     if "float32" not in precisions:
         raise ValueError("--onnx translates the float32 .tflite: convert float32 too")
     if calibration is None or len(calibration) == 0:
@@ -318,7 +323,7 @@ def convert_run(
         )
     info = _provenance(model_path, run_config, mars)
     if cfg.onnx:
-        check_onnx_peer(cfg.precisions, calib)
+        check_onnx_peer(cfg.precisions, calib, cfg.graph)
     produced = convert_model(
         model, out_dir, cfg.precisions, calib, mars.label_set, mars.preprocessing, info,
         cfg.graph, cfg.onnx,
