@@ -9,6 +9,7 @@ import keras
 from trainer.models.deeplabv3plus import build_deeplabv3plus
 from trainer.models.marsseg import build_marsseg, build_marsseg_paper
 from trainer.models.segformer import build_segformer
+from trainer.models.twobranch import build_twobranch
 from trainer.models.unet import build_unet
 
 MODELS: dict[str, Callable[..., keras.Model]] = {
@@ -17,9 +18,17 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "unet": build_unet,
     "deeplabv3plus": build_deeplabv3plus,
     "segformer": build_segformer,
+    "twobranch": build_twobranch,
 }
 # Total downsampling of each model: the frame's sides must be multiples of it.
-STRIDES = {"marsseg": 4, "marsseg_paper": 4, "unet": 16, "deeplabv3plus": 8, "segformer": 32}
+STRIDES = {
+    "marsseg": 4,
+    "marsseg_paper": 4,
+    "unet": 16,
+    "deeplabv3plus": 8,
+    "segformer": 32,
+    "twobranch": 32,
+}
 
 
 def build_model(
