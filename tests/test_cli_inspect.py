@@ -26,5 +26,5 @@ def test_inspect_bad_file_is_one_line_error(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not an npz")
     result = CliRunner().invoke(main, ["inspect", str(bad), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.startswith("Error: could not read") and result.output.count("\n") == 1

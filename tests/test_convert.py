@@ -54,7 +54,7 @@ def test_run_without_model_is_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "empty")])
     assert (
-        result.exit_code == 1 and result.output.count("\n") == 1 and "no model at" in result.output
+        result.exit_code == 2 and result.output.count("\n") == 1 and "no model at" in result.output
     )
     assert not list((tmp_path / "empty").glob("*.tflite"))
 
@@ -62,7 +62,7 @@ def test_run_without_model_is_one_line_error(tmp_path):
 def test_empty_calibration_set_writes_nothing(small_npz, tmp_path):
     run_dir = make_run(tmp_path, small_npz)
     result = CliRunner().invoke(main, ["convert", str(run_dir), "--int8", "--calib", "0"])
-    assert result.exit_code == 1 and "calibration set is empty" in result.output
+    assert result.exit_code == 2 and "calibration set is empty" in result.output
     assert not list(run_dir.glob("*.tflite")) and not list(run_dir.glob(".*partial"))
 
 
@@ -72,7 +72,7 @@ def test_corrupted_keras_file_is_one_line_error(small_npz, tmp_path):
     (run_dir / "model.keras").write_bytes(data[: len(data) // 3])
     result = CliRunner().invoke(main, ["convert", str(run_dir)])
     assert (
-        result.exit_code == 1
+        result.exit_code == 2
         and result.output.startswith("Error: cannot load")
         and result.output.count("\n") == 1
     )
@@ -106,3 +106,22 @@ def test_calibration_represents_every_missing_class():
     picked = calibration_frames(images, labels, 4, big_rock_share=0.0, seed=0)
     chosen = {int(frame[0, 0]) for frame in picked}
     assert {3, 7} <= chosen and len(picked) == 4
+
+
+def test_a_run_finds_its_data_from_another_folder(small_npz, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from trainer.evaluate import recorded_data_path
+
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    shutil.copy(small_npz, tmp_path / "work" / "data" / "d.npz")
+    run = tmp_path / "work" / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "data.json").write_text(json.dumps({"path_absolute": str(tmp_path / "work/data/d.npz")}))
+    monkeypatch.chdir(tmp_path / "work")  # where fit ran: the relative path works
+    assert recorded_data_path(run, "data/d.npz") == "data/d.npz"
+    monkeypatch.chdir(tmp_path)  # elsewhere: the absolute one recorded by fit
+    assert recorded_data_path(run, "data/d.npz") == str(tmp_path / "work/data/d.npz")
+    (run / "data.json").unlink()  # an older run: nothing found, the recorded path comes back
+    assert recorded_data_path(run, "data/d.npz") == "data/d.npz"

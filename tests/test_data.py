@@ -8,6 +8,7 @@ from PIL import Image
 
 from tests.conftest import write_course_npz
 from trainer import data as D
+from trainer.config import DataConfig, TrainConfig
 
 
 def _frames(rng, n=6, h=64, w=128):
@@ -320,3 +321,49 @@ def test_a_lone_group_of_a_stratum_trains():
     two = np.ones((2, 4, 4), np.uint8)
     two[0, 0, 0] = 4
     assert [x.tolist() for x in D.split_indices(two, 0.2, 0)] == [[0], [1]]
+
+
+def expert_only(root):
+    """An AI4Mars copy that holds only the expert test labels (no labels/train)."""
+    import shutil
+
+    make_ai4mars(root, n_train=0, n_test=3)
+    shutil.rmtree(root / "msl" / "ncam" / "labels" / "train")
+    return root
+
+
+def test_an_expert_test_only_folder_loads_with_no_training_frames(tmp_path):
+    data = D.load_dataset(expert_only(tmp_path), size=(16, 16))
+    assert data.images.shape == (0, 16, 16) and data.test_images.shape == (3, 16, 16)
+
+
+def test_an_expert_test_only_folder_is_inspected_and_refused_for_training(tmp_path):
+    from trainer.inspection import inspect_dataset
+    from trainer.train import prepare_data
+
+    root = expert_only(tmp_path / "data")
+    result = inspect_dataset(root, tmp_path / "inspect", size=(16, 16))
+    assert result.summary["described"] == "test" and result.summary["n_test"] == 3
+    assert result.summary["n_train"] == 0 and "expert test frames" in result.text()
+    assert result.summary["class_fractions"]["sand"] > 0
+    cfg = TrainConfig(data=DataConfig(path=str(root), size="16x16"))
+    with pytest.raises(ValueError, match=r"no training labels, only 3 expert test frames"):
+        prepare_data(cfg)
+
+
+def test_evaluate_scores_an_expert_test_only_folder_at_each_agreement(tmp_path):
+    from trainer.config import to_json
+    from trainer.evaluate import evaluate_run
+    from trainer.models import build_model
+
+    root = expert_only(tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+    build_model("marsseg", (32, 32, 1), 5, width=0.25).save(run / "model.keras")
+    to_json(TrainConfig(data=DataConfig(path=str(root), size="32x32")), run / "config.json")
+    min3 = evaluate_run(run, root, "test", tmp_path / "e3")
+    min1 = evaluate_run(run, root, "test", tmp_path / "e1", agreement=1)
+    assert min3["frames"] == min1["frames"] == 3
+    assert (min3["test_agreement"], min1["test_agreement"]) == (3, 1)
+    # min1 labels the bottom rows big rock, min3 sand: the two scores read different labels
+    assert min1["confusion"] != min3["confusion"]

@@ -201,7 +201,7 @@ def test_a_failure_is_one_line(small_npz, tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "Error: --batch-size 7 does not split over 2 replicas; use a multiple"
     import tensorflow as tf
@@ -239,4 +239,4 @@ def test_mirrored_without_devices_says_what_to_do(small_npz, tmp_path):
          "--strategy", "mirrored", "--epochs", "1"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
-    assert proc.returncode == 1 and "add --replicas N" in proc.stderr
+    assert proc.returncode == 2 and "add --replicas N" in proc.stderr

@@ -87,5 +87,5 @@ def test_an_edge_only_install_runs_the_board_benchmark(band_models, tmp_path):
     trainer = subprocess.run(
         [str(venv / "bin" / "trainer"), "models"], capture_output=True, text=True
     )
-    assert trainer.returncode == 1 and "install 'marsseg-edge[train]'" in trainer.stderr
+    assert trainer.returncode == 2 and "install 'marsseg-edge[train]'" in trainer.stderr
     assert "Traceback" not in trainer.stderr

@@ -129,7 +129,7 @@ def test_trainer_convert_onnx_translates_marsseg_exactly(small_npz, tmp_path):
 
     run_dir = make_run(tmp_path, small_npz)
     refused = CliRunner().invoke(main, ["convert", str(run_dir), "--int8", "--onnx"])
-    assert refused.exit_code == 1 and "convert float32 too" in refused.output
+    assert refused.exit_code == 2 and "convert float32 too" in refused.output
     assert not list(run_dir.rglob("*.tflite")) and not (run_dir / "onnx").exists()
 
     args = ["convert", str(run_dir), "--onnx", "--calib", "4", "--parity-frames", "3"]

@@ -166,7 +166,7 @@ def test_fit_cli_rejects_unknown_model(small_npz, tmp_path):
     result = CliRunner().invoke(
         main, ["fit", str(small_npz), "--model", "resnet", "--runs", str(tmp_path)]
     )
-    assert result.exit_code == 1 and "valid names: deeplabv3plus" in result.output
+    assert result.exit_code == 2 and "valid names: deeplabv3plus" in result.output
 
 
 def test_mirrored_strategy_over_two_cpu_devices(small_npz, tmp_path):

@@ -16,14 +16,24 @@ from trainer.config import TrainConfig
 TRAIN_MODULES = ("tensorflow", "keras", "albumentations", "matplotlib")
 
 
+class Fatal(click.ClickException):
+    """Bad input, a missing package or a failed run: one line and exit code 2 (as edge-seg's)."""
+
+    exit_code = 2
+
+
 class _ValueErrorsAsUsage(click.Group):
-    """Turn the library's ValueErrors (bad input, with a fix in the message) into one clean line."""
+    """Turn the library's ValueErrors (bad input, with a fix in the message) into one clean line,
+    and Ctrl-C during start-up into one line and exit 130 (no traceback)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ValueError as err:
-            raise click.ClickException(str(err)) from err
+            raise Fatal(str(err)) from err
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 def missing_train_modules() -> list[str]:
@@ -35,16 +45,19 @@ def missing_train_modules() -> list[str]:
 
 @click.group(cls=_ValueErrorsAsUsage)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.version_option(package_name="marsseg-edge", prog_name="trainer")
 def main(verbose: bool) -> None:
     """Train, evaluate and convert Mars terrain segmentation models (grayscale frames).
 
     Data: the course npz (64x128 frames), a synthetic npz, or AI4Mars (any size, --size).
     Labels: 0 background/unlabelled (never scored), 1 soil, 2 bedrock, 3 sand, 4 big rock.
     The score is the mean IoU over classes 1-4.
+
+    Exit codes: 0 done, 2 bad input or a failed step (one line says why), 130 interrupted.
     """
     missing = missing_train_modules()
     if missing:
-        raise click.ClickException(
+        raise Fatal(
             f"trainer needs the [train] extra ({', '.join(missing)} not installed): "
             "pip install 'marsseg-edge[train]' (the rover needs only [edge] and edge-seg)"
         )
@@ -118,7 +131,7 @@ def config_options(cls):
             kind, _ = _field_type(spec)
             default = spec.default if spec.default_factory is MISSING else spec.default_factory()
             help_text = meta["help"]
-            if "default" not in help_text:
+            if "[default" not in help_text:
                 help_text += f"  [default: {'none' if default is None else default}]"
             param = key.replace(".", "__")
             if kind is bool:
@@ -253,11 +266,24 @@ def fit(
     default=None,
     help="Output folder [default: RUN/eval_<split>].",
 )
-def evaluate(run: Path, data: Path, split: str, out: Path | None) -> None:
-    """Score RUN (a run folder or .keras file) on DATA: per-class IoU, confusion, worst frames."""
+@click.option(
+    "--test-agreement",
+    type=click.Choice(["1", "2", "3"]),
+    default=None,
+    help="AI4Mars expert test labels of --split test: masked-gold-min<N>-100agree "
+    "[default: the run's data.test_agreement, 3].",
+)
+def evaluate(
+    run: Path, data: Path, split: str, out: Path | None, test_agreement: str | None
+) -> None:
+    """Score RUN (a run folder or .keras file) on DATA: per-class IoU, confusion, worst frames.
+
+    DATA may be an AI4Mars folder that holds only the expert test labels (--split test).
+    """
     from trainer.evaluate import evaluate_run, format_report
 
-    click.echo(format_report(evaluate_run(run, data, split, out)))
+    agreement = int(test_agreement) if test_agreement else None
+    click.echo(format_report(evaluate_run(run, data, split, out, agreement)))
 
 
 @main.command()
@@ -373,14 +399,26 @@ def convert(
 
 
 @main.command()
-@click.option("--width", default=1.0, show_default=True, type=click.FloatRange(0.05, 4.0))
+@click.option(
+    "--width",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 4.0),
+    help="Channel multiplier of every model.",
+)
 @click.option(
     "--size",
     default="128x128",
     show_default=True,
     help="Frame size HxW (the AI4Mars default; the course file is 64x128).",
 )
-@click.option("--classes", default=5, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--classes",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Output classes (background included).",
+)
 def models(width: float, size: str, classes: int) -> None:
     """List the registered models with parameters and MACs at one frame size."""
     from edge.preprocess import parse_size

@@ -414,6 +414,8 @@ def load_ai4mars(
       the test split; their frames are never used for training.
     - Where the rover masks (``images/mxy/``) and 30 m range masks (``images/rng-30m/``) exist,
       their nonzero pixels become unlabelled, as the dataset's authors apply them.
+    - A folder with the expert test labels only (no ``labels/train``) loads with no training
+      frames: it can be inspected and scored (``trainer evaluate --split test``), not trained on.
     - Labels 0-3 (soil, bedrock, sand, big rock) become 1-4 and 255 (unlabelled) becomes 0.
     - Every frame is prepared by :class:`edge.preprocess.Preprocessing` (the whole frame resized
       by area averaging unless ``crop="centre"``), the function the rover uses.
@@ -447,12 +449,13 @@ def load_ai4mars(
         for p in _pairs(layout, layout.train_labels, images, suffix="")
         if p.name not in test_names
     ]
-    if not train_pairs:
+    if not train_pairs and not test_pairs:
         n_labels = len(_scan(layout.train_labels)) if layout.train_labels else 0
         raise ValueError(
             f"found {len(images)} frames in {layout.images} and {n_labels} training labels in "
             f"{layout.train_labels or layout.root / 'labels' / 'train'}, but no frame has a label "
-            "of the same name (<id>.JPG and <id>.png)"
+            "of the same name (<id>.JPG and <id>.png), and no expert test labels "
+            f"(labels/test/masked-gold-min{agreement}-100agree/<id>_merged.png)"
         )
     log.info(
         "AI4Mars at %s: %d training frames, %d test frames (min%d agreement), %s%s; read as %dx%d",

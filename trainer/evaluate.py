@@ -76,6 +76,20 @@ def run_config(run_dir: Path):
     return TrainConfig()
 
 
+def recorded_data_path(run_dir: Path, path: str) -> str | None:
+    """Where the run's data is from here: the path as given to fit (relative to where fit ran),
+    else the absolute path data.json recorded, else the given path relative to the run folder."""
+    import json
+
+    candidates = [path] if path else []
+    info = Path(run_dir) / "data.json"
+    if info.is_file():
+        candidates.append(json.loads(info.read_text()).get("path_absolute"))
+    if path and not Path(path).is_absolute():
+        candidates.append(str(Path(run_dir) / path))
+    return next((c for c in candidates if c and Path(c).exists()), path or None)
+
+
 def run_split(
     run_dir: Path, data_path: Path | None = None
 ) -> tuple[D.MarsData, np.ndarray, np.ndarray]:
@@ -92,10 +106,12 @@ def run_split(
     from dataclasses import replace
 
     cfg = run_config(run_dir)
-    path = str(data_path or cfg.data.path)
+    path = str(data_path) if data_path else recorded_data_path(run_dir, cfg.data.path)
     if not path or not Path(path).exists():
+        which = "given data" if data_path else "run's data"
         raise ValueError(
-            f"cannot find the run's data ({cfg.data.path or 'not recorded'}); pass the data path"
+            f"cannot find the {which} ({data_path or cfg.data.path or 'not recorded'}); "
+            "pass the data path"
         )
     data_cfg = replace(cfg.data, path=path)
     mars, train_idx, val_idx, _ = D.clean_and_split(D.load_data(data_cfg), data_cfg)
@@ -128,7 +144,7 @@ def _check_split(run_dir: Path, mars: D.MarsData, val_idx: np.ndarray) -> None:
 
 
 def evaluation_frames(
-    run_dir: Path, data_path: Path, split: str
+    run_dir: Path, data_path: Path, split: str, agreement: int | None = None
 ) -> tuple[D.MarsData, np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
     """The frames to evaluate on: the run's validation split (recomputed from its config), or the
     labelled test set.
@@ -143,7 +159,7 @@ def evaluation_frames(
     if split != "test":
         raise ValueError(f"unknown split {split!r}; valid: val, test")
     cfg = run_config(run_dir).data
-    mars = D.load_dataset(data_path, cfg.frame_size, cfg.crop, cfg.test_agreement)
+    mars = D.load_dataset(data_path, cfg.frame_size, cfg.crop, agreement or cfg.test_agreement)
     if mars.test_labels is None:
         what = (
             "no labels/test/masked-gold-min*-100agree folder"
@@ -170,7 +186,11 @@ def native_score(
 
 
 def evaluate_run(
-    run: str | Path, data_path: str | Path, split: str = "val", out_dir: str | Path | None = None
+    run: str | Path,
+    data_path: str | Path,
+    split: str = "val",
+    out_dir: str | Path | None = None,
+    agreement: int | None = None,
 ) -> dict:
     """Per-class IoU, mean IoU, big-rock figures, confusion matrix PNG and the worst frames.
 
@@ -182,6 +202,8 @@ def evaluate_run(
         data_path: the data set (npz or AI4Mars folder).
         split: ``val`` (the run's own validation split) or ``test`` (needs test labels).
         out_dir: where to write; by default ``<run>/eval_<split>``.
+        agreement: AI4Mars expert test set (1, 2, 3: ``masked-gold-min<N>-100agree``) for
+            ``split="test"`` [default: the run's ``data.test_agreement``].
 
     Returns:
         The metrics, as written to ``metrics.json``.
@@ -191,15 +213,23 @@ def evaluate_run(
     model_path = resolve_model_path(run)
     run_dir = model_path.parent
     model = load_model(model_path)
-    mars, images, labels, index, names = evaluation_frames(run_dir, Path(data_path), split)
+    mars, images, labels, index, names = evaluation_frames(
+        run_dir, Path(data_path), split, agreement
+    )
     label_set = mars.label_set
     report, predicted = evaluate_model(model, images, labels, label_set)
     out = Path(out_dir) if out_dir else run_dir / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
+    test_info = (
+        {"test_agreement": agreement or run_config(run_dir).data.test_agreement}
+        if split == "test"
+        else {}
+    )
     per_frame = np.array([score(t, p, label_set).mean_iou for t, p in zip(labels, predicted)])
     worst = np.argsort(np.nan_to_num(per_frame, nan=2.0))[:8]
     result = {
         "split": split,
+        **test_info,
         "frames": len(images),
         "resolution": "{}x{}".format(*images.shape[1:3]),
         **report.as_dict(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,10 @@ class Inspection:
             f"frames:        {s['n_train']} labelled ({s['height']}x{s['width']}), {s['n_test']} test"
             + (" with labels" if s["test_labelled"] else ""),
         ]
+        if s.get("described") == "test":
+            lines.append(
+                "described:     the expert test frames (this folder has no training labels)"
+            )
         if s.get("groups"):
             lines.append(
                 f"positions:     {s['groups']} rover positions (a split keeps each on one side)"
@@ -72,6 +76,14 @@ def inspect_dataset(
     """
     path, out_dir = Path(path), Path(out_dir)
     mars = D.load_dataset(path, size)
+    if len(mars.images) == 0 and mars.test_labels is not None:
+        # an expert-test-only folder: describe the frames it has
+        mars = replace(mars, images=mars.test_images, labels=mars.test_labels,
+                       names=mars.test_names, index=np.arange(len(mars.test_images)),
+                       groups=None)  # fmt: skip
+        described = "test"
+    else:
+        described = "train"
     outliers = None
     clean = mars
     if D.removes_outliers(mars, remove_outliers):
@@ -85,8 +97,9 @@ def inspect_dataset(
         "layout": mars.layout,
         "groups": None if mars.groups is None else len(np.unique(mars.groups)),
         "course_file": path.is_file() and D.is_course_file(path),
-        "n_train": len(mars.images),
+        "n_train": len(mars.images) if described == "train" else 0,
         "n_test": 0 if mars.test_images is None else len(mars.test_images),
+        "described": described,
         "test_labelled": mars.test_labels is not None,
         "height": mars.frame_shape[0],
         "width": mars.frame_shape[1],

@@ -223,7 +223,14 @@ def _saved_config(run_dir: Path) -> TrainConfig:
 
 def prepare_data(cfg: TrainConfig) -> Prepared:
     """Load, validate, drop outliers, split (stratified) and augment the training part offline."""
-    mars, train_idx, val_idx, report = D.clean_and_split(D.load_data(cfg.data), cfg.data)
+    loaded = D.load_data(cfg.data)
+    if len(loaded.images) == 0:
+        tests = 0 if loaded.test_images is None else len(loaded.test_images)
+        raise ValueError(
+            f"{cfg.data.path} has no training labels, only {tests} expert test frames: nothing to "
+            "train on (score a run on them with `trainer evaluate RUN DATA --split test`)"
+        )
+    mars, train_idx, val_idx, report = D.clean_and_split(loaded, cfg.data)
     if len(train_idx) * (2 if cfg.data.flip else 1) < cfg.batch_size:
         raise ValueError(
             f"{len(train_idx)} training frames do not fill one batch of {cfg.batch_size}: lower "
@@ -278,7 +285,9 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
 def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     to_json(cfg, run_dir / "config.json")
-    atomic_write_json(run_dir / "data.json", data.info)
+    # the path as given is relative to where fit ran; the absolute one finds it from anywhere
+    absolute = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
+    atomic_write_json(run_dir / "data.json", {**data.info, "path_absolute": absolute})
 
 
 def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, state: dict, run_dir):
@@ -340,6 +349,8 @@ def make_callbacks(
     """The history's extra columns (learning rate, epoch time), the afd weights, checkpoints
     and the history (the chief's only), the schedule and early stopping."""
     callbacks = [LearningRateLog(), EpochTimer(cfg.batch_size)]
+    if cfg.verbose != 1 and chief:  # no progress bar (a log, not a terminal): periodic lines
+        callbacks.append(ProgressLog(cfg.batch_size))
     if adaptive is not None:
         callbacks.append(AdaptiveWeightsUpdate(adaptive, label_set, checkpoint))
     if chief:  # the history records the rate the epoch used: before the plateau's cut
@@ -524,6 +535,47 @@ class EpochTimer(keras.callbacks.Callback):
         seconds = (self._stop or time.perf_counter()) - self._start
         logs["epoch_s"] = seconds
         logs["train_frames_per_s"] = self._steps * self.batch_size / seconds if seconds else 0.0
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """A line every ``interval_s`` during an epoch, where no progress bar shows (a log file, a
+    pipe): the step, the training speed and how long the epoch and the run have left at that
+    speed (validation not counted). An epoch on a slow CPU takes many minutes."""
+
+    def __init__(self, batch_size: int, interval_s: float = 60.0):
+        super().__init__()
+        self.batch_size, self.interval_s = batch_size, interval_s
+        self._start = self._last = 0.0
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        per_step = (now - self._start) / (batch + 1)
+        line = f"epoch {self._epoch + 1}/{epochs}: step {batch + 1}/{steps or '?'}, "
+        line += f"{self.batch_size / per_step:.1f} frames/s"
+        if steps:
+            left = (steps - batch - 1) * per_step
+            line += f", epoch ends in ~{_duration(left)}"
+            if epochs:
+                left += (epochs - self._epoch - 1) * steps * per_step
+                line += f", training in ~{_duration(left)} (validation not counted)"
+        log.info(line)
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2 h 05 min``."""
+    if seconds < 90:
+        return f"{int(seconds)} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 class AdaptiveWeightsUpdate(keras.callbacks.Callback):
