@@ -104,6 +104,17 @@ class TrainConfig:
         "sky and rover hardware are not reported as rock). The default is for models bound for "
         "the rover (benchmarks/rover_safety.py).",
     )
+    schedule: str = setting(
+        "plateau",
+        "Learning-rate schedule: plateau (ReduceLROnPlateau on val mIoU, the report's), cosine "
+        "(linear warm-up, then cosine decay from --lr to --min-lr over --epochs: for a fixed "
+        "budget).",
+        choices=("plateau", "cosine"),
+        resume=True,
+    )
+    warmup_epochs: float = setting(
+        0.0, "cosine: epochs of linear warm-up from --min-lr to --lr.", resume=True
+    )
     lr_patience: int = setting(3, "ReduceLROnPlateau patience on val mIoU.", resume=True)
     lr_factor: float = setting(0.5, "ReduceLROnPlateau factor.", resume=True)
     min_lr: float = setting(1e-6, "ReduceLROnPlateau floor.", resume=True)

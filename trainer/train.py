@@ -371,8 +371,12 @@ def make_callbacks(
         verbose=1,
     )
     checkpoint.schedule = (plateau, stopping)
+    if cfg.schedule == "cosine":  # the rate is a function of the step: no plateau cuts
+        rate = [CosineSchedule(cfg.learning_rate, cfg.min_lr, cfg.epochs, cfg.warmup_epochs)]
+    else:
+        rate = [plateau]
     # the checkpoint last: state.json gets the rate after the plateau's cut, and the counters
-    return [*callbacks, plateau, stopping, ScheduleResume(checkpoint), checkpoint]
+    return [*callbacks, *rate, stopping, ScheduleResume(checkpoint), checkpoint]
 
 
 def train_model(model, data: Prepared, cfg: TrainConfig, initial_epoch: int, callbacks) -> bool:
@@ -535,6 +539,39 @@ class EpochTimer(keras.callbacks.Callback):
         seconds = (self._stop or time.perf_counter()) - self._start
         logs["epoch_s"] = seconds
         logs["train_frames_per_s"] = self._steps * self.batch_size / seconds if seconds else 0.0
+
+
+class CosineSchedule(keras.callbacks.Callback):
+    """Linear warm-up from ``floor`` to ``peak`` over ``warmup_epochs``, then a cosine decay to
+    ``floor`` at the end of ``epochs``; set before every batch under ``fit`` (before every epoch
+    under the custom loop). The rate depends on the step alone, so ``--resume`` continues it."""
+
+    def __init__(self, peak: float, floor: float, epochs: int, warmup_epochs: float = 0.0):
+        super().__init__()
+        self.peak, self.floor, self.epochs, self.warmup = peak, floor, epochs, warmup_epochs
+        self._epoch = 0
+
+    def rate(self, progress: float) -> float:
+        """The rate at ``progress`` epochs from the start (fractions within an epoch)."""
+        import math
+
+        if progress < self.warmup:
+            return self.floor + (self.peak - self.floor) * progress / self.warmup
+        span = max(self.epochs - self.warmup, 1e-9)
+        t = min(max((progress - self.warmup) / span, 0.0), 1.0)
+        return self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * t))
+
+    def _set(self, progress: float) -> None:
+        self.model.optimizer.learning_rate.assign(self.rate(progress))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._set(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = self.params.get("steps")
+        if steps:
+            self._set(self._epoch + batch / steps)
 
 
 class ProgressLog(keras.callbacks.Callback):
