@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from benchmarks.compare_models import DATA_OPTION, _finished
-from edge.sinks import atomic_write_bytes, atomic_write_json
+from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 
 @dataclass(frozen=True)

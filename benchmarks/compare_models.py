@@ -19,8 +19,8 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.classes import CLASS_NAMES
-from edge.sinks import atomic_write_bytes, atomic_write_json
+from edge.contract.labels import CLASS_NAMES
+from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 
 def compare(

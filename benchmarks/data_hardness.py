@@ -19,9 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.classes import CLASS_NAMES, NUM_CLASSES
-from edge.metrics import class_fractions, score
-from edge.sinks import atomic_write_json
+from edge.contract.labels import CLASS_NAMES, NUM_CLASSES
+from edge.contract.metrics import class_fractions, score
+from edge.io.sinks import atomic_write_json
 from edge.synthetic import SyntheticConfig, generate
 from trainer import data as D
 

@@ -27,16 +27,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.sinks import atomic_write_bytes, atomic_write_json
+from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 SIZES = ("64x64", "96x96", "128x128", "160x160", "192x192", "256x256", "64x128/centre")
 
 
 def label_ceiling(data: Path, size: str, limit: int | None) -> dict:
     """Mean IoU and big-rock IoU of the labels resampled to ``size`` and restored."""
-    from edge.classes import MARS
-    from edge.metrics import confusion_matrix, report_from_confusion
-    from edge.preprocess import Preprocessing, parse_size
+    from edge.contract.labels import MARS
+    from edge.contract.metrics import confusion_matrix, report_from_confusion
+    from edge.contract.preprocess import Preprocessing, parse_size
     from trainer import data as D
 
     spec, _, crop = size.partition("/")
@@ -73,7 +73,7 @@ def cost(size: str, width: float, threads: int, runs: int) -> dict:
 
     import keras
 
-    from edge.preprocess import parse_size
+    from edge.contract.preprocess import parse_size
     from edge.segmenter import Segmenter
     from trainer.convert import convert_saved_model, export_saved_model
     from trainer.losses import make_loss

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.sinks import atomic_write_bytes, atomic_write_json
+from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 GRAPHS = ("keras", "rover")
 PAIR = ("float32", "int8")
@@ -37,7 +37,7 @@ def convert_sets(run: Path, data: Path, widths: list[float], out: Path) -> dict[
     """{set name: {graph: {precision: path}}} for the rover run and each width."""
     import keras
 
-    from edge.modelmeta import read_model_metadata
+    from edge.contract.metadata import read_model_metadata
     from trainer.convert import ConvertConfig, convert_model, convert_run
     from trainer.models import build_model
 
@@ -78,7 +78,7 @@ def convert_sets(run: Path, data: Path, widths: list[float], out: Path) -> dict[
 def bench_sets(sets: dict, data: Path, threads: tuple[int, ...], runs: int, out: Path) -> dict:
     """One edge-seg bench per set: Keras float32 and int8, rover float32 and int8, and the
     ONNX Runtime peer's float32 and int8."""
-    from edge.bench import BenchConfig, run_benchmark
+    from edge.bench.runner import BenchConfig, run_benchmark
 
     reports = {}
     for name, graphs in sets.items():
@@ -93,7 +93,7 @@ def bench_sets(sets: dict, data: Path, threads: tuple[int, ...], runs: int, out:
 def summarize(reports: dict, threads: tuple[int, ...]) -> tuple[list[dict], str]:
     """Rows of before/after int8/float32 ratios (median invokes), with the limit figures of the
     int8 models."""
-    from edge.bench import versus_limit
+    from edge.bench.runner import versus_limit
 
     rows = []
     for name, report in reports.items():
@@ -102,7 +102,7 @@ def summarize(reports: dict, threads: tuple[int, ...]) -> tuple[list[dict], str]
             r = [report["models"][c]["threads"][str(t)] for c in columns]
             ms = [x["invoke"]["p50"] for x in r]
             limit = report.get("limit", {}).get("auto", {}).get(str(t))
-            if limit:  # from the medians (reports written before edge.bench used them too)
+            if limit:  # from the medians (reports written before edge.bench.runner used them too)
                 r[3].update(versus_limit(report["models"][columns[3]]["macs"], r[3], limit["int8"]))
             rows.append(
                 {
@@ -132,10 +132,10 @@ def summarize(reports: dict, threads: tuple[int, ...]) -> tuple[list[dict], str]
         "",
         f"Machine: {m['cpu']} ({m['arch']}, {m['cores']} cores), {any_report['runtime']}; int8 "
         f"path: {rows[0]['int8_path']}. Median invoke (ms), each model in its own process; limit "
-        "= one large int8 conv timed in the same run (edge.limit). ORT int8: ONNX Runtime on the "
+        "= one large int8 conv timed in the same run (edge.bench.roofline). ORT int8: ONNX Runtime on the "
         "rover graph's float32 model translated to ONNX and quantized by ONNX Runtime (QDQ, "
         "uint8 activations, int8 per-channel weights) on the same calibration frames "
-        "(edge.onnx_peer), in the same run; below 1x, LiteRT is faster.",
+        "(edge.bench.onnx_peer), in the same run; below 1x, LiteRT is faster.",
         "",
         "| model | threads | f32 before | int8 before | int8/f32 before | f32 after | int8 after "
         "| int8/f32 after | int8 speed-up | int8 GMAC/s | limit share | floor ms | int8 / floor "

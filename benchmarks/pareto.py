@@ -29,7 +29,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.sinks import atomic_write_bytes, atomic_write_json
+from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 # (model, width, frame side): two widths and two sizes of the design made for this regime, the
 # course's MarsSeg at the rover's width at two sizes; more with --candidate.
@@ -104,8 +104,8 @@ def measure(run: Path) -> dict:
     import keras
 
     import trainer.models  # noqa: F401  (registers the custom layers for loading)
-    from edge.limit import graph_macs
-    from edge.runtime import make_interpreter, time_invoke
+    from edge.bench.roofline import graph_macs
+    from edge.runtimes.interpreter import make_interpreter, time_invoke
 
     config = json.loads((run / "config.json").read_text())
     keras_metrics = json.loads((run / "metrics.json").read_text())
@@ -226,7 +226,7 @@ def chart(rows: list[dict], path: Path, cpu: str) -> None:
 @click.option("--only", is_flag=True, help="Measure only the --candidate ones.")
 def main(data: Path, out: Path, epochs: int, steps: int, batch: int, lr: float, extra, only):
     """Train, convert and measure each candidate, then write OUT/pareto.md, .json and .png."""
-    from edge.cpu import cpu_features
+    from edge.runtimes.kernels import cpu_features
 
     budget = {"epochs": epochs, "steps": steps, "batch": batch}
     candidates = [parse_candidate(t) for t in extra]

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.sinks import atomic_write_bytes, atomic_write_json
+from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 VARIANTS = {
     "ce": "the report's: cross-entropy, background ignored",
@@ -84,7 +84,7 @@ def score_variant(run_dir: Path, floors=FLOORS) -> dict:
     """Validation scores of a run's best model, with each confidence floor."""
     import keras
 
-    from edge.metrics import confusion_matrix, report_from_confusion
+    from edge.contract.metrics import confusion_matrix, report_from_confusion
     from trainer.evaluate import load_model, predict_probabilities, run_split
 
     keras.backend.clear_session()

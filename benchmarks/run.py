@@ -1,4 +1,4 @@
-"""Float vs int8 on the board: `edge-seg bench` from a checkout (the library is edge/bench.py).
+"""Float vs int8 on the board: `edge-seg bench` from a checkout (the library is edge/bench/runner.py).
 
     python benchmarks/run.py --models model_float32.tflite model_int8.tflite \
         --data eval.npz --threads 1,2,4 --runs 200 --warmup 20 --out report/bench

@@ -32,7 +32,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.sinks import atomic_write_bytes, atomic_write_json
+from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 CHECKPOINTS = (1_000, 10_000, 50_000, 100_000)
 
@@ -72,8 +72,8 @@ class TelemetryTail:
 
 def frames_for(model: Path, n: int = 32) -> list[bytes]:
     """``n`` PNG-encoded synthetic frames at the model's input size."""
+    from edge.io.sinks import png_bytes
     from edge.segmenter import Segmenter
-    from edge.sinks import png_bytes
     from edge.synthetic import SyntheticConfig, generate
 
     h, w = Segmenter(model).input_shape

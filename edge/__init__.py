@@ -4,7 +4,7 @@ Depends only on numpy, pillow, click and a TFLite runtime (ai-edge-litert or tfl
 it never imports TensorFlow, so that it installs on a rover's ARM computer.
 """
 
-from edge.classes import CLASS_COLOURS, CLASS_NAMES, NUM_CLASSES, colourise
+from edge.contract.labels import CLASS_COLOURS, CLASS_NAMES, NUM_CLASSES, colourise
 
 __all__ = ["CLASS_COLOURS", "CLASS_NAMES", "NUM_CLASSES", "colourise"]
 __version__ = "0.1.0"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from edge.frames import DEFAULT_MAX_PIXELS
-from edge.runinfo import SUMMARY_SCHEMA
+from edge.io.decode import DEFAULT_MAX_PIXELS
+from edge.run.telemetry import SUMMARY_SCHEMA
 
 
 def rounded(value, digits: int = 4):
@@ -49,7 +49,7 @@ LOG_FORMAT = "%(levelname)s %(message)s"
 
 def _version(ctx: click.Context, _param, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        from edge.runinfo import package_version, software_versions
+        from edge.run.telemetry import package_version, software_versions
 
         versions = software_versions()
         click.echo(
@@ -95,8 +95,8 @@ def info(model: Path, tensors: bool) -> None:
 
     Exit codes: 0 described, 2 not a readable model.
     """
-    from edge.modelinfo import describe
-    from edge.runtime import RuntimeUnavailable
+    from edge.runtimes.info import describe
+    from edge.runtimes.interpreter import RuntimeUnavailable
 
     if not model.is_file():
         raise Fatal(f"no model at {model}")
@@ -291,13 +291,14 @@ def run(
       6  outputs could not all be written (e.g. a full disk)
       130  a second Ctrl-C: stopped at once, without the summary
     """
-    from edge.frames import CameraDir, LabelReader
-    from edge.pipeline import RunContext, RunStats, StatusLine, format_summary, outcome, run_stream
-    from edge.regions import RegionAnalyzer, RegionConfig
-    from edge.runinfo import Heartbeat, RunIdentity, file_sha256, software_versions, utc_now
-    from edge.runtime import RuntimeUnavailable
+    from edge.io.camera import CameraDir
+    from edge.io.labels import LabelReader
+    from edge.io.sinks import OutputWriter
+    from edge.run.hazards import RegionAnalyzer, RegionConfig
+    from edge.run.loop import RunContext, RunStats, StatusLine, format_summary, outcome, run_stream
+    from edge.run.telemetry import Heartbeat, RunIdentity, file_sha256, software_versions, utc_now
+    from edge.runtimes.interpreter import RuntimeUnavailable
     from edge.segmenter import Segmenter
-    from edge.sinks import OutputWriter
 
     if not camera_dir.is_dir():
         raise Fatal(f"camera directory {camera_dir} does not exist or is not a folder")
@@ -561,8 +562,8 @@ def bench(
     OUT/report.json, OUT/report.md (ratios and changes against the first model) and charts.
     With .onnx peers, a section puts each model against the peer of its precision.
     """
-    from edge.bench import BenchConfig, run_benchmark
-    from edge.runtime import KERNELS
+    from edge.bench.runner import BenchConfig, run_benchmark
+    from edge.runtimes.interpreter import KERNELS
 
     try:
         thread_counts = tuple(sorted({int(t) for t in threads.split(",") if t.strip()}))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.modelmeta import ModelMetadata, default_metadata, read_model_metadata
-from edge.runtime import KernelChoice, choose_kernels, make_interpreter
+from edge.contract.metadata import ModelMetadata, default_metadata, read_model_metadata
+from edge.runtimes.interpreter import KernelChoice, choose_kernels, make_interpreter
 
 log = logging.getLogger(__name__)
 OUTPUT_KINDS = ("probabilities", "logits")
@@ -32,18 +32,18 @@ class Segmenter:
 
     Everything about the model comes from the model: the input and output quantization from its
     tensors, and the classes, colours and preprocessing from its metadata
-    (:mod:`edge.modelmeta`). A frame is prepared exactly as training prepared its frames
-    (:class:`edge.preprocess.Preprocessing`), scaled to [0, 1], quantized when the input is
+    (:mod:`edge.contract.metadata`). A frame is prepared exactly as training prepared its frames
+    (:class:`edge.contract.preprocess.Preprocessing`), scaled to [0, 1], quantized when the input is
     integer, and the class map is brought back to the frame's own size.
 
     Args:
         model_path: the .tflite (or an ``.onnx`` peer of ``edge-seg bench``, run with ONNX
-            Runtime: :class:`edge.runtime.OnnxInterpreter`).
+            Runtime: :class:`edge.runtimes.interpreter.OnnxInterpreter`).
         threads: CPU threads.
         runtime: ``auto``, ``litert`` or ``tflite-runtime`` (an ``.onnx`` takes ``auto``).
         xnnpack: use the XNNPACK delegate (when ``kernels`` is not given).
         kernels: ``auto``, ``xnnpack``, ``xnnpack-no-amx`` or ``builtin``
-            (:func:`edge.runtime.choose_kernels`); what ran is in :attr:`execution`.
+            (:func:`edge.runtimes.interpreter.choose_kernels`); what ran is in :attr:`execution`.
 
     Raises:
         ValueError: if the model has more than one input, its input is not (1, H, W, 1), its

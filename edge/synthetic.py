@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import NUM_CLASSES
+from edge.contract.labels import NUM_CLASSES
 
 BACKGROUND, SOIL, BEDROCK, SAND, BIG_ROCK = range(NUM_CLASSES)
 
@@ -127,7 +127,7 @@ def write_npz(cfg: SyntheticConfig, path: Path, progress: bool = False) -> dict:
     training_set = np.stack([train.images, train.labels], axis=1).astype(np.float64)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from edge.sinks import atomic_path
+    from edge.io.sinks import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(

@@ -83,9 +83,9 @@ def band_frame(rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.n
 
 def band_metadata(precision: str = "float32"):
     """The metadata document of the band models: the Mars classes, 64x128 frames."""
-    from edge.classes import MARS
-    from edge.modelmeta import ModelMetadata
-    from edge.preprocess import Preprocessing
+    from edge.contract.labels import MARS
+    from edge.contract.metadata import ModelMetadata
+    from edge.contract.preprocess import Preprocessing
 
     return ModelMetadata(MARS, Preprocessing(64, 128), {"name": "bands", "precision": precision})
 

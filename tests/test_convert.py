@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edge.modelmeta import read_model_metadata
+from edge.contract.metadata import read_model_metadata
 from trainer.cli import main
 from trainer.config import DataConfig, TrainConfig, to_json
 from trainer.convert import ConvertConfig, check_integer_only, convert_run

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from edge.cpu import cpu_features
-from edge.limit import conv_model, graph_macs, limit_macs
-from edge.runtime import KERNELS, calibrate, choose_kernels, make_interpreter
+from edge.bench.roofline import conv_model, graph_macs, limit_macs
+from edge.runtimes.interpreter import KERNELS, calibrate, choose_kernels, make_interpreter
+from edge.runtimes.kernels import cpu_features
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -63,9 +63,9 @@ def test_cpu_names_come_from_cpuinfo():
 _REFUSAL = """
 import errno, json, sys
 import numpy as np
-from edge import cpu
+from edge.runtimes import kernels as cpu
 from edge.segmenter import Segmenter
-before = cpu.request_amx()
+before = None if sys.argv[2] == "refuse-first" else cpu.request_amx()
 choice_ok = cpu.refuse_amx() and cpu.refuse_amx()  # idempotent
 after = cpu.request_amx()
 seg = Segmenter(sys.argv[1], kernels="xnnpack-no-amx")
@@ -77,14 +77,20 @@ print(json.dumps({"before": before, "after": after, "ok": choice_ok,
 
 @x86_linux
 def test_refusing_amx_makes_the_kernel_say_eperm_and_the_model_still_runs(band_models):
-    done = subprocess.run(
-        [sys.executable, "-c", _REFUSAL, str(band_models["int8"])],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["before"] != errno.EPERM  # granted (0) on AMX, unsupported elsewhere
+    def child(mode: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", _REFUSAL, str(band_models["int8"]), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    # a request before the filter is granted on an AMX CPU (and then held: AMX stays usable)
+    asked_first = child("ask-first")
+    assert asked_first["before"] != errno.EPERM  # granted (0) on AMX, unsupported elsewhere
+    assert asked_first["after"] == errno.EPERM
+    out = child("refuse-first")  # what --kernels xnnpack-no-amx does: the filter comes first
     assert out["after"] == errno.EPERM and out["ok"]
     ex = out["execution"]
     assert ex["kernels"] == "xnnpack-no-amx" and ex["chosen_by"] == "asked"

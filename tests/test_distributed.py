@@ -149,8 +149,8 @@ replicas = int(sys.argv[1])
 from trainer.distributed import select_strategy, synchronize_batch_norm, train_custom
 strategy = select_strategy("mirrored" if replicas > 1 else "default", replicas)
 import keras
-from edge.classes import MARS
-from edge.preprocess import Preprocessing
+from edge.contract.labels import MARS
+from edge.contract.preprocess import Preprocessing
 from edge.synthetic import SyntheticConfig, generate
 from trainer.config import DataConfig, TrainConfig
 from trainer.losses import make_loss, per_frame

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.metrics import confusion_matrix, iou_per_class, mean_iou, score
+from edge.contract.metrics import confusion_matrix, iou_per_class, mean_iou, score
 
 
 def test_perfect_prediction_scores_one(rng):
@@ -41,7 +41,7 @@ def test_shape_mismatch_and_range_errors():
 
 def test_the_rover_safety_figures_by_hand():
     """Truth and prediction of 10 pixels, every figure counted by hand."""
-    from edge.metrics import class_fractions, hazard_report, score
+    from edge.contract.metrics import class_fractions, hazard_report, score
 
     # truth:      0  0  0  1  1  2  4  4  4  3
     # prediction: 4  4  1  1  4  2  4  4  0  3
@@ -75,8 +75,8 @@ def test_the_rover_safety_figures_by_hand():
 
 
 def test_a_label_set_without_background_and_with_three_classes():
-    from edge.classes import LabelSet
-    from edge.metrics import class_fractions, hazard_report
+    from edge.contract.labels import LabelSet
+    from edge.contract.metrics import class_fractions, hazard_report
 
     every = LabelSet(("flat", "rock", "sand"), ignore=None, hazards=("rock",))
     truth, predicted = np.array([0, 1, 1, 2]), np.array([1, 1, 1, 2])

@@ -10,16 +10,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edge.classes import MARS, LabelSet
 from edge.cli import main
-from edge.frames import read_frame
-from edge.modelmeta import (
+from edge.contract.labels import MARS, LabelSet
+from edge.contract.metadata import (
     METADATA_KEY,
     ModelMetadata,
     read_model_metadata,
     tflite_metadata,
 )
-from edge.preprocess import Preprocessing, parse_size
+from edge.contract.preprocess import Preprocessing, parse_size
+from edge.io.decode import read_frame
 from edge.segmenter import Segmenter
 from tests.conftest import band_frame, band_metadata
 
@@ -162,7 +162,8 @@ def test_edge_seg_warns_when_no_label_matches(band_models, tmp_path, caplog):
 
 
 def test_model_labels_that_look_like_ai4mars_say_so(band_models, tmp_path):
-    from edge.frames import BadFrame, LabelReader
+    from edge.io.decode import BadFrame
+    from edge.io.labels import LabelReader
 
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -234,7 +235,7 @@ def test_outputs_are_only_what_was_asked_in_float32_and_microseconds(band_models
 
 def test_the_shared_preprocessing_by_hand():
     """Area resize for frames, nearest for labels, the centre crop's window, the defaults."""
-    from edge.preprocess import INPUT_SCALE
+    from edge.contract.preprocess import INPUT_SCALE
 
     prep = Preprocessing(8, 8)
     frame = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8) * 3, np.ones((2, 2), np.uint8))

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edge.cli import main
-from edge.frames import CameraDir
+from edge.io.camera import CameraDir
 from edge.segmenter import Segmenter
 from tests.conftest import band_frame
 from tests.test_edge_import import run_without_tensorflow
@@ -263,7 +263,7 @@ def test_incomplete_files_wait_and_stalled_ones_are_reported(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".pgm", ".npy"])
 def test_completeness_check_per_format(suffix, tmp_path):
-    from edge.frames import looks_complete
+    from edge.io.decode import looks_complete
 
     image, _ = band_frame()
     path = tmp_path / f"frame{suffix}"

@@ -21,12 +21,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edge import frames as F
 from edge.cli import main
-from edge.pipeline import RunStats, run_stream
-from edge.quantiles import LogHistogram
+from edge.io import camera as cameradir
+from edge.io import decode
+from edge.io.sinks import OutputWriter, Telemetry, short_stem
+from edge.run.loop import RunStats, run_stream
+from edge.run.quantiles import LogHistogram
 from edge.segmenter import Segmenter
-from edge.sinks import OutputWriter, Telemetry, short_stem
 from tests.conftest import band_frame
 from tests.test_edge_run import edge_seg, wait_for, write_png
 
@@ -87,9 +88,9 @@ def test_a_decompression_bomb_is_a_bad_frame_and_the_next_frame_runs(band_models
 
 def test_the_pixel_cap_is_a_flag(cam, tmp_path):
     png_of_zeros(cam / "frame.png", 3000, 2000)
-    with pytest.raises(F.BadFrame, match=r"3000x2000 is 6 MP, over the cap of 5 MP"):
-        F.read_frame(cam / "frame.png", max_pixels=5_000_000)
-    assert F.read_frame(cam / "frame.png").shape == (2000, 3000)
+    with pytest.raises(decode.BadFrame, match=r"3000x2000 is 6 MP, over the cap of 5 MP"):
+        decode.read_frame(cam / "frame.png", max_pixels=5_000_000)
+    assert decode.read_frame(cam / "frame.png").shape == (2000, 3000)
 
 
 def test_very_large_frames_are_decoded_reduced(cam):
@@ -97,10 +98,10 @@ def test_very_large_frames_are_decoded_reduced(cam):
     tile = rng.integers(0, 256, (250, 250), dtype=np.uint8)
     big = np.tile(tile, (20, 20))  # 5000x5000 = 25 MP: above the 16 MP decoded whole
     Image.fromarray(big).save(cam / "big.jpg", quality=90)
-    image, factor = F.read_frame_reduced(cam / "big.jpg")
+    image, factor = decode.read_frame_reduced(cam / "big.jpg")
     assert factor == 2 and image.shape == (2500, 2500)  # JPEG DCT scaling
     Image.fromarray(big).save(cam / "big.png")
-    image, factor = F.read_frame_reduced(cam / "big.png")
+    image, factor = decode.read_frame_reduced(cam / "big.png")
     assert factor == 2 and image.shape == (2500, 2500)
     np.testing.assert_array_equal(
         image[:2, :2], big[:4, :4].reshape(2, 2, 2, 2).mean((1, 3)).round()
@@ -110,11 +111,11 @@ def test_very_large_frames_are_decoded_reduced(cam):
 def test_16bit_frames_are_scaled_without_floats(cam):
     ramp = (np.arange(64 * 128, dtype=np.uint32).reshape(64, 128) * 8).astype(np.uint16)
     Image.fromarray(ramp).save(cam / "deep.png")
-    image = F.read_frame(cam / "deep.png")
+    image = decode.read_frame(cam / "deep.png")
     assert image.dtype == np.uint8
     np.testing.assert_array_equal(image, (ramp.astype(np.uint32) * 255 + 32767) // 65535)
     np.save(cam / "deep.npy", ramp)
-    np.testing.assert_array_equal(F.read_frame(cam / "deep.npy"), image)
+    np.testing.assert_array_equal(decode.read_frame(cam / "deep.npy"), image)
 
 
 # 3. A full disk.
@@ -124,7 +125,7 @@ def test_outputs_that_cannot_be_written_are_counted_and_telemetry_stays_whole(
     band_models, cam, tmp_path, monkeypatch
 ):
     """ENOSPC simulated at the writer boundary (the real file system is in the next test)."""
-    import edge.sinks as sinks
+    import edge.io.sinks as sinks
 
     for i in range(6):
         write_png(cam / f"f{i}.png", band_frame(np.random.default_rng(i))[0])
@@ -151,7 +152,7 @@ def test_outputs_that_cannot_be_written_are_counted_and_telemetry_stays_whole(
         full["on"] = 2 <= stats.frames < 5  # full for frames 3-5, room again for the last
 
     with OutputWriter(out) as writer:
-        stats = run_stream(F.CameraDir(cam), segmenter, writer, on_frame=fill_after_two)
+        stats = run_stream(cameradir.CameraDir(cam), segmenter, writer, on_frame=fill_after_two)
     assert (stats.frames, stats.errors, stats.unwritten) == (6, 0, 3)
     assert stats.telemetry_failures == 3 and stats.telemetry_lost == 0
     lines = (out / "telemetry.jsonl").read_text().splitlines()
@@ -219,7 +220,7 @@ def test_symlink_loops_and_dangling_links_are_bad_frames_once(band_models, cam, 
     (cam / "b_dangling.png").symlink_to(tmp_path / "nowhere.png")
     write_png(cam / "c_good.png", band_frame()[0])
     with caplog.at_level(logging.WARNING):
-        source = F.CameraDir(cam, watch=True, poll_s=0.01, idle_timeout=1.0)
+        source = cameradir.CameraDir(cam, watch=True, poll_s=0.01, idle_timeout=1.0)
         stats = run_stream(source, Segmenter(band_models["int8"]))
     assert (stats.frames, stats.errors) == (1, 2)
     assert len([r for r in caplog.records if "a_loop" in r.getMessage()]) == 1  # not 48 a second
@@ -251,13 +252,15 @@ def test_sigterm_stops_a_slowly_paced_run_at_once(band_models, cam, tmp_path):
 
 def test_inotify_never_lists_the_folder_again(band_models, cam, monkeypatch):
     listings = []
-    real = F.CameraDir._listing
+    real = cameradir.CameraDir._listing
     monkeypatch.setattr(
-        F.CameraDir, "_listing", lambda self, after="": listings.append(after) or real(self, after)
+        cameradir.CameraDir,
+        "_listing",
+        lambda self, after="": listings.append(after) or real(self, after),
     )
     for i in range(200):
         (cam / f"old{i:04d}.txt").write_text("not a frame")
-    source = F.CameraDir(cam, watch=True, idle_timeout=1.5, max_queue=100, notify="inotify")
+    source = cameradir.CameraDir(cam, watch=True, idle_timeout=1.5, max_queue=100, notify="inotify")
     stream = iter(source)
 
     def camera():
@@ -279,15 +282,15 @@ def test_a_frame_finished_while_it_is_checked_is_taken_once(cam, monkeypatch):
     buffer = io.BytesIO()
     Image.fromarray(band_frame()[0]).save(buffer, format="PNG")
     target = cam / "late.png"
-    real = F.looks_complete
+    real = decode.looks_complete
 
     def the_writer_finishes_meanwhile(path):
         if path == target and target.stat().st_size == 0:
             target.write_bytes(buffer.getvalue())
         return real(path)
 
-    monkeypatch.setattr(F, "looks_complete", the_writer_finishes_meanwhile)
-    source = F.CameraDir(cam, watch=True, idle_timeout=1.0, max_queue=10, notify="inotify")
+    monkeypatch.setattr(cameradir, "looks_complete", the_writer_finishes_meanwhile)
+    source = cameradir.CameraDir(cam, watch=True, idle_timeout=1.0, max_queue=10, notify="inotify")
     writer = threading.Timer(0.3, target.touch)  # created empty: its first event says size 0
     writer.start()
     frames = list(source)
@@ -297,13 +300,15 @@ def test_a_frame_finished_while_it_is_checked_is_taken_once(cam, monkeypatch):
 
 def test_polling_lists_only_when_the_folder_changes(cam, monkeypatch):
     listings = []
-    real = F.CameraDir._listing
+    real = cameradir.CameraDir._listing
     monkeypatch.setattr(
-        F.CameraDir, "_listing", lambda self, after="": listings.append(after) or real(self, after)
+        cameradir.CameraDir,
+        "_listing",
+        lambda self, after="": listings.append(after) or real(self, after),
     )
     write_png(cam / "a.png", band_frame()[0])
     time.sleep(2.1)  # the folder's time is no longer recent (coarse clocks are relisted)
-    source = F.CameraDir(cam, watch=True, poll_s=0.01, idle_timeout=0.5, notify="poll")
+    source = cameradir.CameraDir(cam, watch=True, poll_s=0.01, idle_timeout=0.5, notify="poll")
     assert [f.name for f in source] == ["a"]
     assert len(listings) <= 2  # the start, and at most one poll (the folder never changed)
 
@@ -339,7 +344,7 @@ def test_a_writer_pausing_longer_than_the_grace_period_loses_nothing(band_models
     image, truth = band_frame()
     write_png(cam.parent / "whole.png", image)
     payload = (cam.parent / "whole.png").read_bytes()
-    source = F.CameraDir(cam, watch=True, grace_s=0.3, idle_timeout=2.0, notify="inotify")
+    source = cameradir.CameraDir(cam, watch=True, grace_s=0.3, idle_timeout=2.0, notify="inotify")
     frames = []
 
     def camera():
@@ -390,14 +395,14 @@ def test_a_jpeg_cut_right_after_its_thumbnail_is_not_taken_early(tmp_path):
     payload = jpeg_with_thumbnail(image)
     path = tmp_path / "frame.jpg"
     path.write_bytes(payload)
-    assert F.looks_complete(path) and F.read_frame(path).shape == (64, 128)
+    assert decode.looks_complete(path) and decode.read_frame(path).shape == (64, 128)
     cut = payload.index(b"\xff\xd9") + 2  # the thumbnail's end marker
     path.write_bytes(payload[:cut])
-    assert payload[:cut].endswith(b"\xff\xd9") and not F.looks_complete(path)
+    assert payload[:cut].endswith(b"\xff\xd9") and not decode.looks_complete(path)
 
 
 def test_a_camera_that_reuses_a_file_name_gets_every_frame(cam):
-    source = F.CameraDir(cam, watch=True, idle_timeout=1.5, max_queue=5, notify="inotify")
+    source = cameradir.CameraDir(cam, watch=True, idle_timeout=1.5, max_queue=5, notify="inotify")
     rng = np.random.default_rng(5)
     written = [band_frame(rng)[0] for _ in range(3)]
 
@@ -515,7 +520,7 @@ def test_keep_bounds_the_outputs_and_consumed_frames_go(band_models, cam, tmp_pa
 def test_a_fifo_in_the_folder_is_a_bad_frame_not_a_hang(band_models, cam):
     os.mkfifo(cam / "a_fifo.png")
     write_png(cam / "b_good.png", band_frame()[0])
-    source = F.CameraDir(cam, watch=True, idle_timeout=1.0, notify="inotify")
+    source = cameradir.CameraDir(cam, watch=True, idle_timeout=1.0, notify="inotify")
     frames = list(source)
     errors = {f.name: f.error for f in frames if f.error}
     assert [f.name for f in frames if not f.error] == ["b_good"]
@@ -527,9 +532,13 @@ def test_a_broken_fresh_file_is_retried_once_not_in_a_loop(cam, monkeypatch):
     broken = payload[:40] + b"\x00" * 30 + payload[-30:]  # a valid start and end, junk between
     (cam / "broken.png").write_bytes(broken)
     calls = []
-    real = F.read_frame_reduced
-    monkeypatch.setattr(F, "read_frame_reduced", lambda *a, **k: calls.append(1) or real(*a, **k))
-    frames = list(F.CameraDir(cam, watch=True, grace_s=0.3, idle_timeout=0.5, notify="poll"))
+    real = decode.read_frame_reduced
+    monkeypatch.setattr(
+        cameradir, "read_frame_reduced", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    frames = list(
+        cameradir.CameraDir(cam, watch=True, grace_s=0.3, idle_timeout=0.5, notify="poll")
+    )
     assert [f.name for f in frames] == ["broken"] and frames[0].error
     assert len(calls) == 2  # the first try, and one retry after grace_s
 
@@ -541,7 +550,7 @@ def test_a_file_finished_during_the_start_is_taken_once(cam):
     handle = open(cam / "c.png", "wb")
     handle.write(payload[:50])
     handle.flush()
-    source = F.CameraDir(cam, watch=True, idle_timeout=1.0, notify="inotify")
+    source = cameradir.CameraDir(cam, watch=True, idle_timeout=1.0, notify="inotify")
     stream = iter(source)
     assert next(stream).name == "a"
     handle.write(payload[50:])
@@ -553,7 +562,7 @@ def test_a_file_finished_during_the_start_is_taken_once(cam):
 def test_a_file_arriving_without_a_close_event_is_taken(cam, tmp_path):
     payload = write_png(tmp_path / "ok.png", band_frame()[0]).read_bytes() + b"trailer!"
     (tmp_path / "src.png").write_bytes(payload)
-    source = F.CameraDir(cam, watch=True, grace_s=0.1, idle_timeout=2.5, notify="inotify")
+    source = cameradir.CameraDir(cam, watch=True, grace_s=0.1, idle_timeout=2.5, notify="inotify")
     stream = iter(source)
 
     def link():
@@ -581,7 +590,7 @@ def test_large_frames_of_any_mode_are_decoded_reduced(cam, mode):
         Image.fromarray(np.full((side, side), 40000, np.uint16)).save(cam / "deep.png")
     else:
         Image.new("P", (side, side), 3).save(cam / "deep.png")
-    image, factor = F.read_frame_reduced(cam / "deep.png")
+    image, factor = decode.read_frame_reduced(cam / "deep.png")
     assert factor == 2 and image.shape == (side // 2, side // 2)
 
 
@@ -589,15 +598,15 @@ def test_npy_frames_are_copies_not_views_of_the_file(cam):
     np.save(cam / "f.npy", np.arange(64 * 128, dtype=np.uint32).reshape(64, 128) % 256)
     np.save(cam / "g.npy", np.full((64, 128), 7, np.uint8))
     for name in ("f.npy", "g.npy"):
-        frame = F.read_frame(cam / name)
+        frame = decode.read_frame(cam / name)
         assert frame.dtype == np.uint8 and frame.flags.writeable and frame.flags.owndata
-    assert F.read_frame(cam / "f.npy")[0, 5] == 5
+    assert decode.read_frame(cam / "f.npy")[0, 5] == 5
 
 
 def test_an_unusable_inotify_is_exit_2_and_a_crash_is_in_the_heartbeat(
     band_models, cam, tmp_path, monkeypatch
 ):
-    import edge.pipeline
+    import edge.run.loop
 
     monkeypatch.setitem(sys.modules, "watchdog.observers.inotify", None)  # not importable
     result = run_cli("--camera-dir", str(cam), "--model", str(band_models["int8"]),
@@ -608,7 +617,7 @@ def test_an_unusable_inotify_is_exit_2_and_a_crash_is_in_the_heartbeat(
     def crash(*args, **kwargs):
         raise RuntimeError("the interpreter died")
 
-    monkeypatch.setattr(edge.pipeline, "run_stream", crash)
+    monkeypatch.setattr(edge.run.loop, "run_stream", crash)
     result = run_cli(
         "--camera-dir", str(cam), "--model", str(band_models["int8"]), "--out", str(tmp_path / "b")
     )
@@ -619,7 +628,7 @@ def test_an_unusable_inotify_is_exit_2_and_a_crash_is_in_the_heartbeat(
 
 
 def test_a_paced_npz_run_and_out_of_range_labels_do_not_end_the_run(band_models, tmp_path):
-    from edge.frames import NpzFrames
+    from edge.io.npz import NpzFrames
 
     image, truth = band_frame()
     labels = truth.copy()
@@ -634,8 +643,8 @@ def test_a_paced_npz_run_and_out_of_range_labels_do_not_end_the_run(band_models,
 
 
 def test_hazard_rules_that_could_never_or_always_fire_are_refused(tmp_path):
-    from edge.classes import MARS
-    from edge.regions import RegionAnalyzer, RegionConfig
+    from edge.contract.labels import MARS
+    from edge.run.hazards import RegionAnalyzer, RegionConfig
 
     path = tmp_path / "regions.json"
     for doc, message in (

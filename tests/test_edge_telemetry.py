@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge.classes import MARS
 from edge.cli import main
-from edge.pipeline import RunStats, StatusLine
-from edge.regions import DEFAULT_REGIONS, HazardRule, RegionAnalyzer, RegionConfig
+from edge.contract.labels import MARS
+from edge.run.hazards import DEFAULT_REGIONS, HazardRule, RegionAnalyzer, RegionConfig
+from edge.run.loop import RunStats, StatusLine
 from tests.conftest import BAND_CENTRES
 from tests.test_edge_run import edge_seg, wait_for, write_png
 
@@ -202,9 +202,9 @@ def test_warnings_never_garble_the_status_line():
 
 
 def test_a_model_without_a_background_target_is_flagged(band_models, tmp_path, caplog):
-    from edge.classes import MARS as labels
-    from edge.modelmeta import ModelMetadata
-    from edge.preprocess import Preprocessing
+    from edge.contract.labels import MARS as labels
+    from edge.contract.metadata import ModelMetadata
+    from edge.contract.preprocess import Preprocessing
 
     model = tmp_path / "m.tflite"
     model.write_bytes(band_models["bare"].read_bytes())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.metrics import score
+from edge.contract.metrics import score
 from trainer.metrics import MeanIoU, segmentation_metrics
 
 
@@ -65,7 +65,7 @@ def test_hand_computed_small_cases():
 
 def test_a_label_set_of_its_own_is_followed():
     """Four classes, the ignored one last: the metrics take both from the label set."""
-    from edge.classes import LabelSet
+    from edge.contract.labels import LabelSet
 
     labels = LabelSet(("soil", "rock", "sand", "unlabelled"), ignore=3)
     truth = np.array([[[0, 1, 2, 3, 3]]])

@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime", reason="the [peers] extra (make test installs
 @pytest.fixture(scope="module")
 def band_peer(band_models, tmp_path_factory):
     """The band model's ONNX peer, calibrated on band frames like its .tflite."""
-    from edge.onnx_peer import export_onnx
+    from edge.bench.onnx_peer import export_onnx
 
     rng = np.random.default_rng(3)
     calibration = np.stack([band_frame(rng)[0] for _ in range(8)]).astype(np.float32) / 255.0
@@ -29,7 +29,7 @@ def band_peer(band_models, tmp_path_factory):
 def test_the_int8_peer_is_quantized_by_onnx_runtime_and_gives_the_known_answer(band_peer):
     import onnx
 
-    from edge.modelmeta import read_model_metadata
+    from edge.contract.metadata import read_model_metadata
     from edge.segmenter import Segmenter
 
     graph = onnx.load(str(band_peer["int8"])).graph
@@ -51,7 +51,7 @@ def test_the_int8_peer_is_quantized_by_onnx_runtime_and_gives_the_known_answer(b
 
 
 def test_a_damaged_onnx_file_is_refused_with_a_value_error(band_peer, tmp_path):
-    from edge.modelmeta import read_model_metadata
+    from edge.contract.metadata import read_model_metadata
 
     data = band_peer["int8"].read_bytes()
     for cut in (7, len(data) // 2, len(data) - 5):  # in a header, the graph, the metadata
@@ -62,8 +62,8 @@ def test_a_damaged_onnx_file_is_refused_with_a_value_error(band_peer, tmp_path):
 
 
 def test_an_op_without_translation_is_named_with_the_supported_ones(band_models, monkeypatch):
-    from edge.limit import conv_model
-    from edge.onnx_peer import HANDLERS, UnsupportedModel, tflite_to_onnx
+    from edge.bench.onnx_peer import HANDLERS, UnsupportedModel, tflite_to_onnx
+    from edge.bench.roofline import conv_model
 
     monkeypatch.delitem(HANDLERS, "SOFTMAX")
     with pytest.raises(UnsupportedModel, match=r"op SOFTMAX has no ONNX translation.*CONV_2D"):
@@ -73,7 +73,7 @@ def test_an_op_without_translation_is_named_with_the_supported_ones(band_models,
 
 
 def test_bench_puts_litert_against_the_onnx_peer(band_models, band_peer, tmp_path):
-    from edge.bench import BenchConfig, run_benchmark
+    from edge.bench.runner import BenchConfig, run_benchmark
 
     models = [band_models["float32"], band_models["int8"], band_peer["float32"], band_peer["int8"]]
     report = run_benchmark(
@@ -121,8 +121,8 @@ def test_bench_refuses_a_file_that_is_not_a_model(band_models, tmp_path):
 
 @pytest.mark.slow
 def test_trainer_convert_onnx_translates_marsseg_exactly(small_npz, tmp_path):
-    from edge.onnx_peer import HANDLERS
-    from edge.runtime import list_ops, make_interpreter
+    from edge.bench.onnx_peer import HANDLERS
+    from edge.runtimes.interpreter import list_ops, make_interpreter
     from edge.segmenter import Segmenter
     from tests.test_convert import make_run
     from trainer.cli import main
@@ -362,8 +362,8 @@ def _cases():
 def test_each_op_translates_to_what_litert_computes(case, tmp_path):
     import onnxruntime as ort
 
-    from edge.onnx_peer import tflite_to_onnx
-    from edge.runtime import make_interpreter
+    from edge.bench.onnx_peer import tflite_to_onnx
+    from edge.runtimes.interpreter import make_interpreter
 
     shape, ops = _cases()[case]
     path = tmp_path / f"{case}.tflite"
@@ -384,7 +384,7 @@ def test_each_op_translates_to_what_litert_computes(case, tmp_path):
 
 
 def test_a_peer_is_set_against_models_of_its_own_graph_and_precision():
-    from edge.bench import peer_ratios
+    from edge.bench.runner import peer_ratios
 
     def entry(runtime, graph, precision, p50):
         figures = {"precision": precision, "invoke": {"p50": p50}}
@@ -404,7 +404,7 @@ def test_a_peer_is_set_against_models_of_its_own_graph_and_precision():
 
 
 def test_the_onnx_session_refuses_what_litert_refuses(band_peer):
-    from edge.runtime import make_interpreter
+    from edge.runtimes.interpreter import make_interpreter
 
     interpreter, runtime = make_interpreter(band_peer["float32"])
     assert runtime == "onnxruntime"

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from edge.classes import MARS, LabelSet
-from edge.frames import looks_complete, read_frame
-from edge.metrics import confusion_matrix, iou_per_class, mean_iou, score
-from edge.preprocess import Preprocessing
-from edge.quantiles import LogHistogram
-from edge.sinks import png_bytes
+from edge.contract.labels import MARS, LabelSet
+from edge.contract.metrics import confusion_matrix, iou_per_class, mean_iou, score
+from edge.contract.preprocess import Preprocessing
+from edge.io.decode import looks_complete, read_frame
+from edge.io.sinks import png_bytes
+from edge.run.quantiles import LogHistogram
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

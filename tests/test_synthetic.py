@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.data_hardness import LIMIT, measure
-from edge.metrics import class_fractions
+from edge.contract.metrics import class_fractions
 from edge.synthetic import SyntheticConfig, generate, outlier_mask
 from trainer import data as D
 

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.sinks import atomic_path
+from edge.io.sinks import atomic_path
 
 
 def held_out(data: Path, run: Path | None, limit: int | None):
@@ -75,7 +75,7 @@ def main(
     data: Path, run: Path | None, frames_dir: Path | None, npz_out: Path | None, limit: int | None
 ) -> None:
     """Export held-out frames of DATA for edge-seg run and benchmarks/run.py."""
-    from edge.sinks import atomic_write_bytes, png_bytes
+    from edge.io.sinks import atomic_write_bytes, png_bytes
     from trainer import data as D
 
     if frames_dir is None and npz_out is None:

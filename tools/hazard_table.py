@@ -26,9 +26,9 @@ def hazard_table(out: Path, labels_dir: Path, regions: Path | None = None) -> di
     Raises:
         ValueError: when the telemetry has no region analysis or no label matches.
     """
-    from edge.classes import MARS
-    from edge.frames import LabelReader
-    from edge.regions import RegionAnalyzer, RegionConfig
+    from edge.contract.labels import MARS
+    from edge.io.labels import LabelReader
+    from edge.run.hazards import RegionAnalyzer, RegionConfig
 
     reader = LabelReader(labels_dir, MARS.num_classes)
     analyzer = RegionAnalyzer(RegionConfig.load(regions) if regions else RegionConfig(), MARS)

@@ -69,7 +69,7 @@ def main(
     preview: Path | None,
 ) -> None:
     """Generate a synthetic Mars terrain set and write it to OUT (.npz)."""
-    from edge.preprocess import parse_size
+    from edge.contract.preprocess import parse_size
 
     try:
         height, width = parse_size(size)

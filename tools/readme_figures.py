@@ -15,9 +15,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.classes import overlay
-from edge.frames import LabelReader, read_frame
-from edge.regions import RegionAnalyzer, RegionConfig
+from edge.contract.labels import overlay
+from edge.io.decode import read_frame
+from edge.io.labels import LabelReader
+from edge.run.hazards import RegionAnalyzer, RegionConfig
 from edge.segmenter import Segmenter
 from tools.demo_summary import summary_text
 

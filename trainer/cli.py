@@ -101,7 +101,7 @@ def inspect(
 
     Writes a class-distribution bar chart and a sample grid.
     """
-    from edge.preprocess import parse_size
+    from edge.contract.preprocess import parse_size
     from trainer.inspection import inspect_dataset
 
     result = inspect_dataset(
@@ -421,7 +421,7 @@ def convert(
 )
 def models(width: float, size: str, classes: int) -> None:
     """List the registered models with parameters and MACs at one frame size."""
-    from edge.preprocess import parse_size
+    from edge.contract.preprocess import parse_size
     from trainer.models import MODELS, STRIDES, build_model, count_macs
 
     h, w = parse_size(size)

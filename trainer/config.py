@@ -75,7 +75,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.size is not None:
-            from edge.preprocess import parse_size
+            from edge.contract.preprocess import parse_size
 
             self.size = "{}x{}".format(*parse_size(self.size))
 
@@ -160,7 +160,7 @@ def to_json(cfg: Any, path: str | Path | None = None) -> str:
     """Serialize a (nested) config dataclass; also write it to ``path`` (atomically) when given."""
     text = json.dumps(asdict(cfg), indent=2, sort_keys=True)
     if path is not None:
-        from edge.sinks import atomic_write_bytes
+        from edge.io.sinks import atomic_write_bytes
 
         atomic_write_bytes(path, (text + "\n").encode())
     return text

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.metrics import score
-from edge.modelmeta import METADATA_KEY, ModelMetadata
-from edge.runtime import list_ops, make_interpreter
+from edge.contract.metadata import METADATA_KEY, ModelMetadata
+from edge.contract.metrics import score
+from edge.io.sinks import atomic_write_bytes
+from edge.runtimes.interpreter import list_ops, make_interpreter
 from edge.segmenter import Segmenter
-from edge.sinks import atomic_write_bytes
 from trainer import data as D
 from trainer.export_graph import GRAPHS, rover_graph
 
@@ -44,7 +44,7 @@ class ConvertConfig:
     graph: str = (
         "rover"  # "rover": export-time rewrites (trainer.export_graph); "keras": as trained
     )
-    # also the ONNX Runtime peer (edge.onnx_peer): onnx/model_{float32,int8}.onnx, translated
+    # also the ONNX Runtime peer (edge.bench.onnx_peer): onnx/model_{float32,int8}.onnx, translated
     # from the float32 .tflite and calibrated on the same frames (needs the [peers] extra)
     onnx: bool = False
 
@@ -180,12 +180,12 @@ def convert_model(
         out_dir: created if missing.
         precisions: among :data:`PRECISIONS`.
         calibration: float32 frames (N, H, W) in [0, 1], for int8.
-        label_set: the classes (:class:`edge.classes.LabelSet`).
-        preprocessing: how frames become inputs (:class:`edge.preprocess.Preprocessing`).
+        label_set: the classes (:class:`edge.contract.labels.LabelSet`).
+        preprocessing: how frames become inputs (:class:`edge.contract.preprocess.Preprocessing`).
         info: provenance recorded in the metadata (the graph, output kind and precision are
             added).
         graph: ``rover`` (:func:`trainer.export_graph.rover_graph`) or ``keras`` (as trained).
-        onnx: also write the ONNX Runtime peer (:func:`edge.onnx_peer.export_onnx`) under
+        onnx: also write the ONNX Runtime peer (:func:`edge.bench.onnx_peer.export_onnx`) under
             ``out_dir/onnx``, from the float32 .tflite and ``calibration``.
 
     Returns:
@@ -240,7 +240,7 @@ def convert_model(
             produced[precision] = target
             log.info("wrote %s (%.1f KiB)", target, target.stat().st_size / 1024)
     if onnx:
-        from edge.onnx_peer import export_onnx
+        from edge.bench.onnx_peer import export_onnx
 
         peer = export_onnx(produced["float32"], calibration, out_dir / "onnx")
         produced.update({f"onnx-{p}": path for p, path in peer.items()})

@@ -9,7 +9,7 @@ Two layouts are read:
   :func:`load_ai4mars` for the protocol.
 
 Images come out as float32 in [0, 1] (the scaling the edge side applies), labels as uint8 in
-0..4 of :data:`edge.classes.MARS` (0 = background/unlabelled, never scored). Every check raises
+0..4 of :data:`edge.contract.labels.MARS` (0 = background/unlabelled, never scored). Every check raises
 ``ValueError`` with a message that says what is wrong and how to fix it.
 """
 
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import CLASS_NAMES, MARS, NUM_CLASSES, LabelSet
-from edge.metrics import class_fractions
-from edge.preprocess import Preprocessing
-from edge.runinfo import file_sha256
+from edge.contract.labels import CLASS_NAMES, MARS, NUM_CLASSES, LabelSet
+from edge.contract.metrics import class_fractions
+from edge.contract.preprocess import Preprocessing
+from edge.run.telemetry import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def load_dataset(
         path: the npz, or the AI4Mars root or any folder under it.
         size: (height, width) for folder data sets (default 128x128); an npz is used at its own
             size and refuses another.
-        crop: ``none`` or ``centre`` (folder data sets; see :class:`edge.preprocess.Preprocessing`).
+        crop: ``none`` or ``centre`` (folder data sets; see :class:`edge.contract.preprocess.Preprocessing`).
         agreement: AI4Mars test labels: the ``masked-gold-min<N>-100agree`` set to use.
 
     Raises:
@@ -417,7 +417,7 @@ def load_ai4mars(
     - A folder with the expert test labels only (no ``labels/train``) loads with no training
       frames: it can be inspected and scored (``trainer evaluate --split test``), not trained on.
     - Labels 0-3 (soil, bedrock, sand, big rock) become 1-4 and 255 (unlabelled) becomes 0.
-    - Every frame is prepared by :class:`edge.preprocess.Preprocessing` (the whole frame resized
+    - Every frame is prepared by :class:`edge.contract.preprocess.Preprocessing` (the whole frame resized
       by area averaging unless ``crop="centre"``), the function the rover uses.
     - Frames carry their rover position (site and drive, from the NAVCAM file name) as a group,
       so that a split can keep overlapping views of one place on one side.

@@ -256,7 +256,7 @@ def train_custom(
 
 
 def _iou_logs(cm: np.ndarray, label_set, prefix: str) -> dict:
-    from edge.metrics import report_from_confusion
+    from edge.contract.metrics import report_from_confusion
 
     report = report_from_confusion(cm, label_set)
     logs = {f"{prefix}miou": report.mean_iou}
@@ -268,7 +268,7 @@ def _validate(forward, loss_fn, data, batch_size: int, label_set, strategy) -> d
     """Validation loss, mean IoU and per-class IoU. Each worker scores its share of the frames
     and the counts are summed across workers, so that every worker takes the schedule's
     decisions (learning rate, stopping) from the same numbers."""
-    from edge.metrics import confusion_matrix
+    from edge.contract.metrics import confusion_matrix
 
     workers, index = _worker_share(strategy)
     n = label_set.num_classes

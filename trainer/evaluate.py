@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import MARS, LabelSet, colourise
-from edge.metrics import IoUReport, confusion_matrix, report_from_confusion, score
-from edge.sinks import atomic_path, atomic_write_bytes, atomic_write_json, png_bytes
+from edge.contract.labels import MARS, LabelSet, colourise
+from edge.contract.metrics import IoUReport, confusion_matrix, report_from_confusion, score
+from edge.io.sinks import atomic_path, atomic_write_bytes, atomic_write_json, png_bytes
 from trainer import data as D
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def native_score(
     mars: D.MarsData, predicted: np.ndarray, names: list[str], test: bool
 ) -> IoUReport:
     """Score class maps at the frames' own resolution: each map is brought back with the
-    preprocessing's :meth:`~edge.preprocess.Preprocessing.restore` (what the rover does) and
+    preprocessing's :meth:`~edge.contract.preprocess.Preprocessing.restore` (what the rover does) and
     compared with the full-size label (masks applied)."""
     n = mars.label_set.num_classes
     cm = np.zeros((n, n), np.int64)

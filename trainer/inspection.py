@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.metrics import class_fractions
-from edge.sinks import atomic_write_json
+from edge.contract.metrics import class_fractions
+from edge.io.sinks import atomic_write_json
 from trainer import data as D
 from trainer import viz
 

@@ -1,6 +1,6 @@
 """Streaming Keras metrics: mean IoU over the scored classes and per-class IoU.
 
-Same definition as ``edge.metrics`` (tested to agree to 1e-6): pixels whose true label is the
+Same definition as ``edge.contract.metrics`` (tested to agree to 1e-6): pixels whose true label is the
 ignored one (background) are left out; a class absent from both truth and prediction is skipped
 in the mean.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from edge.classes import MARS, LabelSet
+from edge.contract.labels import MARS, LabelSet
 
 
 @keras.saving.register_keras_serializable(package="marsseg")

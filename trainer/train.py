@@ -22,9 +22,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from edge.classes import LabelSet
-from edge.preprocess import Preprocessing
-from edge.sinks import atomic_path, atomic_write_json
+from edge.contract.labels import LabelSet
+from edge.contract.preprocess import Preprocessing
+from edge.io.sinks import atomic_path, atomic_write_json
 from trainer import data as D
 from trainer.augment import augment_pair, offline_augment, online_pipeline
 from trainer.config import TrainConfig, flat_fields, flatten, from_dict, to_json, with_values

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import MARS, LabelSet, colourise
+from edge.contract.labels import MARS, LabelSet, colourise
 
 
 def _pyplot():
@@ -28,7 +28,7 @@ def _legend_handles(label_set: LabelSet):
 
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure atomically (temp name, then rename) and close it."""
-    from edge.sinks import atomic_path
+    from edge.io.sinks import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

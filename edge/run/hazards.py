@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import LabelSet
+from edge.contract.labels import LabelSet
 
 DEFAULT_REGIONS: dict[str, list[list[float]]] = {
     "near_field": [[0.0, 0.75], [1.0, 0.75], [1.0, 1.0], [0.0, 1.0]],

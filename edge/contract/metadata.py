@@ -14,8 +14,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.classes import LabelSet
-from edge.preprocess import Preprocessing
+from edge.contract.labels import LabelSet
+from edge.contract.preprocess import Preprocessing
 
 METADATA_KEY = "marsseg_edge"
 SCHEMA = "marsseg-edge/model-metadata/1"
@@ -81,7 +81,7 @@ def read_model_metadata(model_path: str | Path) -> ModelMetadata | None:
     """The model's metadata: the embedded document, else the sidecar ``<model>.json``.
 
     A ``.tflite`` embeds it in its metadata table, an ``.onnx`` (the ONNX Runtime peer,
-    :mod:`edge.onnx_peer`) in its ``metadata_props``; both under :data:`METADATA_KEY`.
+    :mod:`edge.bench.onnx_peer`) in its ``metadata_props``; both under :data:`METADATA_KEY`.
 
     Returns:
         None when the model carries neither.

@@ -2,7 +2,7 @@
 
 ``ai-edge-litert`` (LiteRT, Google's successor of TFLite) is the default; ``tflite-runtime`` is
 the fallback for boards without a LiteRT wheel. Neither pulls in TensorFlow. An ``.onnx`` model
-(the ONNX Runtime peer of ``edge-seg bench``, :mod:`edge.onnx_peer`) runs with ``onnxruntime``
+(the ONNX Runtime peer of ``edge-seg bench``, :mod:`edge.bench.onnx_peer`) runs with ``onnxruntime``
 behind the same few calls (:class:`OnnxInterpreter`); it is a benchmark peer, never the rover's
 runtime.
 """
@@ -231,7 +231,7 @@ class KernelChoice:
     def record(self) -> dict:
         """What reports and summary.json say of the execution path (after the interpreter is
         made: whether XNNPACK got AMX is read from the kernel then)."""
-        from edge.cpu import amx_permitted, cpu_features
+        from edge.runtimes.kernels import amx_permitted, cpu_features
 
         amx = amx_permitted()
         cpu = cpu_features().as_dict(amx)
@@ -255,13 +255,13 @@ def choose_kernels(
 
     ``auto`` calibrates only where the CPU offers XNNPACK two int8 paths (AMX or VNNI): each is
     timed in a child process (the choice is per process and cannot be undone), the faster wins.
-    ``xnnpack-no-amx`` makes the kernel refuse AMX to this process (:func:`edge.cpu.refuse_amx`).
+    ``xnnpack-no-amx`` makes the kernel refuse AMX to this process (:func:`edge.runtimes.kernels.refuse_amx`).
 
     Raises:
         ValueError: for an unknown name.
         OSError: if AMX cannot be refused (no seccomp).
     """
-    from edge.cpu import amx_permitted, amx_refused, cpu_features, refuse_amx
+    from edge.runtimes.kernels import amx_permitted, amx_refused, cpu_features, refuse_amx
 
     if requested not in KERNELS:
         raise ValueError(f"unknown kernels {requested!r}; valid: {', '.join(KERNELS)}")
@@ -305,7 +305,7 @@ def calibrate(
         spec = {"model": str(model_path), "kernels": kernels, "threads": num_threads,
                 "runtime": runtime, "runs": runs}  # fmt: skip
         done = subprocess.run(
-            [sys.executable, "-m", "edge.runtime", "--time-invoke", json.dumps(spec)],
+            [sys.executable, "-m", "edge.runtimes.interpreter", "--time-invoke", json.dumps(spec)],
             capture_output=True,
             text=True,
         )
@@ -324,7 +324,7 @@ def time_invoke(spec: dict) -> float:
     import numpy as np
 
     if spec["kernels"] == "xnnpack-no-amx":
-        from edge.cpu import refuse_amx
+        from edge.runtimes.kernels import refuse_amx
 
         refuse_amx()
     interpreter, _ = make_interpreter(

@@ -3,7 +3,7 @@
 One bad frame never ends a run: a frame that cannot be read or segmented is logged, counted in
 the summary and skipped; a frame whose outputs cannot be written (a full disk) is segmented
 anyway, its telemetry waits for room, and the summary counts it. Everything kept per run is
-bounded: latency percentiles come from fixed-size histograms (:mod:`edge.quantiles`, 1 %
+bounded: latency percentiles come from fixed-size histograms (:mod:`edge.run.quantiles`, 1 %
 relative error), so memory and per-frame cost stay flat on an endless stream.
 """
 
@@ -20,14 +20,15 @@ from typing import TextIO
 
 import numpy as np
 
-from edge.classes import MARS, LabelSet
-from edge.frames import BadFrame, Frame, LabelReader
-from edge.metrics import class_fractions, confusion_matrix, report_from_confusion
-from edge.quantiles import LogHistogram
-from edge.regions import RegionAnalyzer
-from edge.runinfo import TELEMETRY_SCHEMA, RunIdentity
+from edge.contract.labels import MARS, LabelSet
+from edge.contract.metrics import class_fractions, confusion_matrix, report_from_confusion
+from edge.io.decode import BadFrame, Frame
+from edge.io.labels import LabelReader
+from edge.io.sinks import OutputWriter, consume
+from edge.run.hazards import RegionAnalyzer
+from edge.run.quantiles import LogHistogram
+from edge.run.telemetry import TELEMETRY_SCHEMA, RunIdentity
 from edge.segmenter import Segmenter
-from edge.sinks import OutputWriter, consume
 
 log = logging.getLogger(__name__)
 STAGES = ("read", "preprocess", "invoke", "postprocess", "analyze", "write", "total")
@@ -39,7 +40,7 @@ class RunContext:
     """What every telemetry line says about the run (all optional: a benchmark needs none).
 
     Attributes:
-        run_id: the run (an output folder; see :class:`edge.runinfo.RunIdentity`).
+        run_id: the run (an output folder; see :class:`edge.run.telemetry.RunIdentity`).
         model: ``{"name", "sha256"}`` of the model.
         identity: gives each frame its index, continued across restarts of the run.
         analyzer: region fractions, hazard flags and confidence for every frame.
@@ -166,9 +167,9 @@ def run_stream(
     """Segment every frame of ``frames``, write the outputs, keep the statistics.
 
     Args:
-        frames: a frame source (:class:`edge.frames.CameraDir`, :class:`edge.frames.NpzFrames`).
+        frames: a frame source (:class:`edge.io.camera.CameraDir`, :class:`edge.io.npz.NpzFrames`).
             Its ``dropped`` and ``idle`` attributes, if any, are reported; its ``wait`` method,
-            if any, paces the loop (so that :meth:`~edge.frames.CameraDir.stop` wakes it).
+            if any, paces the loop (so that :meth:`~edge.io.camera.CameraDir.stop` wakes it).
         segmenter: the model.
         writer: where masks, overlays and telemetry go (None: nowhere, e.g. a benchmark).
         labels: true label maps for the frames (named like them); they make the summary's mIoU.

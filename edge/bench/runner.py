@@ -6,15 +6,15 @@ dependencies only, so that a plain ``pip install 'marsseg-edge[edge]'`` on a boa
 Each (model, thread count) is measured in its own process, so that its peak RSS is its own.
 Latency is reported the way TFLite's ``benchmark_model`` does (init, first inference, warm-up
 average, then count/avg/std/min/max), plus p50/p90/p99 (within 1 %, the streaming histogram of
-:mod:`edge.quantiles`), for ``invoke`` alone and for the whole frame pipeline (PNG frame read,
+:mod:`edge.run.quantiles`), for ``invoke`` alone and for the whole frame pipeline (PNG frame read,
 preprocess, invoke, argmax, region analysis, mask PNG and telemetry written). With labelled data,
 each model's mIoU is computed and the first model is the reference the others are compared with
 (pixel agreement and mIoU change, like ``inference_diff``). The machine's load average is
 recorded before and after, since another process on the board skews every timing.
 
 Every measurement records its execution path (kernels, the int8 instruction set XNNPACK used,
-AMX or not: :mod:`edge.cpu`); with several ``kernels`` each model runs with each. The limit
-(:mod:`edge.limit`): one large conv of each precision, timed in the same run with the same
+AMX or not: :mod:`edge.runtimes.kernels`); with several ``kernels`` each model runs with each. The limit
+(:mod:`edge.bench.roofline`): one large conv of each precision, timed in the same run with the same
 kernels, gives the GMAC/s a model reaches as a share of what the machine does for a conv, and
 the model's floor (its MACs at that rate).
 """
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.metrics import score
-from edge.quantiles import LogHistogram
+from edge.contract.metrics import score
+from edge.run.quantiles import LogHistogram
 
 
 @dataclass
@@ -44,7 +44,7 @@ class BenchConfig:
     """What to measure.
 
     Attributes:
-        models: .tflite files, and .onnx peers (:mod:`edge.onnx_peer`, run with ONNX Runtime);
+        models: .tflite files, and .onnx peers (:mod:`edge.bench.onnx_peer`, run with ONNX Runtime);
             the first is the reference (give float32 first).
         data: an eval npz (images + labels), or None for a synthetic labelled set.
         frames: eval frames to use.
@@ -52,8 +52,8 @@ class BenchConfig:
         runs: timed invokes (and pipeline frames) per model and thread count.
         warmup: untimed invokes first.
         runtime: ``auto``, ``litert`` or ``tflite-runtime``.
-        kernels: kernel choices (:data:`edge.runtime.KERNELS`); each model runs with each.
-        limit: also time the limit convs (:mod:`edge.limit`; not when ``emulated``).
+        kernels: kernel choices (:data:`edge.runtimes.interpreter.KERNELS`); each model runs with each.
+        limit: also time the limit convs (:mod:`edge.bench.roofline`; not when ``emulated``).
         out: where report.json, report.md and the charts go.
         emulated: the timings measure an emulator (qemu), not a board.
         seed: of the synthetic set.
@@ -88,9 +88,9 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     Raises:
         ValueError: for a model or data set that cannot be used, or a failed measurement.
     """
-    from edge.charts import bar_chart, histogram
+    from edge.bench.charts import bar_chart, histogram
+    from edge.io.sinks import atomic_write_bytes, atomic_write_json, png_bytes
     from edge.segmenter import Segmenter
-    from edge.sinks import atomic_write_bytes, atomic_write_json, png_bytes
 
     if not cfg.models:
         raise ValueError("give at least one model")
@@ -217,12 +217,12 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
 
 def measure(spec: dict) -> dict:
     """Measure one model at one thread count (run in a child process; see :func:`_in_child`)."""
-    from edge.frames import CameraDir
-    from edge.pipeline import RunContext, peak_rss_mb, run_stream
-    from edge.regions import RegionAnalyzer, RegionConfig
-    from edge.runtime import runtime_version
+    from edge.io.camera import CameraDir
+    from edge.io.sinks import OutputWriter
+    from edge.run.hazards import RegionAnalyzer, RegionConfig
+    from edge.run.loop import RunContext, peak_rss_mb, run_stream
+    from edge.runtimes.interpreter import runtime_version
     from edge.segmenter import Segmenter
-    from edge.sinks import OutputWriter
 
     frames = np.load(spec["frames"])
     t0 = time.perf_counter_ns()
@@ -275,8 +275,8 @@ def measure(spec: dict) -> dict:
 def _macs(model: str | Path, runtime: str) -> int | None:
     """The model's MACs per invoke, read from its graph before delegation (None for an ONNX
     peer: its GMAC/s are not compared with the limit)."""
-    from edge.limit import graph_macs
-    from edge.runtime import make_interpreter
+    from edge.bench.roofline import graph_macs
+    from edge.runtimes.interpreter import make_interpreter
 
     if Path(model).suffix.lower() == ".onnx":
         return None
@@ -288,8 +288,8 @@ def measure_limits(cfg: BenchConfig, tmp: Path, progress=None) -> dict:
     """Time the limit convs of both precisions per kernel choice and thread count, each in its
     own process like the models: {kernels: {threads: {precision: {...}}}}; {} when LiteRT's
     schema module (needed to write them) is missing."""
-    from edge.limit import conv_model, limit_macs
-    from edge.runtime import calibrate, time_invoke
+    from edge.bench.roofline import conv_model, limit_macs
+    from edge.runtimes.interpreter import calibrate, time_invoke
 
     try:
         paths = {}
@@ -341,7 +341,7 @@ def machine_info(emulated: bool) -> dict:
     """CPU model, cores, OS, Python and library versions."""
     import PIL
 
-    from edge.cpu import cpu_features
+    from edge.runtimes.kernels import cpu_features
 
     features = cpu_features()
     return {
@@ -376,7 +376,7 @@ def load_eval(
         ValueError: for an npz without usable frames, or frames of several sizes.
     """
     if data is not None:
-        from edge.frames import NpzFrames
+        from edge.io.npz import NpzFrames
 
         source = NpzFrames(data, limit=n)
         frames = np.stack([f.image for f in source])
@@ -516,7 +516,7 @@ def write_markdown(report: dict) -> str:
 
 def _execution_lines(report: dict) -> list[str]:
     """Which kernels and instruction set each column ran with, and the limit convs' rates."""
-    from edge.limit import describe
+    from edge.bench.roofline import describe
 
     isa = report["machine"].get("int8_isa_available")
     lines = [
@@ -560,7 +560,7 @@ def _execution_lines(report: dict) -> list[str]:
 
 def _graph_name(path: Path) -> str | None:
     """The graph a model was exported as (``rover`` or ``keras``, from its metadata)."""
-    from edge.modelmeta import read_model_metadata
+    from edge.contract.metadata import read_model_metadata
 
     meta = read_model_metadata(path)
     graph = meta.info.get("graph") if meta else None
@@ -572,7 +572,7 @@ def peer_ratios(report: dict) -> list[dict]:
     beside LiteRT): invoke p50 ratio per thread count, "model / peer" (below 1: ours is faster).
     A peer translates one graph: the Keras graph's models are not set against the rover
     graph's peer."""
-    from edge.runtime import PEER_RUNTIME
+    from edge.runtimes.interpreter import PEER_RUNTIME
 
     models = report["models"]
     by_runtime = {n: m.get("runtime", "").split(" ")[0] for n, m in models.items()}
@@ -634,7 +634,7 @@ def _in_child(spec: dict) -> dict:
         ValueError: naming the model and thread count when the child fails.
     """
     result = subprocess.run(
-        [sys.executable, "-m", "edge.bench", "--worker", json.dumps(spec)],
+        [sys.executable, "-m", "edge.bench.runner", "--worker", json.dumps(spec)],
         capture_output=True,
         text=True,
     )

@@ -53,7 +53,7 @@ def tflite_to_onnx(tflite: bytes, metadata: bytes | None = None):
     import onnx
     from ai_edge_litert import schema_py_generated as fb
 
-    from edge.modelmeta import METADATA_KEY
+    from edge.contract.metadata import METADATA_KEY
 
     model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(tflite, 0))
     graph = model.subgraphs[0] if len(model.subgraphs or []) == 1 else None
@@ -424,8 +424,8 @@ def export_onnx(tflite_float32: Path, calibration: np.ndarray, out_dir: Path) ->
     Returns:
         {precision: path}.
     """
-    from edge.modelmeta import read_model_metadata
-    from edge.sinks import atomic_write_bytes
+    from edge.contract.metadata import read_model_metadata
+    from edge.io.sinks import atomic_write_bytes
 
     tflite_float32 = Path(tflite_float32)
     meta = read_model_metadata(tflite_float32)
@@ -469,7 +469,7 @@ def _set_metadata(path: Path, document: bytes | None) -> None:
     """Replace the marsseg-edge entry of an .onnx's metadata_props."""
     import onnx
 
-    from edge.modelmeta import METADATA_KEY
+    from edge.contract.metadata import METADATA_KEY
 
     model = onnx.load(str(path))
     kept = [p for p in model.metadata_props if p.key != METADATA_KEY]

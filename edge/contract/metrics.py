@@ -1,7 +1,7 @@
 """Confusion matrix and mean IoU in numpy; the one definition of the score.
 
 The score of the Mars terrain task is the mean IoU over the scored classes (1-4 of
-:data:`edge.classes.MARS`): the ignored label (background, 0) is never scored. Pixels whose *true*
+:data:`edge.contract.labels.MARS`): the ignored label (background, 0) is never scored. Pixels whose *true*
 label is ignored are left out of the IoU entirely, so predicting anything there costs nothing. ``trainer.metrics`` implements the same
 definition as a streaming Keras metric and is tested against this module.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.classes import MARS, LabelSet
+from edge.contract.labels import MARS, LabelSet
 
 
 def confusion_matrix(

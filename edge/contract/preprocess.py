@@ -1,7 +1,7 @@
 """One preprocessing for training and for the rover: how a camera frame becomes a model input.
 
 The trainer prepares every frame of a folder data set with :meth:`Preprocessing.prepare` and
-records the settings in the model's metadata (:mod:`edge.modelmeta`); the rover reads them back
+records the settings in the model's metadata (:mod:`edge.contract.metadata`); the rover reads them back
 and prepares its frames with the same function, so a frame of any size reaches the model exactly
 as training frames did. Labels follow the same geometry with nearest-neighbour sampling, and a
 class map is brought back to the frame's own size with :meth:`Preprocessing.restore`.

@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from edge.sinks import atomic_write_json
+from edge.io.sinks import atomic_write_json
 
 TELEMETRY_SCHEMA = "marsseg-edge/telemetry/1"
 SUMMARY_SCHEMA = "marsseg-edge/summary/1"

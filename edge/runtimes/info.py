@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from edge.modelmeta import read_model_metadata
-from edge.runtime import list_ops, make_interpreter
+from edge.contract.metadata import read_model_metadata
+from edge.runtimes.interpreter import list_ops, make_interpreter
 
 
 def describe(path: Path, tensors: bool = False) -> str:

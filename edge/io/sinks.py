@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classes import MARS, LabelSet, overlay
+from edge.contract.labels import MARS, LabelSet, overlay
 
 log = logging.getLogger(__name__)
 # Output stems are at most this many bytes: a file name may have 255, and ours get a suffix and
