@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.contract.labels import CLASS_NAMES, NUM_CLASSES
+from edge.contract.labels import CLASS_NAMES, MARS, NUM_CLASSES
 from edge.contract.metrics import class_fractions, score
 from edge.io.sinks import atomic_write_json
 from edge.synthetic import SyntheticConfig, generate
@@ -46,7 +46,7 @@ def measure(frames: int = 3000, seed: int = 0) -> dict:
     report = D.find_outliers(synthetic.labels)
     keep = np.setdiff1d(np.arange(frames), report.indices)
     images, labels = synthetic.images[keep], synthetic.labels[keep]
-    train, val = D.split_indices(labels, 0.2, seed)
+    train, val = D.split_indices(labels, 0.2, seed, label_set=MARS)
     lut = intensity_classifier(images[train], labels[train])
     result = score(labels[val], lut[images[val]])
     return {
@@ -59,7 +59,7 @@ def measure(frames: int = 3000, seed: int = 0) -> dict:
         "class_fractions_percent": {
             n: round(100 * f, 2) for n, f in zip(CLASS_NAMES, class_fractions(labels))
         },
-        "big_rock_frames": int(D.has_big_rock(labels).sum()),
+        "big_rock_frames": int(D.has_hazard(labels, MARS).sum()),
         "intensity_only_miou": round(result.mean_iou, 4),
         "intensity_only_per_class_iou": {k: round(v, 4) for k, v in result.per_class.items()},
         "limit": LIMIT,

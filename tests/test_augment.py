@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge.contract.labels import MARS
 from trainer.augment import augment_pair, offline_augment, online_pipeline
 
 
@@ -17,7 +18,9 @@ def coded(small_set):
 def test_offline_recipe_counts(small_set):
     images, labels = small_set.images[:40] / 255.0, small_set.labels[:40]
     rock = (labels == 4).any(axis=(1, 2)).sum()
-    out_images, out_labels, stats = offline_augment(images.astype(np.float32), labels, seed=1)
+    out_images, out_labels, stats = offline_augment(
+        images.astype(np.float32), labels, label_set=MARS, seed=1
+    )
     assert rock >= 1
     assert stats.flipped == 40 and stats.big_rock_copies == 3 * 2 * rock
     assert len(out_images) == len(out_labels) == stats.total == 80 + 6 * rock
@@ -28,7 +31,7 @@ def test_offline_recipe_counts(small_set):
 def test_flip_moves_labels_with_the_image(coded):
     images, labels = coded
     out_images, out_labels, _ = offline_augment(
-        images, labels, mask_dropout_fraction=0.0, big_rock_repeats=1
+        images, labels, label_set=MARS, mask_dropout_fraction=0.0, big_rock_repeats=1
     )
     np.testing.assert_array_equal(out_labels[40:], labels[:, :, ::-1])
     np.testing.assert_array_equal(out_images[40:], images[:, :, ::-1])
@@ -37,7 +40,7 @@ def test_flip_moves_labels_with_the_image(coded):
 def test_mask_dropout_erases_image_and_label_together(coded):
     images, labels = coded
     out_images, out_labels, stats = offline_augment(
-        images, labels, mask_dropout_fraction=1.0, big_rock_repeats=1, seed=2
+        images, labels, label_set=MARS, mask_dropout_fraction=1.0, big_rock_repeats=1, seed=2
     )
     assert stats.mask_dropout == 40
     flipped_images, flipped_labels = out_images[40:], out_labels[40:]
@@ -76,4 +79,4 @@ def test_pixel_augmentation_is_opt_in():
 
 def test_bad_fraction_is_rejected(coded):
     with pytest.raises(ValueError, match="mask_dropout_fraction"):
-        offline_augment(*coded, mask_dropout_fraction=2.0)
+        offline_augment(*coded, label_set=MARS, mask_dropout_fraction=2.0)

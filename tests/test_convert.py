@@ -7,6 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from edge.contract.labels import MARS
 from edge.contract.metadata import read_model_metadata
 from trainer.cli import main
 from trainer.config import DataConfig, TrainConfig, to_json
@@ -103,7 +104,7 @@ def test_calibration_represents_every_missing_class():
     labels = np.ones((20, 4, 4), np.uint8)
     labels[3, 0, 0], labels[7, 0, 0] = 3, 4  # sand and big rock in one frame each
     images = np.arange(20, dtype=np.float32)[:, None, None] * np.ones((20, 4, 4), np.float32)
-    picked = calibration_frames(images, labels, 4, big_rock_share=0.0, seed=0)
+    picked = calibration_frames(images, labels, 4, big_rock_share=0.0, seed=0, label_set=MARS)
     chosen = {int(frame[0, 0]) for frame in picked}
     assert {3, 7} <= chosen and len(picked) == 4
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge.contract.labels import MARS
 from tests.conftest import write_course_npz
 from trainer import data as D
 from trainer.config import DataConfig, TrainConfig
@@ -119,14 +120,14 @@ def test_drop_outliers_keeps_source_index(small_set):
 
 def test_split_is_stratified_on_big_rock(small_set):
     labels = small_set.labels
-    rock = D.has_big_rock(labels)
+    rock = D.has_hazard(labels, MARS)
     assert 2 <= rock.sum() < len(labels) // 2
-    train, val = D.split_indices(labels, 0.2, seed=3)
+    train, val = D.split_indices(labels, 0.2, seed=3, label_set=MARS)
     assert np.intersect1d(train, val).size == 0
     assert np.union1d(train, val).size == len(labels)
     assert rock[train].any() and rock[val].any()
     assert abs(rock[val].mean() - rock.mean()) < 0.1
-    again = D.split_indices(labels, 0.2, seed=3)
+    again = D.split_indices(labels, 0.2, seed=3, label_set=MARS)
     np.testing.assert_array_equal(val, again[1])
 
 
@@ -134,13 +135,13 @@ def test_split_puts_a_single_pair_of_rock_frames_on_both_sides(rng):
     labels = np.ones((50, 8, 8), np.uint8)
     labels[[4, 30], 0, 0] = 4
     for seed in range(5):
-        train, val = D.split_indices(labels, 0.1, seed)
+        train, val = D.split_indices(labels, 0.1, seed, label_set=MARS)
         assert len(np.intersect1d([4, 30], val)) == 1 and len(np.intersect1d([4, 30], train)) == 1
 
 
 def test_split_rejects_bad_fraction():
     with pytest.raises(ValueError, match="val_fraction"):
-        D.split_indices(np.zeros((4, 8, 8), np.uint8), 1.5)
+        D.split_indices(np.zeros((4, 8, 8), np.uint8), 1.5, label_set=MARS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_ai4mars_groups_keep_a_rover_position_on_one_side(tmp_path):
     data = D.load_dataset(make_ai4mars(tmp_path, n_train=12, n_test=0), size=(16, 16))
     assert len(np.unique(data.groups)) == 6
     for seed in range(4):
-        train, val = D.split_indices(data.labels, 0.34, seed, data.groups)
+        train, val = D.split_indices(data.labels, 0.34, seed, data.groups, label_set=MARS)
         assert not set(data.groups[train]) & set(data.groups[val])
         assert len(val) in (4, 6)
 
@@ -316,11 +317,11 @@ def test_a_lone_group_of_a_stratum_trains():
     labels = np.ones((10, 4, 4), np.uint8)
     labels[[0, 1], 0, 0] = 4
     groups = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
-    train, val = D.split_indices(labels, 0.3, 0, groups)
+    train, val = D.split_indices(labels, 0.3, 0, groups, label_set=MARS)
     assert {0, 1} <= set(train) and len(val) and len(train) + len(val) == 10
     two = np.ones((2, 4, 4), np.uint8)
     two[0, 0, 0] = 4
-    assert [x.tolist() for x in D.split_indices(two, 0.2, 0)] == [[0], [1]]
+    assert [x.tolist() for x in D.split_indices(two, 0.2, 0, label_set=MARS)] == [[0], [1]]
 
 
 def expert_only(root):

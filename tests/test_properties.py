@@ -176,7 +176,7 @@ def test_augmentation_keeps_image_and_labels_aligned(height, width, seed):
     interior = _uniform_neighbourhood(out_labels)
     np.testing.assert_allclose(out_image[interior], out_labels[interior] * 0.2, atol=1e-4)
     images, label_sets, _ = offline_augment(
-        image[None], labels[None], seed=seed, big_rock_repeats=2
+        image[None], labels[None], label_set=MARS, seed=seed, big_rock_repeats=2
     )
     for im, lab in zip(images, label_sets):
         np.testing.assert_allclose(im, lab.astype(np.float32) * 0.2, atol=1e-6)

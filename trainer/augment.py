@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BIG_ROCK = 4
+from edge.contract.labels import LabelSet
+from trainer.data.split import has_hazard
 
 
 @dataclass
@@ -44,6 +45,7 @@ def offline_augment(
     images: np.ndarray,
     labels: np.ndarray,
     *,
+    label_set: LabelSet,
     flip: bool = True,
     mask_dropout_fraction: float = 0.25,
     big_rock_repeats: int = 4,
@@ -53,7 +55,9 @@ def offline_augment(
 
     Args:
         images: float32 (N, H, W) in [0, 1].
-        labels: uint8 (N, H, W) in 0..4.
+        labels: uint8 (N, H, W), values of ``label_set``.
+        label_set: the classes; frames with one of its hazard classes (big rock) are the ones
+            oversampled.
         flip: add the horizontal flip of every frame.
         mask_dropout_fraction: share of the flipped copies that also get MaskDropout (0 = none).
         big_rock_repeats: frames with big rock appear this many times in total (1 = no
@@ -90,7 +94,7 @@ def offline_augment(
         out_labels.append(flipped_labels)
         n_flipped, n_dropout = len(images), int(chosen.sum())
     pool_images, pool_labels = np.concatenate(out_images), np.concatenate(out_labels)
-    rock = (pool_labels == BIG_ROCK).any(axis=(1, 2))
+    rock = has_hazard(pool_labels, label_set)
     copies = np.repeat(np.flatnonzero(rock), big_rock_repeats - 1)
     out = (
         np.concatenate([pool_images, pool_images[copies]]),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.contract.labels import LabelSet
 from edge.contract.metadata import METADATA_KEY, ModelMetadata
 from edge.contract.metrics import score
 from edge.io.sinks import atomic_write_bytes
@@ -134,7 +135,13 @@ def check_integer_only(model_path: Path) -> list[str]:
 
 
 def calibration_frames(
-    images: np.ndarray, labels: np.ndarray, n: int, big_rock_share: float, seed: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    big_rock_share: float,
+    seed: int,
+    *,
+    label_set: LabelSet,
 ) -> np.ndarray:
     """Pick ``n`` calibration frames so that every class present is represented, big rock too.
 
@@ -147,7 +154,7 @@ def calibration_frames(
     if len(images) == 0:
         raise ValueError("no training frames to calibrate with")
     rng = np.random.default_rng(seed)
-    rock = np.flatnonzero(D.has_big_rock(labels))
+    rock = np.flatnonzero(D.has_hazard(labels, label_set))
     picked = list(rng.permutation(rock)[: round(big_rock_share * n)])
     rest = rng.permutation(np.setdiff1d(np.arange(len(images)), picked))
     picked += list(rest[: max(0, n - len(picked))])
@@ -320,6 +327,7 @@ def convert_run(
             cfg.calibration_frames,
             cfg.big_rock_share,
             cfg.seed,
+            label_set=mars.label_set,
         )
     info = _provenance(model_path, run_config, mars)
     if cfg.onnx:

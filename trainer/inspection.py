@@ -91,7 +91,7 @@ def inspect_dataset(
         clean = D.drop_outliers(mars, outliers)
     label_set = mars.label_set
     fractions = class_fractions(clean.labels, label_set.num_classes)
-    rock = D.has_big_rock(clean.labels)
+    rock = D.has_hazard(clean.labels, label_set)
     summary = {
         "source": str(path),
         "layout": mars.layout,

@@ -242,6 +242,7 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         flip=cfg.data.flip,
         mask_dropout_fraction=cfg.data.mask_dropout_fraction,
         big_rock_repeats=cfg.data.big_rock_repeats,
+        label_set=mars.label_set,
         seed=cfg.seed,
     )
     info: dict = {

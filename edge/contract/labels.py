@@ -116,6 +116,12 @@ MARS = LabelSet(
     hazards=("big_rock",),
 )
 
+# AI4Mars' label values (0 soil, 1 bedrock, 2 sand, 3 big rock, 255 unlabelled) as MARS values:
+# +1, and 255 -> the ignored 0. Any other value maps to 255, which no MARS label has: readers
+# refuse it.
+AI4MARS_TO_MARS = np.full(256, 255, np.uint8)
+AI4MARS_TO_MARS[[0, 1, 2, 3, 255]] = [1, 2, 3, 4, 0]
+
 # The Mars label set's fields, for code that works with that set only (the data loaders).
 CLASS_NAMES: tuple[str, ...] = MARS.names
 NUM_CLASSES = MARS.num_classes

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.contract.labels import AI4MARS_TO_MARS
 from edge.io.decode import DEFAULT_MAX_PIXELS, BadFrame, check_pixels, regular_file
 
 log = logging.getLogger(__name__)
 
 
 LABEL_FORMATS = ("auto", "ai4mars", "model")
-# AI4Mars label values 0-3 (soil, bedrock, sand, big rock) are the Mars label set's 1-4; its 255
-# (unlabelled) is the ignored label 0.
-_AI4MARS_TO_MARS = np.full(256, 255, np.uint8)
-_AI4MARS_TO_MARS[[0, 1, 2, 3, 255]] = [1, 2, 3, 4, 0]
 
 
 class LabelReader:
@@ -97,7 +94,7 @@ class LabelReader:
         """
         labels = _read_label_array(path, self.max_pixels)
         if self.format == "ai4mars":
-            mapped = _AI4MARS_TO_MARS[np.clip(labels, 0, 255).astype(np.intp)]
+            mapped = AI4MARS_TO_MARS[np.clip(labels, 0, 255).astype(np.intp)]
             if labels.size and (labels.min() < 0 or labels.max() > 255 or (mapped == 255).any()):
                 bad = sorted(set(np.unique(labels).tolist()) - {0, 1, 2, 3, 255})
                 raise BadFrame(
