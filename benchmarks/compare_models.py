@@ -73,7 +73,10 @@ def compare(
         data_info = json.loads((run_dir / "data.json").read_text())
         with open(run_dir / "history.csv") as f:
             epochs_run = len(list(csv.DictReader(f)))
-        model = build_model(name, width=width)
+        prep = data_info["preprocessing"]
+        model = build_model(
+            name, (prep["height"], prep["width"], 1), len(data_info["labels"]["names"]), width=width
+        )
         seconds_per_epoch = seconds / max(epochs_run, 1)
         frames_per_epoch = data_info["train_after_augmentation"]
         rows.append(

@@ -48,7 +48,7 @@ def measure(frames: int = 3000, seed: int = 0) -> dict:
     images, labels = synthetic.images[keep], synthetic.labels[keep]
     train, val = D.split_indices(labels, 0.2, seed, label_set=MARS)
     lut = intensity_classifier(images[train], labels[train])
-    result = score(labels[val], lut[images[val]])
+    result = score(labels[val], lut[images[val]], MARS)
     return {
         "frames": frames,
         "seed": seed,

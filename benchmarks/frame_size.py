@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from edge.contract.labels import MARS
 from edge.io.sinks import atomic_write_bytes, atomic_write_json
 
 SIZES = ("64x64", "96x96", "128x128", "160x160", "192x192", "256x256", "64x128/centre")
@@ -81,7 +82,7 @@ def cost(size: str, width: float, threads: int, runs: int) -> dict:
 
     h, w = parse_size(size.partition("/")[0])
     keras.backend.clear_session()
-    model = build_model("marsseg", (h, w, 1), width=width)
+    model = build_model("marsseg", (h, w, 1), MARS.num_classes, width=width)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         saved = export_saved_model(model, Path(tmp) / "saved", (h, w, 1))
@@ -98,7 +99,7 @@ def cost(size: str, width: float, threads: int, runs: int) -> dict:
             t0 = time.perf_counter_ns()
             seg.interpreter.invoke()
             times.append((time.perf_counter_ns() - t0) / 1e6)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=make_loss("ce"))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=make_loss("ce", ignore=0))
     x = rng.random((64, h, w, 1), dtype=np.float32)
     y = rng.integers(0, 5, (64, h, w)).astype(np.int32)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # compile and warm up

@@ -21,7 +21,7 @@ def make_run(tmp_path, npz, name="marsseg", width=0.25):
     """An (untrained) model saved as a run directory with a config that points at the data."""
     run_dir = tmp_path / name
     run_dir.mkdir()
-    build_model(name, (64, 128, 1), width=width).save(run_dir / "model.keras")
+    build_model(name, (64, 128, 1), 5, width=width).save(run_dir / "model.keras")
     to_json(
         TrainConfig(data=DataConfig(path=str(npz), limit=60), model=name, width=width),
         run_dir / "config.json",

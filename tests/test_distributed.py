@@ -166,7 +166,7 @@ with strategy.scope():
     model = build_model("marsseg", (32, 32, 1), width=0.25)
     if replicas > 1:
         synchronize_batch_norm(model)
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=per_frame(make_loss("plain_ce")))
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=per_frame(make_loss("plain_ce", ignore=0)))
 if sys.argv[3] == "custom":
     train_custom(model, data, cfg, strategy, 0, [], chief=True)
 else:  # Keras' fit; in frame order, as its shuffle under a strategy is not the one above

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edge.cli import main
+from edge.contract.labels import MARS
 from edge.io import camera as cameradir
 from edge.io import decode
 from edge.io.sinks import OutputWriter, Telemetry, short_stem
@@ -151,7 +152,7 @@ def test_outputs_that_cannot_be_written_are_counted_and_telemetry_stays_whole(
     def fill_after_two(stats):
         full["on"] = 2 <= stats.frames < 5  # full for frames 3-5, room again for the last
 
-    with OutputWriter(out) as writer:
+    with OutputWriter(out, label_set=MARS) as writer:
         stats = run_stream(cameradir.CameraDir(cam), segmenter, writer, on_frame=fill_after_two)
     assert (stats.frames, stats.errors, stats.unwritten) == (6, 0, 3)
     assert stats.telemetry_failures == 3 and stats.telemetry_lost == 0
@@ -577,7 +578,7 @@ def test_a_file_arriving_without_a_close_event_is_taken(cam, tmp_path):
 def test_keep_with_a_reused_name_keeps_the_current_mask(band_models, tmp_path):
     out = tmp_path / "out"
     image = band_frame()[0]
-    with OutputWriter(out, keep=2) as writer:
+    with OutputWriter(out, keep=2, label_set=MARS) as writer:
         for name in ("latest", "other", "latest", "latest"):
             writer.write_images(name, image, np.zeros(image.shape, np.uint8))
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["latest.png", "other.png"]

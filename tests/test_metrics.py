@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge.contract.labels import MARS
 from edge.contract.metrics import score
 from trainer.metrics import MeanIoU, segmentation_metrics
 
@@ -21,11 +22,11 @@ def test_streaming_keras_metric_matches_numpy(seed):
     if seed == 2:
         y_true[y_true == 4] = 3  # big rock absent from the truth
         y_pred[y_pred == 4] = 1  # and from the prediction: skipped, not counted as 0
-    metrics = segmentation_metrics()
+    metrics = segmentation_metrics(MARS)
     for start in range(0, 6, 2):  # streamed over three batches
         for m in metrics:
             m.update_state(y_true[start : start + 2], _probs(y_pred[start : start + 2]))
-    expected = score(y_true, y_pred)
+    expected = score(y_true, y_pred, MARS)
     assert float(metrics[0].result()) == pytest.approx(expected.mean_iou, abs=1e-6)
     for m, (name, value) in zip(metrics[1:], expected.per_class.items()):
         assert m.name == f"iou_{name}"

@@ -12,6 +12,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from edge.contract.labels import MARS
 from edge.synthetic import SyntheticConfig, generate, write_npz
 
 
@@ -107,6 +108,7 @@ def main(
             sample.images,
             sample.labels,
             preview,
+            label_set=MARS,
             titles=["outlier" if i in sample.outlier_index else f"frame {i}" for i in range(16)],
         )
         click.echo(f"wrote {preview}")

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.contract.labels import overlay
+from edge.contract.labels import MARS, overlay
 from edge.io.decode import read_frame
 from edge.io.labels import LabelReader
 from edge.run.hazards import RegionAnalyzer, RegionConfig
@@ -36,7 +36,7 @@ def overlay_grid(demo: Path, frames: int = 4, scale: int = 3) -> Image.Image:
     for path in overlays:
         frame = read_frame(camera[path.stem])
         predicted = np.asarray(Image.open(path))
-        truth = overlay(frame, labels.read_for(path.stem))
+        truth = overlay(frame, labels.read_for(path.stem), MARS)
         grey = np.repeat(frame[..., None], 3, axis=-1)
         gap = np.full((frame.shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([grey, gap, predicted, gap, truth], axis=1))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.contract.labels import MARS, LabelSet, colourise
+from edge.contract.labels import LabelSet, colourise
 from edge.contract.metrics import IoUReport, confusion_matrix, report_from_confusion, score
 from edge.io.sinks import atomic_path, atomic_write_bytes, atomic_write_json, png_bytes
 from trainer import data as D
@@ -58,7 +58,7 @@ def predict_labels(model, images: np.ndarray, batch_size: int = 64) -> np.ndarra
 
 
 def evaluate_model(
-    model, images: np.ndarray, labels: np.ndarray, label_set: LabelSet = MARS, batch_size: int = 64
+    model, images: np.ndarray, labels: np.ndarray, label_set: LabelSet, batch_size: int = 64
 ) -> tuple[IoUReport, np.ndarray]:
     """Score a model at its own resolution; returns the report and the predicted label maps."""
     predicted = predict_labels(model, images, batch_size)

@@ -120,7 +120,7 @@ def inspect_dataset(
             fractions,
             out_dir / "class_distribution.png",
             f"{path.name}: class pixel fractions",
-            label_set,
+            label_set=label_set,
         ),
         viz.sample_grid(
             clean.images[pick],

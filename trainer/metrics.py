@@ -77,7 +77,7 @@ class MeanIoU(keras.metrics.Metric):
         }
 
 
-def segmentation_metrics(label_set: LabelSet = MARS) -> list[MeanIoU]:
+def segmentation_metrics(label_set: LabelSet) -> list[MeanIoU]:
     """The mean IoU (``miou``) and one IoU per scored class (``iou_<name>``) for ``compile``."""
     n, ignore = label_set.num_classes, label_set.ignore
     return [MeanIoU(n, ignore=ignore)] + [

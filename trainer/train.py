@@ -299,7 +299,9 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
 
     n = data.label_set.num_classes
     weights = (
-        class_weights_from_labels(data.train_labels, n) if "weighted_ce" in loss_terms else None
+        class_weights_from_labels(data.train_labels, n, data.label_set.ignore)
+        if "weighted_ce" in loss_terms
+        else None
     )
     adaptive = AdaptiveWeights(n) if "afd" in loss_terms else None
     if adaptive is not None and state.get("afd_weights"):
@@ -312,7 +314,7 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
         _load_initial_weights(model, Path(cfg.init))
     model.compile(
         optimizer=keras.optimizers.AdamW(state["lr"], weight_decay=cfg.weight_decay),
-        loss=per_frame(make_loss(loss_terms, weights, adaptive)),
+        loss=per_frame(make_loss(loss_terms, weights, adaptive, ignore=data.label_set.ignore)),
         metrics=segmentation_metrics(data.label_set),
         jit_compile=cfg.xla,
     )
@@ -462,7 +464,7 @@ def finish_run(
 
     history = run_dir / "history.csv"
     if history.exists() and history.stat().st_size:
-        viz.training_curves(history, run_dir / "curves.png")
+        viz.training_curves(history, run_dir / "curves.png", label_set)
     if (run_dir / "model.keras").exists():
         model = load_model(run_dir / "model.keras")
         report, _ = evaluate_model(model, val_images, val_labels, label_set)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.contract.labels import MARS, LabelSet, colourise
+from edge.contract.labels import LabelSet, colourise
 
 
 def _pyplot():
@@ -41,7 +41,7 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def class_distribution_chart(
-    fractions: np.ndarray, path: str | Path, title: str = "", label_set: LabelSet = MARS
+    fractions: np.ndarray, path: str | Path, title: str = "", *, label_set: LabelSet
 ) -> Path:
     """Bar chart of per-class pixel fractions, with the percentages written on the bars."""
     plt = _pyplot()
@@ -74,7 +74,7 @@ def sample_grid(
     predictions: np.ndarray | None = None,
     titles: Sequence[str] | None = None,
     ncols: int = 4,
-    label_set: LabelSet = MARS,
+    label_set: LabelSet,
 ) -> Path:
     """A grid of frames, each shown above its colourised labels (and prediction, when given).
 
@@ -116,7 +116,7 @@ def sample_grid(
     return save_figure(fig, path)
 
 
-def training_curves(history_csv: str | Path, path: str | Path, label_set: LabelSet = MARS) -> Path:
+def training_curves(history_csv: str | Path, path: str | Path, label_set: LabelSet) -> Path:
     """Loss, validation mean IoU and learning rate per epoch, from Keras' CSVLogger file."""
     import csv
 
@@ -157,7 +157,7 @@ def training_curves(history_csv: str | Path, path: str | Path, label_set: LabelS
     return save_figure(fig, path)
 
 
-def confusion_matrix_plot(cm: np.ndarray, path: str | Path, label_set: LabelSet = MARS) -> Path:
+def confusion_matrix_plot(cm: np.ndarray, path: str | Path, label_set: LabelSet) -> Path:
     """Row-normalized confusion matrix over the scored true classes (the ignored one is not)."""
     plt = _pyplot()
     rows = list(label_set.scored)

@@ -129,7 +129,7 @@ SCORED_CLASSES: tuple[int, ...] = MARS.scored
 CLASS_COLOURS = MARS.colour_table
 
 
-def colourise(labels: np.ndarray, label_set: LabelSet = MARS) -> np.ndarray:
+def colourise(labels: np.ndarray, label_set: LabelSet) -> np.ndarray:
     """Map a label map to RGB.
 
     Args:
@@ -152,7 +152,7 @@ def colourise(labels: np.ndarray, label_set: LabelSet = MARS) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray, labels: np.ndarray, alpha: float = 0.45, label_set: LabelSet = MARS
+    image: np.ndarray, labels: np.ndarray, label_set: LabelSet, alpha: float = 0.45
 ) -> np.ndarray:
     """Blend the colourised labels over a grayscale frame; the ignored label stays uncoloured.
 

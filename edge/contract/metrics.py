@@ -62,7 +62,7 @@ def iou_per_class(cm: np.ndarray, ignore: int | None = 0) -> np.ndarray:
         return np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
 
 
-def mean_iou(cm: np.ndarray, label_set: LabelSet = MARS) -> float:
+def mean_iou(cm: np.ndarray, label_set: LabelSet) -> float:
     """Mean IoU over the scored classes, skipping classes absent from truth and prediction.
 
     Returns NaN when none of them occurs.
@@ -96,7 +96,7 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def report_from_confusion(cm: np.ndarray, label_set: LabelSet = MARS) -> IoUReport:
+def report_from_confusion(cm: np.ndarray, label_set: LabelSet) -> IoUReport:
     """Mean IoU, per-class IoU and pixel accuracy (on scored pixels) of a confusion matrix."""
     cm = np.asarray(cm)
     ious = iou_per_class(cm, label_set.ignore)
@@ -112,7 +112,7 @@ def report_from_confusion(cm: np.ndarray, label_set: LabelSet = MARS) -> IoURepo
     )
 
 
-def score(y_true: np.ndarray, y_pred: np.ndarray, label_set: LabelSet = MARS) -> IoUReport:
+def score(y_true: np.ndarray, y_pred: np.ndarray, label_set: LabelSet) -> IoUReport:
     """Mean IoU over the scored classes, per-class IoU and pixel accuracy on scored pixels."""
     return report_from_confusion(confusion_matrix(y_true, y_pred, label_set.num_classes), label_set)
 
@@ -123,7 +123,7 @@ def class_fractions(labels: np.ndarray, num_classes: int = MARS.num_classes) -> 
     return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes] / max(labels.size, 1)
 
 
-def hazard_report(cm: np.ndarray, label_set: LabelSet = MARS) -> dict[str, dict]:
+def hazard_report(cm: np.ndarray, label_set: LabelSet) -> dict[str, dict]:
     """For every hazard class: IoU, recall, precision, and the share of its predicted pixels that
     lie on ignored (unlabelled) ground: sky, far field or rover hardware in AI4Mars, where a
     hazard report is always false.

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.contract.labels import MARS, LabelSet, overlay
+from edge.contract.labels import LabelSet, overlay
 
 log = logging.getLogger(__name__)
 # Output stems are at most this many bytes: a file name may have 255, and ours get a suffix and
@@ -284,7 +284,8 @@ class OutputWriter:
         masks: bool = True,
         telemetry: str | None = "telemetry.jsonl",
         keep: int | None = None,
-        label_set: LabelSet = MARS,
+        *,
+        label_set: LabelSet,
     ):
         self.out_dir = Path(out_dir)
         self.mask_dir = self.out_dir / "masks" if masks else None

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import numpy as np
 
-from edge.contract.labels import MARS, LabelSet
+from edge.contract.labels import LabelSet
 from edge.contract.metrics import class_fractions, confusion_matrix, report_from_confusion
 from edge.io.decode import BadFrame, Frame
 from edge.io.labels import LabelReader
@@ -72,7 +72,7 @@ class RunStats:
     ended: float | None = None
     latency: dict[str, LogHistogram] = field(default_factory=_histograms)
     recent: dict[str, deque] = field(default_factory=_recent)  # for the status line
-    label_set: LabelSet = MARS
+    label_set: LabelSet | None = None  # the model's, set by run_stream
     confusion: np.ndarray | None = None  # (C, C), made at the first labelled frame
     scored_frames: int = 0
     labels_missing: int = 0  # frames whose label file was not found (with --labels)

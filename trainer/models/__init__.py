@@ -34,7 +34,7 @@ STRIDES = {
 def build_model(
     name: str,
     input_shape: tuple[int, int, int],
-    num_classes: int = 5,
+    num_classes: int,
     *,
     width: float = 1.0,
 ) -> keras.Model:

@@ -14,7 +14,7 @@ from trainer.models.blocks import batch_norm, conv_bn_relu, image_pooling, scale
 
 
 def build_deeplabv3plus(
-    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int, *, width: float = 1.0
 ) -> keras.Model:
     """DeepLabV3+: residual encoder, ASPP (rates 1, 2, 3 at stride 8 + image pooling), decoder.
 

@@ -42,7 +42,7 @@ from trainer.models.blocks import (
 
 
 def build_marsseg(
-    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int, *, width: float = 1.0
 ) -> keras.Model:
     """The seed's compact MarsSeg: encoder, Mini-ASPP + spatial attention, SPPM, decoder.
 
@@ -66,7 +66,7 @@ def build_marsseg(
 
 
 def build_marsseg_paper(
-    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int, *, width: float = 1.0
 ) -> keras.Model:
     """The paper's MarsSeg: the same encoder with polarized self-attention on the shallow path
     and strip pooling inside the deep pyramid pooling.

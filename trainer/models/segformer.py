@@ -19,7 +19,7 @@ DEPTHS = (2, 2, 2, 2)
 
 
 def build_segformer(
-    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int, *, width: float = 1.0
 ) -> keras.Model:
     """SegFormer-B0-like: four stages at strides 4, 8, 16, 32 and an all-MLP decoder.
 

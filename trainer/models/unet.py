@@ -9,7 +9,7 @@ from trainer.models.blocks import conv_bn_relu, scaled
 
 
 def build_unet(
-    input_shape: tuple[int, int, int], num_classes: int = 5, *, width: float = 1.0
+    input_shape: tuple[int, int, int], num_classes: int, *, width: float = 1.0
 ) -> keras.Model:
     """UNet with 32-64-128-256 channels and a 512 bottleneck at ``width=1``.
 
