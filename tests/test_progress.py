@@ -1,4 +1,4 @@
-"""trainer fit's periodic progress lines, where no progress bar shows."""
+"""trainer fit's periodic progress lines, where no progress bar shows, and its presets."""
 
 from __future__ import annotations
 
@@ -30,3 +30,15 @@ def test_durations_read_as_a_person_says_them():
     assert [_duration(s) for s in (45, 89.9, 90, 725, 3599, 7530)] == [
         "45 s", "89 s", "2 min", "12 min", "1 h 00 min", "2 h 06 min",
     ]  # fmt: skip
+
+
+def test_every_preset_is_a_valid_config_and_an_unknown_one_is_named():
+    from trainer.config import PRESETS, TrainConfig, preset_values, with_values
+
+    for name in PRESETS:
+        cfg = with_values(TrainConfig(), preset_values(name))
+        assert cfg.model in ("marsseg", "twobranch")
+    rover = with_values(TrainConfig(), preset_values("rover"))
+    assert (rover.model, rover.data.size, rover.schedule) == ("twobranch", "256x256", "cosine")
+    with pytest.raises(ValueError, match=r"unknown preset 'fast'; valid presets: rover, course"):
+        preset_values("fast")

@@ -156,6 +156,13 @@ def given_settings(options: dict) -> dict:
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("data", type=click.Path(exists=True, path_type=Path), required=False)
 @click.option(
+    "--preset",
+    default=None,
+    help="A named recipe under the other settings: rover (the shipped model's: twobranch, "
+    "256x256, cosine), course (the report's MarsSeg), marsseg-small (the earlier README's) "
+    "[default: none: the dataclass defaults].",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -192,6 +199,7 @@ def given_settings(options: dict) -> dict:
 @config_options(TrainConfig)
 def fit(
     data: Path | None,
+    preset: str | None,
     config_file: Path | None,
     assignments: tuple[str, ...],
     no_offline_aug: bool,
@@ -209,11 +217,12 @@ def fit(
     """
     import time as _time
 
-    from trainer.config import load_config_file, parse_assignments, with_values
+    from trainer.config import load_config_file, parse_assignments, preset_values, with_values
     from trainer.train import fit as run_fit
     from trainer.train import resume_config
 
-    values = load_config_file(config_file) if config_file else {}
+    values = preset_values(preset) if preset else {}
+    values.update(load_config_file(config_file) if config_file else {})
     values.update(parse_assignments(assignments))
     values.update(given_settings(options))
     if no_offline_aug:
@@ -225,6 +234,8 @@ def fit(
     if resume:
         if not name:
             raise click.UsageError("--resume needs --name of the run to continue")
+        if preset:
+            raise click.UsageError("--preset starts a run; --resume continues one from its config")
         run_dir = runs_dir / name
         values.pop("verbose", None)
         cfg, changes = resume_config(run_dir, values)

@@ -152,6 +152,38 @@ class TrainConfig:
     verbose: int = setting(1, "Keras progress: 1 bar, 2 a line per epoch, 0 silent.", cli=False)
 
 
+# Named recipes: the settings behind a figure, one flag away (`trainer fit --preset rover`). A
+# preset sits under --config, --set and the options, which override it.
+PRESETS: dict[str, dict[str, Any]] = {
+    # the rover model's recipe (docs/model_card.md): the two-branch net at the frames' full
+    # 256x256, chosen by benchmarks/pareto.py under the 2 GMAC budget; a cosine schedule for a
+    # fixed budget
+    "rover": {
+        "model": "twobranch", "width": 1.0, "data.size": "256x256", "learning_rate": 1e-3,
+        "batch_size": 16, "schedule": "cosine", "warmup_epochs": 1.0, "epochs": 40,
+        "steps_per_epoch": 300, "stop_patience": 40,
+    },
+    # the course report's MarsSeg on the course npz: cross-entropy without background, 1e-4
+    "course": {"model": "marsseg", "width": 1.0, "learning_rate": 1e-4, "loss": "ce"},
+    # the small MarsSeg the earlier README figures used (128x128, width 0.25, 1e-3)
+    "marsseg-small": {
+        "model": "marsseg", "width": 0.25, "data.size": "128x128", "learning_rate": 1e-3,
+        "epochs": 40, "steps_per_epoch": 300,
+    },
+}  # fmt: skip
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The dotted settings of preset ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
 # ----------------------------------------------------------------------------------------------
 # Serialization.
 

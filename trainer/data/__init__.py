@@ -15,6 +15,8 @@ Images come out as float32 in [0, 1] (the scaling the edge side applies), labels
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from trainer.data.ai4mars import (
     AI4MARS_AGREEMENTS,
     AI4MARS_DEFAULT_SIZE,
@@ -38,22 +40,6 @@ from trainer.data.split import (
     removes_outliers,
     split_indices,
 )
-
-import hashlib
-import logging
-import os
-import re
-import zipfile
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-
-import numpy as np
-
-from edge.contract.labels import CLASS_NAMES, MARS, NUM_CLASSES, LabelSet
-from edge.contract.metrics import class_fractions
-from edge.contract.preprocess import Preprocessing
-from edge.run.telemetry import file_sha256
 
 # ----------------------------------------------------------------------------------------------
 # Loading.

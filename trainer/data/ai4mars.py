@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.dataset import MarsData
-
 from edge.contract.labels import AI4MARS_TO_MARS
 from edge.contract.preprocess import Preprocessing
+from trainer.data.dataset import MarsData
 
 log = logging.getLogger(__name__)
 
@@ -367,5 +366,3 @@ def native_labels(data: MarsData, names: list[str], test: bool = False) -> list[
     """Labels of AI4Mars frames at their own resolution (masks applied), for scoring a model's
     restored output the way the rover is scored."""
     return [read_ai4mars_label(p.label, p.masks) for p in ai4mars_files(data, names, test)]
-
-

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from edge.contract.labels import CLASS_NAMES, MARS, NUM_CLASSES, LabelSet
+from edge.contract.labels import MARS, LabelSet
 from edge.contract.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class MarsData:
@@ -69,7 +70,6 @@ class MarsData:
             names=None if self.names is None else [self.names[i] for i in idx],
             groups=None if self.groups is None else self.groups[idx],
         )
-
 
 
 def validate_images(images: np.ndarray, name: str) -> np.ndarray:
@@ -142,5 +142,3 @@ def validate_labels(labels: np.ndarray, name: str, label_set: LabelSet = MARS) -
             f"{value:g} in frame {frame} of {name}; is this the right file?"
         )
     return labels.astype(np.uint8)
-
-

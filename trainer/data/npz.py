@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.dataset import MarsData, validate_images, validate_labels
-
 from edge.contract.labels import MARS, LabelSet
 from edge.run.telemetry import file_sha256
+from trainer.data.dataset import MarsData, validate_images, validate_labels
 
 log = logging.getLogger(__name__)
 
 # The official course file, so that `trainer inspect` can say it is looking at exactly that.
 COURSE_FILE_SHA256 = "70498488de0e67d414c4b8f983e6d5f342761a02690db42dee6c006262ef7f09"
 COURSE_FILE_BYTES = 75_001_810
+
 
 def load_npz(path: str | Path) -> MarsData:
     """Load and validate the Kaggle course layout.
@@ -80,9 +80,7 @@ def load_npz(path: str | Path) -> MarsData:
                 f"{None if test is None else test.shape}; they must match"
             )
         test_labels = validate_labels(test_labels, "test_labels", label_set)
-    return MarsData(
-        images, labels, test_images, test_labels, source=str(path), label_set=label_set
-    )
+    return MarsData(images, labels, test_images, test_labels, source=str(path), label_set=label_set)
 
 
 def _label_set(archive, path: Path) -> LabelSet:
@@ -99,7 +97,6 @@ def _label_set(archive, path: Path) -> LabelSet:
         raise ValueError(f"{path.name}: class_names/hazard_classes: {err}") from err
 
 
-
 def is_course_file(path: str | Path) -> bool:
     """True when ``path`` is byte for byte the official course npz."""
     path = Path(path)
@@ -108,4 +105,3 @@ def is_course_file(path: str | Path) -> bool:
         and path.stat().st_size == COURSE_FILE_BYTES
         and file_sha256(path) == COURSE_FILE_SHA256
     )
-

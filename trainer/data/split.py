@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.data.dataset import MarsData
-
-from edge.contract.labels import CLASS_NAMES
+from edge.contract.labels import CLASS_NAMES, LabelSet
 from edge.contract.metrics import class_fractions
-from edge.contract.labels import LabelSet
+from trainer.data.dataset import MarsData
 
 log = logging.getLogger(__name__)
 
@@ -207,4 +205,3 @@ def removes_outliers(mars: MarsData, setting: bool | None) -> bool:
     """Whether the course file's outlier filter applies: by default (None) to the course layout
     only; AI4Mars has no alien frames, and its near-uniform masks repeat honestly."""
     return mars.layout == "npz" if setting is None else bool(setting)
-
