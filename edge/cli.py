@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from edge.io.decode import DEFAULT_MAX_PIXELS
-from edge.run.telemetry import SUMMARY_SCHEMA
-
-
-def rounded(value, digits: int = 4):
-    """A JSON document with every float rounded to ``digits`` significant decimals."""
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v, digits) for v in value]
-    return value
+from edge.run.driver import LOG_FORMAT
 
 
 class Fatal(click.ClickException):
@@ -42,9 +29,6 @@ class Interrupted(click.ClickException):
     """A second Ctrl-C: stopped at once, exit code 130 (the shell's for SIGINT)."""
 
     exit_code = 130
-
-
-LOG_FORMAT = "%(levelname)s %(message)s"
 
 
 def _version(ctx: click.Context, _param, value: bool) -> None:
@@ -114,7 +98,11 @@ def info(model: Path, tensors: bool) -> None:
     help="Folder the camera writes frames into (PNG, JPEG, PGM or .npy; taken in name order).",
 )
 @click.option(
-    "--model", required=True, type=click.Path(path_type=Path), help="The .tflite (int8 or float)."
+    "--model",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="A .tflite (int8 or float), or a folder holding model_int8.tflite (a trainer run after "
+    "`trainer convert`; else its float32) [default: the rover model shipped with the package].",
 )
 @click.option(
     "--out",
@@ -291,193 +279,32 @@ def run(
       6  outputs could not all be written (e.g. a full disk)
       130  a second Ctrl-C: stopped at once, without the summary
     """
-    from edge.io.camera import CameraDir
-    from edge.io.labels import LabelReader
-    from edge.io.sinks import OutputWriter
-    from edge.run.hazards import RegionAnalyzer, RegionConfig
-    from edge.run.loop import RunContext, RunStats, StatusLine, format_summary, outcome, run_stream
-    from edge.run.telemetry import Heartbeat, RunIdentity, file_sha256, software_versions, utc_now
-    from edge.runtimes.interpreter import RuntimeUnavailable
-    from edge.segmenter import Segmenter
+    from edge.run.driver import OutputError, RoverRun, RunOptions, StartError
+    from edge.run.loop import format_summary, outcome
 
-    if not camera_dir.is_dir():
-        raise Fatal(f"camera directory {camera_dir} does not exist or is not a folder")
-    if labels is not None and not labels.is_dir():
-        raise Fatal(f"--labels {labels} does not exist or is not a folder")
-    if idle_timeout is not None and not watch:
-        raise Fatal("--idle-timeout only applies with --watch")
     if delete_consumed and move_consumed is not None:
         raise Fatal("choose one of --delete-consumed and --move-consumed")
-    if no_masks and keep is not None and not overlay:
-        raise Fatal("--keep applies to masks and overlays, and both are off")
+    opts = RunOptions(
+        camera_dir=camera_dir, model=model, out=out, overlay=overlay, masks=not no_masks,
+        keep=keep, watch=watch, idle_timeout=idle_timeout, notify=notify, grace=grace,
+        max_fps=max_fps, max_queue=max_queue, max_frame_pixels=max_frame_pixels,
+        consumed="delete" if delete_consumed else move_consumed, threads=threads,
+        runtime=runtime, kernels=kernels, labels=labels, label_format=label_format,
+        regions_file=regions_file, heartbeat=heartbeat, limit=limit,
+    )  # fmt: skip
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
-        segmenter = Segmenter(model, threads=threads, runtime=runtime, kernels=kernels)
-        truth = (
-            None
-            if labels is None
-            else LabelReader(labels, segmenter.num_classes, label_format, max_frame_pixels)
-        )
-        source = CameraDir(
-            camera_dir,
-            watch=watch,
-            grace_s=grace,
-            max_queue=max_queue,
-            idle_timeout=idle_timeout,
-            max_pixels=max_frame_pixels,
-            notify=notify,
-        )
-        region_config = RegionConfig.load(regions_file) if regions_file else RegionConfig()
-        # a model never taught "no terrain here" answers sky and hardware with a terrain class:
-        # its hazard flags stay off unless a regions file asks for rules explicitly
-        untaught = segmenter.metadata.info.get("predicts_ignored_label") is False
-        hazards = not untaught or region_config.hazards is not None
-        analyzer = RegionAnalyzer(region_config, segmenter.labels, hazards=hazards)
-    except (ValueError, RuntimeUnavailable) as err:
+        rover = RoverRun(opts, say)
+    except StartError as err:
         raise Fatal(str(err)) from err
-    except OSError as err:  # e.g. --kernels xnnpack-no-amx where the kernel has no seccomp
-        raise Fatal(f"cannot start: {err}") from err
+    except OutputError as err:
+        raise OutputFatal(str(err)) from err
     try:
-        if move_consumed is not None:
-            move_consumed.mkdir(parents=True, exist_ok=True)
-        writer = OutputWriter(
-            out, overlays=overlay, masks=not no_masks, keep=keep, label_set=segmenter.labels
-        )
-    except OSError as err:
-        raise OutputFatal(f"cannot write to --out {out}: {err.strerror or err}") from err
-    consumed = "delete" if delete_consumed else move_consumed
-    started_utc = utc_now()
-    last = writer.telemetry.last_record if writer.telemetry else None
-    identity = RunIdentity(out, last.get("frame_index") if last else None)
-    identity.save()
-    meta = segmenter.metadata
-    model_info = {"name": meta.info.get("name") or model.stem, "sha256": file_sha256(model)}
-    short = {**model_info, "sha256": model_info["sha256"][:16]}
-    context = RunContext(identity.run_id, short, identity, analyzer)
-    if untaught:
-        logging.getLogger(__name__).warning(
-            "%s was trained without a background target (loss %s): it labels sky and rover "
-            "hardware arbitrarily, so %s",
-            model.name,
-            meta.info.get("loss"),
-            "its hazard flags may fire there (the regions file asks for them)"
-            if hazards
-            else "its hazard flags are off (give --regions with hazard rules to force them)",
-        )
-    status = StatusLine()
-    stats = RunStats()
-    # console logging goes above the status line; other handlers (files, tests) stay
-    root = logging.getLogger()
-    handlers = root.handlers[:]
-    console = [h for h in handlers if getattr(h, "stream", None) in (sys.stderr, sys.__stderr__)]
-    root.handlers = [h for h in handlers if h not in console]
-    if console:
-        root.addHandler(status.log_handler(logging.Formatter(LOG_FORMAT)))
-
-    def heartbeat_fields() -> dict:
-        age = None if stats.last_frame_unix_s is None else time.time() - stats.last_frame_unix_s
-        return {
-            "run_id": identity.run_id,
-            "model": model_info["name"],
-            "camera_dir": str(camera_dir),
-            "frames": stats.frames,
-            "errors": stats.errors,
-            "dropped": stats.dropped,
-            "unwritten": stats.unwritten,
-            "hazard_frames": stats.hazard_frames,
-            "next_frame_index": identity.next_index,
-            "last_frame_unix_s": stats.last_frame_unix_s,
-            "last_frame_age_s": None if age is None else round(age, 1),
-        }
-
-    beat = (
-        Heartbeat(out / "status.json", heartbeat_fields, heartbeat).start() if heartbeat else None
-    )
-
-    def stop(signum, _frame):
-        if source.stopped:  # the second Ctrl-C: stop now, without the summary
-            raise KeyboardInterrupt
-        stats.stopped_by = signal.Signals(signum).name
-        source.stop()
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    size = "{}x{}".format(*segmenter.input_shape)
-    click.echo(
-        f"{model.name} ({size} {segmenter.input_dtype.name} in, {segmenter.num_classes} classes, "
-        f"{segmenter.runtime}, {threads} threads) on {camera_dir}"
-        f"{' (watching)' if watch else ''} -> {out}",
-        err=True,
-    )
-    if truth is not None:
-        click.echo(truth.describe(), err=True)
-    ended = None
-    try:
-        with writer:
-            run_stream(
-                source, segmenter, writer, truth, status, stats, limit, max_fps, consumed, context
-            )
-            status.close()
-            identity.save()
-            summary = {
-                "schema": SUMMARY_SCHEMA,
-                "run_id": identity.run_id,
-                "restarts": identity.restarts,
-                "started_utc": started_utc,
-                "ended_utc": utc_now(),
-                "model": {
-                    **model_info,
-                    "file": str(model),
-                    "precision": meta.info.get("precision"),
-                    "architecture": meta.info.get("architecture"),
-                    "loss": meta.info.get("loss"),
-                    "metadata": meta.source,
-                    "input_hw": list(segmenter.input_shape),
-                    "classes": list(segmenter.labels.names),
-                },
-                "software": software_versions(segmenter.runtime),
-                "execution": segmenter.execution,
-                **stats.summary(),
-            }
-            summary["regions"] = region_config.as_dict(analyzer.rules)  # the rules applied
-            summary["config"] = {
-                "model": str(model),
-                "camera_dir": str(camera_dir),
-                "runtime": segmenter.runtime,
-                "threads": threads,
-                "kernels": kernels,
-                "watch": watch,
-                "notify": source.mode if watch else None,
-                "max_fps": max_fps,
-                "max_queue": max_queue,
-                "labels": str(labels) if labels else None,
-                "label_format": truth.format if truth else None,
-            }
-            summary = rounded(summary)
-            try:
-                writer.write_json("summary.json", summary)
-                written = True
-            except OSError as err:
-                written = False
-                click.echo(
-                    f"summary.json not written ({err.strerror or err}); the summary follows",
-                    err=True,
-                )
+        summary, written = rover.execute()
     except KeyboardInterrupt:  # the second Ctrl-C
-        ended = "stopped: interrupted twice, no summary"
         raise Interrupted("stopped at once (a second interrupt): no summary written") from None
-    except BaseException as err:
-        ended = f"failed: {type(err).__name__}"
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        root.handlers = handlers
-        if beat is not None:
-            beat.stop(ended or f"stopped: {stats.stopped_by}")
     click.echo(format_summary(summary))
-    click.echo(
-        f"outputs in {out}/ ({'' if no_masks else 'masks/, '}{'overlays/, ' if overlay else ''}"
-        "telemetry.jsonl, summary.json)"
-    )
+    click.echo(rover.outputs(written))
     code = outcome(summary, written)
     if code:
         sys.exit(code)

@@ -277,3 +277,15 @@ def test_completeness_check_per_format(suffix, tmp_path):
     assert not looks_complete(path)
     path.write_bytes(b"")
     assert not looks_complete(path)
+
+
+def test_the_closing_line_names_summary_json_only_when_it_was_written(band_models, tmp_path):
+    from edge.run.driver import RoverRun, RunOptions, StartError
+
+    (tmp_path / "cam").mkdir()
+    opts = RunOptions(camera_dir=tmp_path / "cam", model=band_models["int8"], out=tmp_path / "o")
+    rover = RoverRun(opts, say=lambda line: None)
+    assert rover.outputs(True).endswith("(masks/, telemetry.jsonl, summary.json)")
+    assert rover.outputs(False).endswith("(masks/, telemetry.jsonl)")  # e.g. after a full disk
+    with pytest.raises(StartError, match="--idle-timeout only applies with --watch"):
+        RoverRun(RunOptions(camera_dir=tmp_path / "cam", idle_timeout=1.0))

@@ -384,7 +384,7 @@ def test_each_op_translates_to_what_litert_computes(case, tmp_path):
 
 
 def test_a_peer_is_set_against_models_of_its_own_graph_and_precision():
-    from edge.bench.runner import peer_ratios
+    from edge.bench.report import peer_ratios
 
     def entry(runtime, graph, precision, p50):
         figures = {"precision": precision, "invoke": {"p50": p50}}

@@ -9,17 +9,17 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from trainer.train import ProgressLog, _duration  # noqa: E402
+from trainer.callbacks import ProgressLog, _duration  # noqa: E402
 
 
 def test_progress_lines_give_the_step_speed_and_time_left(caplog):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     x = np.zeros((24, 4), np.float32)
-    with caplog.at_level(logging.INFO, logger="trainer.train"):
+    with caplog.at_level(logging.INFO, logger="trainer.callbacks"):
         model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0,
                   callbacks=[ProgressLog(4, interval_s=0.0)])  # fmt: skip
-    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.callbacks"]
     assert len(lines) == 12  # every step of both epochs at interval 0
     assert lines[0].startswith("epoch 1/2: step 1/6, ") and "frames/s" in lines[0]
     assert "epoch ends in ~" in lines[0] and "training in ~" in lines[0]
@@ -39,6 +39,6 @@ def test_every_preset_is_a_valid_config_and_an_unknown_one_is_named():
         cfg = with_values(TrainConfig(), preset_values(name))
         assert cfg.model in ("marsseg", "twobranch")
     rover = with_values(TrainConfig(), preset_values("rover"))
-    assert (rover.model, rover.data.size, rover.schedule) == ("twobranch", "256x256", "cosine")
+    assert (rover.model, rover.data.size, rover.schedule) == ("twobranch", "192x192", "cosine")
     with pytest.raises(ValueError, match=r"unknown preset 'fast'; valid presets: rover, course"):
         preset_values("fast")

@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from trainer.train import CosineSchedule  # noqa: E402
+from trainer.callbacks import CosineSchedule  # noqa: E402
 
 
 def test_warm_up_then_cosine_to_the_floor():

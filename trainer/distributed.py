@@ -167,7 +167,7 @@ def train_custom(
     import keras
     import tensorflow as tf
 
-    from trainer.train import make_dataset
+    from trainer.pipeline import make_dataset
 
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:

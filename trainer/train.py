@@ -24,9 +24,18 @@ import numpy as np
 
 from edge.contract.labels import LabelSet
 from edge.contract.preprocess import Preprocessing
-from edge.io.sinks import atomic_path, atomic_write_json
+from edge.io.sinks import atomic_write_json
 from trainer import data as D
-from trainer.augment import augment_pair, offline_augment, online_pipeline
+from trainer.augment import offline_augment
+from trainer.callbacks import (
+    AdaptiveWeightsUpdate,
+    AtomicCheckpoint,
+    CosineSchedule,
+    EpochTimer,
+    LearningRateLog,
+    ProgressLog,
+    ScheduleResume,
+)
 from trainer.config import TrainConfig, flat_fields, flatten, from_dict, to_json, with_values
 from trainer.distributed import (
     TrainingError,
@@ -37,6 +46,7 @@ from trainer.distributed import (
     train_custom,
     worker_name,
 )
+from trainer.pipeline import make_dataset
 
 log = logging.getLogger(__name__)
 
@@ -405,56 +415,6 @@ def train_model(model, data: Prepared, cfg: TrainConfig, initial_epoch: int, cal
     return False
 
 
-def make_dataset(
-    images,
-    labels,
-    batch_size: int,
-    *,
-    training: bool,
-    cfg: TrainConfig,
-    shard: tuple[int, int] | None = None,
-):
-    """``tf.data`` pipeline: shuffle, online albumentations in parallel (training), batch, prefetch.
-
-    Args:
-        shard: ``(pipelines, index)``: keep every ``pipelines``-th frame of the (identically
-            seeded) shuffle from ``index`` on, before augmenting, so that the workers of a
-            multi-worker run see disjoint frames and augment only their own.
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if training:
-        ds = ds.shuffle(len(images), seed=cfg.seed, reshuffle_each_iteration=True)
-        if shard is not None:
-            ds = ds.shard(*shard)
-        if cfg.steps_per_epoch:
-            # fit keeps one iterator across epochs when steps_per_epoch is set; without repeat an
-            # epoch that meets the end of a pass is cut short ("Your input ran out of data")
-            ds = ds.repeat()
-        pipeline = online_pipeline(cfg.data.online_geometric, cfg.data.online_pixel, seed=cfg.seed)
-        if pipeline is not None:
-            h, w = images.shape[1:3]
-
-            def augment(image, label):
-                image, label = tf.numpy_function(
-                    lambda i, m: augment_pair(pipeline, i, m),
-                    [image, label],
-                    [tf.float32, tf.uint8],
-                )
-                return tf.ensure_shape(image, (h, w)), tf.ensure_shape(label, (h, w))
-
-            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.map(
-        lambda i, m: (i[..., None], tf.cast(m, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    ds = ds.batch(batch_size, drop_remainder=training)
-    options = tf.data.Options()
-    policy = tf.data.experimental.AutoShardPolicy
-    options.experimental_distribute.auto_shard_policy = policy.OFF if shard else policy.DATA
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
 def finish_run(
     run_dir: Path, val_images: np.ndarray, val_labels: np.ndarray, label_set: LabelSet
 ) -> None:
@@ -483,200 +443,3 @@ def _set_precision(mixed: bool) -> None:
     if mixed:
         policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
         keras.mixed_precision.set_global_policy(policy)
-
-
-def _atomic_save(model, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-
-
-class ScheduleResume(keras.callbacks.Callback):
-    """On ``--resume``, gives ReduceLROnPlateau and EarlyStopping back the counters they had
-    (they reset them when training begins)."""
-
-    def __init__(self, checkpoint):
-        super().__init__()
-        self.checkpoint = checkpoint
-
-    def on_train_begin(self, logs=None):
-        saved = self.checkpoint.resumed_schedule
-        if not saved:
-            return
-        plateau, stopping = self.checkpoint.schedule
-        plateau.wait, plateau.best = saved["plateau_wait"], saved["plateau_best"]
-        stopping.wait, stopping.best = saved["stop_wait"], saved["stop_best"]
-
-
-class LearningRateLog(keras.callbacks.Callback):
-    """Puts the epoch's learning rate into the logs, so that history.csv records it."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-            )
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Puts the training time of each epoch (without validation) and the frames per second into
-    the logs, for ``fit`` (the custom loop measures them itself)."""
-
-    def __init__(self, batch_size: int):
-        super().__init__()
-        self.batch_size = batch_size
-        self._start = self._stop = 0.0
-        self._steps = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._stop, self._steps = time.perf_counter(), 0.0, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._steps = batch + 1
-
-    def on_test_begin(self, logs=None):
-        self._stop = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or "epoch_s" in logs:
-            return
-        seconds = (self._stop or time.perf_counter()) - self._start
-        logs["epoch_s"] = seconds
-        logs["train_frames_per_s"] = self._steps * self.batch_size / seconds if seconds else 0.0
-
-
-class CosineSchedule(keras.callbacks.Callback):
-    """Linear warm-up from ``floor`` to ``peak`` over ``warmup_epochs``, then a cosine decay to
-    ``floor`` at the end of ``epochs``; set before every batch under ``fit`` (before every epoch
-    under the custom loop). The rate depends on the step alone, so ``--resume`` continues it."""
-
-    def __init__(self, peak: float, floor: float, epochs: int, warmup_epochs: float = 0.0):
-        super().__init__()
-        self.peak, self.floor, self.epochs, self.warmup = peak, floor, epochs, warmup_epochs
-        self._epoch = 0
-
-    def rate(self, progress: float) -> float:
-        """The rate at ``progress`` epochs from the start (fractions within an epoch)."""
-        import math
-
-        if progress < self.warmup:
-            return self.floor + (self.peak - self.floor) * progress / self.warmup
-        span = max(self.epochs - self.warmup, 1e-9)
-        t = min(max((progress - self.warmup) / span, 0.0), 1.0)
-        return self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * t))
-
-    def _set(self, progress: float) -> None:
-        self.model.optimizer.learning_rate.assign(self.rate(progress))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._set(epoch)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        steps = self.params.get("steps")
-        if steps:
-            self._set(self._epoch + batch / steps)
-
-
-class ProgressLog(keras.callbacks.Callback):
-    """A line every ``interval_s`` during an epoch, where no progress bar shows (a log file, a
-    pipe): the step, the training speed and how long the epoch and the run have left at that
-    speed (validation not counted). An epoch on a slow CPU takes many minutes."""
-
-    def __init__(self, batch_size: int, interval_s: float = 60.0):
-        super().__init__()
-        self.batch_size, self.interval_s = batch_size, interval_s
-        self._start = self._last = 0.0
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._start = self._last = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        if now - self._last < self.interval_s:
-            return
-        self._last = now
-        steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        per_step = (now - self._start) / (batch + 1)
-        line = f"epoch {self._epoch + 1}/{epochs}: step {batch + 1}/{steps or '?'}, "
-        line += f"{self.batch_size / per_step:.1f} frames/s"
-        if steps:
-            left = (steps - batch - 1) * per_step
-            line += f", epoch ends in ~{_duration(left)}"
-            if epochs:
-                left += (epochs - self._epoch - 1) * steps * per_step
-                line += f", training in ~{_duration(left)} (validation not counted)"
-        log.info(line)
-
-
-def _duration(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``2 h 05 min``."""
-    if seconds < 90:
-        return f"{int(seconds)} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-class AdaptiveWeightsUpdate(keras.callbacks.Callback):
-    """After each epoch, sets the ``afd`` class weights from that epoch's training IoU."""
-
-    def __init__(self, adaptive, label_set: LabelSet, checkpoint):
-        super().__init__()
-        self.adaptive = adaptive
-        self.label_set = label_set
-        self.checkpoint = checkpoint
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        ious = np.zeros(self.label_set.num_classes)
-        for c in self.label_set.scored:
-            ious[c] = logs.get(f"iou_{self.label_set.names[c]}", 0.0)
-        weights = self.adaptive.update(ious)
-        self.checkpoint.extra_state["afd_weights"] = weights.tolist()
-        log.debug("afd weights: %s", np.round(weights, 3).tolist())
-
-
-class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves ``model.keras`` when validation mean IoU improves and ``last.keras`` + ``state.json``
-    after every epoch, each through a temporary file and a rename."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        best: float | None = None,
-        write: bool = True,
-        state: dict | None = None,
-    ):
-        super().__init__()
-        self.run_dir = run_dir
-        self.best = best
-        self.write = write  # False on workers that are not the chief: track only
-        self.epochs_done = 0
-        self.extra_state: dict = {}
-        self.schedule: tuple = ()  # (ReduceLROnPlateau, EarlyStopping): their counters are saved
-        self.resumed_schedule = (state or {}).get("schedule")
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        score = logs.get("val_miou")
-        improved = score is not None and (self.best is None or score > self.best)
-        if improved:
-            self.best = float(score)
-        self.epochs_done = epoch + 1
-        if not self.write:
-            return
-        if improved:
-            _atomic_save(self.model, self.run_dir / "model.keras")
-        _atomic_save(self.model, self.run_dir / "last.keras")
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        state = {"epoch": epoch + 1, "best": self.best, "lr": lr, **self.extra_state}
-        if self.schedule:
-            plateau, stopping = self.schedule
-            state["schedule"] = {
-                "plateau_wait": int(plateau.wait),
-                "plateau_best": float(plateau.best),
-                "stop_wait": int(stopping.wait),
-                "stop_best": float(stopping.best),
-            }
-        atomic_write_json(self.run_dir / "state.json", state)

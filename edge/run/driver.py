@@ -1,0 +1,314 @@
+"""What ``edge-seg run`` does, as one object: open the model, the camera folder, the labels and the
+outputs (:class:`RoverRun`), stream the frames through the loop with signals and the heartbeat
+in place (:meth:`RoverRun.execute`), and build the summary. The command only turns options into
+:class:`RunOptions` and errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.io.decode import DEFAULT_MAX_PIXELS
+from edge.run.telemetry import SUMMARY_SCHEMA
+
+log = logging.getLogger(__name__)
+LOG_FORMAT = "%(levelname)s %(message)s"
+
+
+class StartError(ValueError):
+    """A problem with the run's inputs (model, folder, options): nothing ran."""
+
+
+class OutputError(OSError):
+    """The outputs cannot be written at all (e.g. --out cannot be created)."""
+
+
+@dataclass
+class RunOptions:
+    """Everything a run takes; the defaults are ``edge-seg run``'s."""
+
+    camera_dir: Path
+    model: Path | None = None  # None: the shipped model set
+    out: Path = Path("edge-seg-out")
+    overlay: bool = False
+    masks: bool = True
+    keep: int | None = None
+    watch: bool = False
+    idle_timeout: float | None = None
+    notify: str = "auto"
+    grace: float = 2.0
+    max_fps: float | None = None
+    max_queue: int = 2
+    max_frame_pixels: int = DEFAULT_MAX_PIXELS
+    consumed: str | Path | None = None  # "delete", a folder to move frames to, or None
+    threads: int = 1
+    runtime: str = "auto"
+    kernels: str = "auto"
+    labels: Path | None = None
+    label_format: str = "auto"
+    regions_file: Path | None = None
+    heartbeat: float = 5.0  # seconds between status.json writes; 0: none
+    limit: int | None = None
+
+    def check(self) -> None:
+        """Refuse inconsistent options before anything is opened.
+
+        Raises:
+            StartError: naming the option and the fix.
+        """
+        if not self.camera_dir.is_dir():
+            raise StartError(
+                f"camera directory {self.camera_dir} does not exist or is not a folder"
+            )
+        if self.labels is not None and not self.labels.is_dir():
+            raise StartError(f"--labels {self.labels} does not exist or is not a folder")
+        if self.idle_timeout is not None and not self.watch:
+            raise StartError("--idle-timeout only applies with --watch")
+        if not self.masks and self.keep is not None and not self.overlay:
+            raise StartError("--keep applies to masks and overlays, and both are off")
+
+
+def rounded(value, digits: int = 4):
+    """A JSON document with every float rounded to ``digits`` significant decimals."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+class RoverRun:
+    """One run of the rover's segmentation over a camera folder.
+
+    Args:
+        opts: the run's options.
+        say: where the start-up lines go (the command passes click's echo to stderr).
+
+    Raises:
+        StartError: for a bad model, folder, labels, regions file or option.
+        OutputError: when the output folder cannot be written.
+    """
+
+    def __init__(self, opts: RunOptions, say: Callable[[str], None] = print):
+        from edge.io.camera import CameraDir
+        from edge.io.labels import LabelReader
+        from edge.io.sinks import OutputWriter
+        from edge.models import resolve_model
+        from edge.run.hazards import RegionAnalyzer, RegionConfig
+        from edge.run.loop import RunContext
+        from edge.run.telemetry import RunIdentity, file_sha256, utc_now
+        from edge.runtimes.interpreter import RuntimeUnavailable
+        from edge.segmenter import Segmenter
+
+        opts.check()
+        self.opts, self.say = opts, say
+        try:
+            self.model, self.origin = resolve_model(opts.model)
+            if self.origin != "given":
+                say(f"model: {self.model} ({self.origin})")
+            self.segmenter = Segmenter(
+                self.model, threads=opts.threads, runtime=opts.runtime, kernels=opts.kernels
+            )
+            seg = self.segmenter
+            self.truth = (
+                None
+                if opts.labels is None
+                else LabelReader(opts.labels, seg.num_classes, opts.label_format,
+                                 opts.max_frame_pixels)
+            )  # fmt: skip
+            self.source = CameraDir(
+                opts.camera_dir,
+                watch=opts.watch,
+                grace_s=opts.grace,
+                max_queue=opts.max_queue,
+                idle_timeout=opts.idle_timeout,
+                max_pixels=opts.max_frame_pixels,
+                notify=opts.notify,
+            )
+            self.regions = RegionConfig.load(opts.regions_file) if opts.regions_file else None
+            self.regions = self.regions or RegionConfig()
+            # a model never taught "no terrain here" answers sky and hardware with a terrain
+            # class: its hazard flags stay off unless a regions file asks for rules explicitly
+            self.untaught = seg.metadata.info.get("predicts_ignored_label") is False
+            self.hazards = not self.untaught or self.regions.hazards is not None
+            self.analyzer = RegionAnalyzer(self.regions, seg.labels, hazards=self.hazards)
+        except (ValueError, RuntimeUnavailable) as err:
+            raise StartError(str(err)) from err
+        except OSError as err:  # e.g. --kernels xnnpack-no-amx where the kernel has no seccomp
+            raise StartError(f"cannot start: {err}") from err
+        try:
+            if isinstance(opts.consumed, Path):
+                opts.consumed.mkdir(parents=True, exist_ok=True)
+            self.writer = OutputWriter(
+                opts.out, overlays=opts.overlay, masks=opts.masks, keep=opts.keep,
+                label_set=seg.labels,
+            )  # fmt: skip
+        except OSError as err:
+            raise OutputError(f"cannot write to --out {opts.out}: {err.strerror or err}") from err
+        self.started_utc = utc_now()
+        last = self.writer.telemetry.last_record if self.writer.telemetry else None
+        self.identity = RunIdentity(opts.out, last.get("frame_index") if last else None)
+        self.identity.save()
+        meta = seg.metadata
+        self.model_info = {
+            "name": meta.info.get("name") or self.model.stem,
+            "sha256": file_sha256(self.model),
+        }
+        short = {**self.model_info, "sha256": self.model_info["sha256"][:16]}
+        self.context = RunContext(self.identity.run_id, short, self.identity, self.analyzer)
+        if self.untaught:
+            log.warning(
+                "%s was trained without a background target (loss %s): it labels sky and rover "
+                "hardware arbitrarily, so %s",
+                self.model.name,
+                meta.info.get("loss"),
+                "its hazard flags may fire there (the regions file asks for them)"
+                if self.hazards
+                else "its hazard flags are off (give --regions with hazard rules to force them)",
+            )
+
+    def execute(self) -> tuple[dict, bool]:
+        """Stream the frames until the input ends, Ctrl-C/SIGTERM or the idle timeout.
+
+        Returns:
+            ``(summary, written)``: the summary document and whether summary.json was written.
+
+        Raises:
+            KeyboardInterrupt: on a second Ctrl-C (stopped at once, no summary).
+        """
+        from edge.run.loop import RunStats, StatusLine, run_stream
+        from edge.run.telemetry import Heartbeat
+
+        opts, seg = self.opts, self.segmenter
+        status, stats = StatusLine(), RunStats()
+        # console logging goes above the status line; other handlers (files, tests) stay
+        root = logging.getLogger()
+        handlers = root.handlers[:]
+        console = [
+            h for h in handlers if getattr(h, "stream", None) in (sys.stderr, sys.__stderr__)
+        ]
+        root.handlers = [h for h in handlers if h not in console]
+        if console:
+            root.addHandler(status.log_handler(logging.Formatter(LOG_FORMAT)))
+        beat = None
+        if opts.heartbeat:
+            beat = Heartbeat(opts.out / "status.json", lambda: self._beat(stats), opts.heartbeat)
+            beat.start()
+
+        def stop(signum, _frame):
+            if self.source.stopped:  # the second Ctrl-C: stop now, without the summary
+                raise KeyboardInterrupt
+            stats.stopped_by = signal.Signals(signum).name
+            self.source.stop()
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        size = "{}x{}".format(*seg.input_shape)
+        self.say(
+            f"{self.model.name} ({size} {seg.input_dtype.name} in, {seg.num_classes} classes, "
+            f"{seg.runtime}, {opts.threads} threads) on {opts.camera_dir}"
+            f"{' (watching)' if opts.watch else ''} -> {opts.out}"
+        )
+        if self.truth is not None:
+            self.say(self.truth.describe())
+        ended = None
+        try:
+            with self.writer:
+                run_stream(self.source, seg, self.writer, self.truth, status, stats, opts.limit,
+                           opts.max_fps, opts.consumed, self.context)  # fmt: skip
+                status.close()
+                self.identity.save()
+                summary = rounded(self.summary(stats))
+                try:
+                    self.writer.write_json("summary.json", summary)
+                    written = True
+                except OSError as err:
+                    written = False
+                    self.say(
+                        f"summary.json not written ({err.strerror or err}); the summary follows"
+                    )
+        except KeyboardInterrupt:
+            ended = "stopped: interrupted twice, no summary"
+            raise
+        except BaseException as err:
+            ended = f"failed: {type(err).__name__}"
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            root.handlers = handlers
+            if beat is not None:
+                beat.stop(ended or f"stopped: {stats.stopped_by}")
+        return summary, written
+
+    def summary(self, stats) -> dict:
+        """The summary document (schema ``SUMMARY_SCHEMA``) of the run so far."""
+        from edge.run.telemetry import software_versions, utc_now
+
+        opts, seg, meta = self.opts, self.segmenter, self.segmenter.metadata
+        summary = {
+            "schema": SUMMARY_SCHEMA,
+            "run_id": self.identity.run_id,
+            "restarts": self.identity.restarts,
+            "started_utc": self.started_utc,
+            "ended_utc": utc_now(),
+            "model": {
+                **self.model_info,
+                "file": str(self.model),
+                "chosen": self.origin,
+                "precision": meta.info.get("precision"),
+                "architecture": meta.info.get("architecture"),
+                "loss": meta.info.get("loss"),
+                "metadata": meta.source,
+                "input_hw": list(seg.input_shape),
+                "classes": list(seg.labels.names),
+            },
+            "software": software_versions(seg.runtime),
+            "execution": seg.execution,
+            **stats.summary(),
+        }
+        summary["regions"] = self.regions.as_dict(self.analyzer.rules)  # the rules applied
+        summary["config"] = {
+            "model": str(self.model),
+            "camera_dir": str(opts.camera_dir),
+            "runtime": seg.runtime,
+            "threads": opts.threads,
+            "kernels": opts.kernels,
+            "watch": opts.watch,
+            "notify": self.source.mode if opts.watch else None,
+            "max_fps": opts.max_fps,
+            "max_queue": opts.max_queue,
+            "labels": str(opts.labels) if opts.labels else None,
+            "label_format": self.truth.format if self.truth else None,
+        }
+        return summary
+
+    def outputs(self, written: bool) -> str:
+        """The closing line: what was written where (summary.json only when it was)."""
+        parts = ["masks/"] if self.opts.masks else []
+        parts += ["overlays/"] if self.opts.overlay else []
+        parts += ["telemetry.jsonl"] + (["summary.json"] if written else [])
+        return f"outputs in {self.opts.out}/ ({', '.join(parts)})"
+
+    def _beat(self, stats) -> dict:
+        age = None if stats.last_frame_unix_s is None else time.time() - stats.last_frame_unix_s
+        return {
+            "run_id": self.identity.run_id,
+            "model": self.model_info["name"],
+            "camera_dir": str(self.opts.camera_dir),
+            "frames": stats.frames,
+            "errors": stats.errors,
+            "dropped": stats.dropped,
+            "unwritten": stats.unwritten,
+            "hazard_frames": stats.hazard_frames,
+            "next_frame_index": self.identity.next_index,
+            "last_frame_unix_s": stats.last_frame_unix_s,
+            "last_frame_age_s": None if age is None else round(age, 1),
+        }
