@@ -163,7 +163,7 @@ cfg = TrainConfig(data=DataConfig(online_geometric=False), epochs=1, batch_size=
                   steps_per_epoch=4, verbose=0)
 keras.utils.set_random_seed(0)
 with strategy.scope():
-    model = build_model("marsseg", (32, 32, 1), width=0.25)
+    model = build_model("marsseg", (32, 32, 1), 5, width=0.25)
     if replicas > 1:
         synchronize_batch_norm(model)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=per_frame(make_loss("plain_ce", ignore=0)))

@@ -1,7 +1,8 @@
-"""Make the README's pictures: overlays and the final screen of a finished demo, and the
-default regions of the rover's hazard rule drawn over a frame.
+"""Make the README's pictures: overlays and the final screen of a finished demo, the default
+regions of the rover's hazard rule drawn over a frame, and the shipped model on the sample frames.
 
 python tools/readme_figures.py demo --out docs [--regions-frame FRAME]
+python tools/readme_figures.py --shipped --out docs      # docs/shipped_overlays.png
 """
 
 from __future__ import annotations
@@ -41,7 +42,33 @@ def overlay_grid(demo: Path, frames: int = 4, scale: int = 3) -> Image.Image:
         gap = np.full((frame.shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([grey, gap, predicted, gap, truth], axis=1))
         rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
-    grid = np.concatenate(rows[:-1], axis=0)
+    return _titled(np.concatenate(rows[:-1], axis=0), scale, "int8 model (edge-seg run)")
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "docs" / "samples" / "ai4mars"
+
+
+def shipped_grid(model: Path | None = None, frames: int = 4) -> Image.Image:
+    """Rows of frame | the shipped (or given) model's segmentation | truth, on the sample frames."""
+    from edge.models import resolve_model
+
+    segmenter = Segmenter(resolve_model(model)[0])
+    labels = LabelReader(SAMPLES / "labels", segmenter.num_classes)
+    paths = sorted((SAMPLES / "frames").glob("*.JPG"))
+    step = max(1, len(paths) // frames)  # spread over the set: rocks, sand and bedrock
+    rows = []
+    for path in paths[::step][:frames]:
+        frame = read_frame(path)
+        predicted = overlay(frame, segmenter.segment(frame).labels, segmenter.labels)
+        truth = overlay(frame, labels.read_for(path.stem), segmenter.labels)
+        grey = np.repeat(frame[..., None], 3, axis=-1)
+        gap = np.full((frame.shape[0], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([grey, gap, predicted, gap, truth], axis=1))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    return _titled(np.concatenate(rows[:-1], axis=0), 1, "shipped int8 model")
+
+
+def _titled(grid: np.ndarray, scale: int, model_title: str) -> Image.Image:
     image = Image.fromarray(grid).resize(
         (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
     )
@@ -50,7 +77,7 @@ def overlay_grid(demo: Path, frames: int = 4, scale: int = 3) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.truetype(str(MONO), 16) if MONO.exists() else ImageFont.load_default()
     third = image.width // 3
-    for i, title in enumerate(("camera frame", "int8 model (edge-seg run)", "truth")):
+    for i, title in enumerate(("camera frame", model_title, "truth (crowd labels)")):
         draw.text((i * third + third // 2, 15), title, fill="black", font=font, anchor="mm")
     return canvas
 
@@ -101,7 +128,9 @@ def regions_picture(frame_path: Path, model: Path | None = None, scale: int = 2)
 
 
 @click.command()
-@click.argument("demo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "demo", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"))
 @click.option(
     "--regions-frame",
@@ -115,9 +144,24 @@ def regions_picture(frame_path: Path, model: Path | None = None, scale: int = 2)
     default=None,
     help="Segment --regions-frame with this model under the regions.",
 )
-def main(demo: Path, out: Path, regions_frame: Path | None, regions_model: Path | None) -> None:
-    """Write OUT/overlays.png and OUT/report_table.png from the DEMO folder."""
+@click.option("--shipped", is_flag=True, help="Write OUT/shipped_overlays.png (no DEMO needed).")
+def main(
+    demo: Path | None,
+    out: Path,
+    regions_frame: Path | None,
+    regions_model: Path | None,
+    shipped: bool,
+) -> None:
+    """Write OUT/overlays.png and OUT/report_table.png from the DEMO folder (and with --shipped
+    the shipped model on the sample frames)."""
     out.mkdir(parents=True, exist_ok=True)
+    if shipped:
+        shipped_grid().save(out / "shipped_overlays.png")
+        click.echo(f"wrote {out}/shipped_overlays.png")
+        if demo is None:
+            return
+    if demo is None:
+        raise click.UsageError("give DEMO (a finished demo folder), or --shipped")
     overlay_grid(demo).save(out / "overlays.png")
     text_image(summary_text(demo)).save(out / "report_table.png")
     written = ["overlays.png", "report_table.png"]
