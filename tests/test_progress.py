@@ -39,6 +39,6 @@ def test_every_preset_is_a_valid_config_and_an_unknown_one_is_named():
         cfg = with_values(TrainConfig(), preset_values(name))
         assert cfg.model in ("marsseg", "twobranch")
     rover = with_values(TrainConfig(), preset_values("rover"))
-    assert (rover.model, rover.data.size, rover.schedule) == ("twobranch", "192x192", "cosine")
+    assert (rover.model, rover.data.size, rover.schedule) == ("marsseg", "128x128", "cosine")
     with pytest.raises(ValueError, match=r"unknown preset 'fast'; valid presets: rover, course"):
         preset_values("fast")

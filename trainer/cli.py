@@ -158,8 +158,8 @@ def given_settings(options: dict) -> dict:
 @click.option(
     "--preset",
     default=None,
-    help="A named recipe under the other settings: rover (the shipped model's: twobranch "
-    "width 0.5, 192x192, cosine), course (the report's MarsSeg), marsseg-small (the earlier README's) "
+    help="A named recipe under the other settings: rover (the shipped model's: MarsSeg "
+    "width 0.25, 128x128, cosine), course (the report's MarsSeg), marsseg-small (the earlier README's) "
     "[default: none: the dataclass defaults].",
 )
 @click.option(

@@ -155,11 +155,11 @@ class TrainConfig:
 # Named recipes: the settings behind a figure, one flag away (`trainer fit --preset rover`). A
 # preset sits under --config, --set and the options, which override it.
 PRESETS: dict[str, dict[str, Any]] = {
-    # the rover model's recipe (docs/model_card.md): the two-branch net at width 0.5 and
-    # 192x192, benchmarks/pareto.py's pick under the 2 GMAC budget (0.18 GMAC); a cosine
-    # schedule for a fixed budget
+    # the rover model's recipe (docs/model_card.md): MarsSeg at width 0.25 on 128x128 frames,
+    # benchmarks/pareto.py's pick under the 2 GMAC budget (0.43 GMAC); AdamW at 1e-3 with a
+    # cosine schedule for a fixed budget
     "rover": {
-        "model": "twobranch", "width": 0.5, "data.size": "192x192", "learning_rate": 1e-3,
+        "model": "marsseg", "width": 0.25, "data.size": "128x128", "learning_rate": 1e-3,
         "batch_size": 16, "schedule": "cosine", "warmup_epochs": 1.0, "epochs": 40,
         "steps_per_epoch": 300, "stop_patience": 40,
     },
