@@ -408,10 +408,12 @@ def bench(
             param_hint="--kernels",
         )
     every = [*models, *more_models]
-    strange = [p.name for p in every if p.suffix.lower() not in (".tflite", ".onnx")]
+    from edge.runtimes import SUFFIXES
+
+    strange = [p.name for p in every if p.suffix.lower() not in SUFFIXES]
     if strange:
         raise click.BadParameter(
-            f"{', '.join(strange)}: not a .tflite or .onnx model", param_hint="--models"
+            f"{', '.join(strange)}: not a {' or '.join(SUFFIXES)} model", param_hint="--models"
         )
     cfg = BenchConfig(
         models=every,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.contract.metadata import ModelMetadata, default_metadata, read_model_metadata
+from edge.runtimes import model_format
 from edge.runtimes.interpreter import KernelChoice, choose_kernels, make_interpreter
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Segmenter:
         if not self.model_path.is_file():
             raise ValueError(f"no model at {self.model_path}")
         kernels = kernels or ("xnnpack" if xnnpack else "builtin")
-        if self.model_path.suffix.lower() == ".onnx":  # the benchmark's peer: its own kernels
+        if model_format(self.model_path).own_kernels:  # the benchmark's peer: its own kernels
             choice = KernelChoice("onnxruntime-cpu", "ONNX Runtime peer (its CPU provider)")
         else:
             choice = choose_kernels(kernels, self.model_path, threads, runtime)

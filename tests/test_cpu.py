@@ -158,3 +158,13 @@ def test_the_limit_conv_is_a_real_conv(tmp_path, precision):
         expected = np.clip(np.round(real / out[0] + out[1]), -128, 127)
         assert np.abs(y[0].astype(int) - expected).max() <= 1  # requantization rounding
         assert len(np.unique(y)) > 10  # not saturated: a real signal went through
+
+
+def test_every_model_format_has_a_metadata_reader_and_strange_files_are_named():
+    from edge.contract.metadata import METADATA_READERS
+    from edge.runtimes import FORMATS, model_format
+
+    assert {f.suffix for f in FORMATS} == set(METADATA_READERS)
+    assert model_format("m.TFLITE").name == "tflite" and model_format("p.onnx").own_kernels
+    with pytest.raises(ValueError, match=r"m.pt: not a .tflite or .onnx model"):
+        model_format("runs/m.pt")

@@ -38,6 +38,7 @@ import numpy as np
 from edge.bench.report import graph_name, peer_ratios, write_markdown
 from edge.contract.metrics import score
 from edge.run.quantiles import LogHistogram
+from edge.runtimes import model_format
 
 
 @dataclass
@@ -95,7 +96,7 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
 
     if not cfg.models:
         raise ValueError("give at least one model")
-    peers = [p for p in cfg.models if p.suffix.lower() == ".onnx"]
+    peers = [p for p in cfg.models if model_format(p).own_kernels]
     if peers:  # before anything is timed: the peer column needs ONNX Runtime here
         try:
             import onnxruntime  # noqa: F401
@@ -110,7 +111,7 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     columns = [
         (path, kernels, name if len(cfg.kernels) == 1 or peer else f"{name} [{kernels}]")
         for path, name in zip(cfg.models, unique_names(cfg.models))
-        for peer in [path.suffix.lower() == ".onnx"]  # ONNX Runtime: its own kernels, once
+        for peer in [model_format(path).own_kernels]  # ONNX Runtime: its own kernels, once
         for kernels in (cfg.kernels[:1] if peer else cfg.kernels)
     ]
     names = [name for _, _, name in columns]
@@ -150,7 +151,7 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
                 spec = {
                     "model": str(path), "threads": n_threads,
                     # --runtime picks among the TFLite runtimes; a peer has its own
-                    "runtime": "auto" if path.suffix.lower() == ".onnx" else cfg.runtime,
+                    "runtime": "auto" if model_format(path).own_kernels else cfg.runtime,
                     "kernels": kernels, "runs": cfg.runs, "warmup": cfg.warmup,
                     "frames": str(tmp / "frames.npy"), "frame_dir": str(frame_dir),
                     "maps": str(tmp / f"maps_{len(maps)}.npy") if k == 0 else None,
@@ -279,7 +280,7 @@ def _macs(model: str | Path, runtime: str) -> int | None:
     from edge.bench.roofline import graph_macs
     from edge.runtimes.interpreter import make_interpreter
 
-    if Path(model).suffix.lower() == ".onnx":
+    if model_format(model).own_kernels:
         return None
     interpreter, _ = make_interpreter(model, 1, runtime, xnnpack=False)
     return graph_macs(interpreter)
@@ -402,7 +403,7 @@ def _file_name(name: str) -> str:
 
 def unique_names(paths: list[Path]) -> list[str]:
     """Column names: file stems (an ONNX peer keeps its suffix), parent-qualified if needed."""
-    names = [p.stem if p.suffix.lower() == ".tflite" else p.name for p in paths]
+    names = [p.stem if model_format(p).role == "rover" else p.name for p in paths]
     if len(set(names)) < len(names):
         names = [f"{p.parent.name}/{n}" for p, n in zip(paths, names)]
     return names

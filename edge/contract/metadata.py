@@ -95,7 +95,8 @@ def read_model_metadata(model_path: str | Path) -> ModelMetadata | None:
         buf = path.read_bytes()
     except OSError as err:
         raise ValueError(f"cannot read {path}: {err.strerror or err}") from err
-    entries = onnx_metadata(buf) if path.suffix.lower() == ".onnx" else tflite_metadata(buf)
+    reader = METADATA_READERS.get(path.suffix.lower(), tflite_metadata)
+    entries = reader(buf)
     if METADATA_KEY in entries:
         try:
             doc = json.loads(entries[METADATA_KEY])
@@ -252,3 +253,7 @@ def _buffer_bytes(buf: bytes, table: int) -> bytes:
         size = struct.unpack_from("<Q", buf, size_at)[0]
         return bytes(buf[offset : offset + size])
     return b""
+
+
+# Where each model format keeps the document (edge.runtimes.FORMATS names the formats).
+METADATA_READERS = {".tflite": tflite_metadata, ".onnx": onnx_metadata}

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.runtimes import model_format
+
 RUNTIMES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 PEER_RUNTIME = "onnxruntime"  # runs .onnx files only; `pip install 'marsseg-edge[peers]'`
 INTEGER_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
@@ -53,7 +55,8 @@ def make_interpreter(
     Args:
         model_path: the model file (an ``.onnx`` opens an :class:`OnnxInterpreter`).
         num_threads: CPU threads for the kernels (LiteRT's default is 1; say it explicitly).
-        runtime: ``auto`` (LiteRT, else tflite-runtime), ``litert`` or ``tflite-runtime``.
+        runtime: ``auto`` (the first installed of the format's runtimes: LiteRT, else
+            tflite-runtime, for a .tflite), ``litert`` or ``tflite-runtime``.
         xnnpack: use the XNNPACK delegate (the default delegate); False for the reference kernels'
             comparison.
 
@@ -62,12 +65,13 @@ def make_interpreter(
 
     Raises:
         RuntimeUnavailable: when the asked runtime is not installed.
-        ValueError: when the file is missing or is not a valid model.
+        ValueError: when the file is missing, of no known format, or not a valid model.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ValueError(f"no model at {model_path}")
-    if model_path.suffix.lower() == ".onnx":
+    fmt = model_format(model_path)  # a file of no known format: one clear line
+    if model_format(model_path).name == "onnx":
         if runtime not in ("auto", PEER_RUNTIME):
             raise ValueError(
                 f"{model_path.name} is an ONNX model: it runs with {PEER_RUNTIME} only"
@@ -76,9 +80,7 @@ def make_interpreter(
     if runtime == "auto":
         names = available_runtimes()
         if not names:
-            raise RuntimeUnavailable(
-                "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)"
-            )
+            raise RuntimeUnavailable(f"no TFLite runtime installed: {fmt.install}")
         runtime = names[0]
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; valid: auto, {', '.join(RUNTIMES)}")
