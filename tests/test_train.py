@@ -222,3 +222,16 @@ def test_fit_gets_one_loss_per_frame(small_npz):
     probs = model(data.train_images[:3, ..., None]).numpy()
     values = np.asarray(model.loss(labels, probs))
     assert values.shape == (3,) and np.all(values == values[0]) and values[0] > 0
+
+
+def test_a_cosine_run_checkpoints_and_resumes_on_its_schedule(small_npz, tmp_path):
+    run_dir = tmp_path / "cosine"
+    cfg = tiny_config(small_npz, schedule="cosine", warmup_epochs=0.5, epochs=2, min_lr=1e-5)
+    fit(cfg, run_dir)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["epoch"] == 2 and state["schedule"]["plateau_best"] is None  # no plateau used
+    rates = [float(r["learning_rate"]) for r in _history_rows(run_dir)]
+    assert rates[0] > rates[1] > 1e-5  # past the warm-up, decaying
+    resumed, _ = resume_config(run_dir, {"epochs": 3})
+    fit(resumed, run_dir, resume=True)
+    assert len(_history_rows(run_dir)) == 3

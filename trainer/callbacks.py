@@ -205,10 +205,12 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         state = {"epoch": epoch + 1, "best": self.best, "lr": lr, **self.extra_state}
         if self.schedule:
             plateau, stopping = self.schedule
+            # a callback that is not in use (the plateau under --schedule cosine) never started:
+            # its counters are still unset
             state["schedule"] = {
-                "plateau_wait": int(plateau.wait),
-                "plateau_best": float(plateau.best),
-                "stop_wait": int(stopping.wait),
-                "stop_best": float(stopping.best),
+                "plateau_wait": int(plateau.wait or 0),
+                "plateau_best": None if plateau.best is None else float(plateau.best),
+                "stop_wait": int(stopping.wait or 0),
+                "stop_best": None if stopping.best is None else float(stopping.best),
             }
         atomic_write_json(self.run_dir / "state.json", state)
