@@ -14,7 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from edge.cli import main
+from edge.cli import LOG_FORMAT, bench
 
 if __name__ == "__main__":
-    main(["bench", *sys.argv[1:]], prog_name="benchmarks/run.py")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # the bench command itself, so that --help reads "python benchmarks/run.py [OPTIONS]"
+    bench.main(sys.argv[1:], prog_name="python benchmarks/run.py")
