@@ -43,6 +43,20 @@ def conv_bn_relu(
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def residual_block(x, filters: int, *, strides: int, name: str, dilation: int = 1):
+    """Basic residual block (He et al. 2016): two 3x3 convs (the second dilated by ``dilation``),
+    a strided 1x1 projection on the shortcut where the shape changes."""
+    y = conv_bn_relu(x, filters, strides=strides, name=f"{name}_conv1")
+    y = layers.Conv2D(
+        filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv2"
+    )(y)
+    y = batch_norm(name=f"{name}_bn2")(y)
+    if strides != 1 or x.shape[-1] != filters:
+        x = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
+        x = batch_norm(name=f"{name}_proj_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_add")([x, y]))
+
+
 def upsample_to(x, size: tuple[int, int], *, name: str, interpolation: str = "bilinear"):
     """Resize a (B, h, w, C) tensor to ``size`` by an integer factor (static shapes only)."""
     h, w = x.shape[1], x.shape[2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from trainer.models.blocks import batch_norm, conv_bn_relu, image_pooling, scaled, upsample_to
+from trainer.models.blocks import conv_bn_relu, image_pooling, residual_block, scaled, upsample_to
 
 
 def build_deeplabv3plus(
@@ -32,10 +32,10 @@ def build_deeplabv3plus(
     c = lambda n: scaled(n, width, minimum=16)  # noqa: E731
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn_relu(inputs, c(32), name="stem_conv1")
-    low = _residual(x, c(64), strides=2, name="enc1")  # (B, H/2, W/2, 64)
-    x = _residual(low, c(128), strides=2, name="enc2")  # (B, H/4, W/4, 128)
-    x = _residual(x, c(256), strides=2, name="enc3")  # (B, H/8, W/8, 256)
-    x = _residual(x, c(256), strides=1, name="enc4", dilation=2)
+    low = residual_block(x, c(64), strides=2, name="enc1")  # (B, H/2, W/2, 64)
+    x = residual_block(low, c(128), strides=2, name="enc2")  # (B, H/4, W/4, 128)
+    x = residual_block(x, c(256), strides=2, name="enc3")  # (B, H/8, W/8, 256)
+    x = residual_block(x, c(256), strides=1, name="enc4", dilation=2)
     aspp = [conv_bn_relu(x, c(128), 1, name="aspp_1x1")]
     aspp += [conv_bn_relu(x, c(128), 3, dilation=r, name=f"aspp_rate{r}") for r in (1, 2, 3)]
     aspp.append(image_pooling(x, c(128), name="aspp_image"))
@@ -49,16 +49,3 @@ def build_deeplabv3plus(
     logits = layers.Conv2D(num_classes, 1, name="head_conv")(x)
     outputs = layers.Softmax(name="head_softmax", dtype="float32")(logits)
     return keras.Model(inputs, outputs, name="deeplabv3plus")
-
-
-def _residual(x, filters: int, *, strides: int, name: str, dilation: int = 1):
-    """Basic residual block: two 3x3 convs, a 1x1 projection on the shortcut when shapes change."""
-    y = conv_bn_relu(x, filters, strides=strides, name=f"{name}_conv1")
-    y = layers.Conv2D(
-        filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv2"
-    )(y)
-    y = batch_norm(name=f"{name}_bn2")(y)
-    if strides != 1 or x.shape[-1] != filters:
-        x = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
-        x = batch_norm(name=f"{name}_proj_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_add")([x, y]))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from trainer.models.blocks import batch_norm, conv_bn_relu, image_pooling, scaled, upsample_to
+from trainer.models.blocks import conv_bn_relu, image_pooling, residual_block, scaled, upsample_to
 
 
 def build_twobranch(
@@ -67,21 +67,8 @@ def build_twobranch(
 
 def _stage(x, filters: int, *, name: str, dilation: int = 1):
     """A strided residual block, then one at stride 1 (dilated in the last stage)."""
-    x = _residual(x, filters, strides=2, name=f"{name}_block1")
-    return _residual(x, filters, strides=1, dilation=dilation, name=f"{name}_block2")
-
-
-def _residual(x, filters: int, *, strides: int, name: str, dilation: int = 1):
-    """Two 3x3 convs with a shortcut (a strided 1x1 projection where the shape changes)."""
-    y = conv_bn_relu(x, filters, strides=strides, name=f"{name}_conv1")
-    y = layers.Conv2D(
-        filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv2"
-    )(y)
-    y = batch_norm(name=f"{name}_bn2")(y)
-    if strides != 1 or x.shape[-1] != filters:
-        x = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
-        x = batch_norm(name=f"{name}_proj_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_add")([x, y]))
+    x = residual_block(x, filters, strides=2, name=f"{name}_block1")
+    return residual_block(x, filters, strides=1, dilation=dilation, name=f"{name}_block2")
 
 
 def _merge(deep, skip, filters: int, *, name: str):
