@@ -43,7 +43,7 @@ mutation: $(STAMP)
 # The whole mission on an embedded synthetic data set (DATA=path/to/mars_for_students.npz for
 # the real one; EPOCHS=..., OUT=... and the rest: see tools/demo.sh).
 demo:
-	@echo "[0/7] install ($(VENV))"; start=$$(date +%s); \
+	@echo "[0/8] install ($(VENV))"; start=$$(date +%s); \
 	$(MAKE) --no-print-directory install && DEMO_START=$$start bash tools/demo.sh
 
 clean:

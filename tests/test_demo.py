@@ -27,8 +27,11 @@ def test_demo_pipeline_runs_end_to_end(tmp_path):
         capture_output=True, text=True, env=env, timeout=900, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for step in range(1, 8):
-        assert f"[{step}/7]" in result.stdout
+    for step in range(1, 9):
+        assert f"[{step}/8]" in result.stdout
+    shipped = json.loads((out / "shipped" / "summary.json").read_text())
+    assert (shipped["frames"], shipped["errors"]) == (8, 0)
+    assert shipped["model"]["chosen"] == "the shipped model set" and "miou" in shipped
     screen = result.stdout[result.stdout.index("marsseg-edge demo") :]
     for needle in ("size (KiB)", "val mIoU (LiteRT)", "invoke ms, 1 thread", "pipeline fps",
                    "pixel agreement", "overlays", "report.md"):  # fmt: skip
