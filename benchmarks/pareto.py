@@ -141,6 +141,13 @@ def measure(run: Path) -> dict:
     }
 
 
+def on_frontier(row: dict, rows: list[dict], cost: str) -> bool:
+    """No other row is both at most as costly (by ``cost``) and more accurate."""
+    return not any(
+        o is not row and o[cost] <= row[cost] and o["int8_miou"] > row["int8_miou"] for o in rows
+    )
+
+
 def frontier(rows: list[dict]) -> float:
     """Mark each row on the frontier (no row is both cheaper and more accurate) and the pick:
     within the MAC budget, the cheapest candidate whose int8 mIoU is within the measurement's
@@ -148,12 +155,7 @@ def frontier(rows: list[dict]) -> float:
     mIoU): a difference smaller than the noise does not tell two candidates apart, and then the
     cheaper one wins on the rover and trains faster. Returns that resolution."""
     for row in rows:
-        row["frontier"] = not any(
-            o is not row
-            and o["int8_gmac"] <= row["int8_gmac"]
-            and o["int8_miou"] > row["int8_miou"]
-            for o in rows
-        )
+        row["frontier"] = on_frontier(row, rows, "int8_gmac")
     noise = [r["val_noise"] for r in rows if r.get("val_noise") is not None]
     resolution = float(np.median(noise)) if noise else 0.0
     within = [r for r in rows if r["int8_gmac"] * 1e9 <= MAC_BUDGET]
@@ -214,16 +216,7 @@ def chart(rows: list[dict], path: Path, cpu: str) -> None:
             ax.scatter(r[key], r["int8_miou"], s=40 + 30 * r["pick"], color=colour, zorder=3)
             ax.annotate(r["candidate"], (r[key], r["int8_miou"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")  # fmt: skip
-        front = sorted(
-            (
-                r
-                for r in rows
-                if not any(
-                    o[key] <= r[key] and o["int8_miou"] > r["int8_miou"] for o in rows if o is not r
-                )
-            ),
-            key=lambda r: r[key],
-        )  # fmt: skip  (the frontier on this axis)
+        front = sorted((r for r in rows if on_frontier(r, rows, key)), key=lambda r: r[key])
         ax.plot([r[key] for r in front], [r["int8_miou"] for r in front], "--", color="grey")
         ax.set_xlabel(label)
         ax.set_ylabel("validation mIoU (int8)")

@@ -133,8 +133,9 @@ class RoverRun:
                 max_pixels=opts.max_frame_pixels,
                 notify=opts.notify,
             )
-            self.regions = RegionConfig.load(opts.regions_file) if opts.regions_file else None
-            self.regions = self.regions or RegionConfig()
+            self.regions = (
+                RegionConfig.load(opts.regions_file) if opts.regions_file else RegionConfig()
+            )
             # a model never taught "no terrain here" answers sky and hardware with a terrain
             # class: its hazard flags stay off unless a regions file asks for rules explicitly
             self.untaught = seg.metadata.info.get("predicts_ignored_label") is False
