@@ -208,6 +208,31 @@ def test_init_starts_from_another_runs_weights(trained_run, small_npz, tmp_path)
         fit(tiny_config(small_npz, init=str(tmp_path / "nowhere")), tmp_path / "missing")
 
 
+def test_ema_saves_the_average_of_the_weights(trained_run, small_npz, tmp_path):
+    """With a momentum near 1 the average barely leaves the starting weights, while the
+    optimizer's own weights do: model.keras must hold the average (and validation score it).
+    Keras starts the average at the weights after the first step, so it moves by about one
+    step while the plain run moves by six."""
+
+    def moved(run_dir):
+        start = keras.saving.load_model(trained_run[0] / "model.keras", compile=False)
+        end = keras.saving.load_model(run_dir / "model.keras", compile=False)
+        return max(
+            float(np.max(np.abs(a.numpy() - b.numpy())))
+            for a, b in zip(start.trainable_weights, end.trainable_weights, strict=True)
+        )
+
+    common = {"epochs": 1, "steps_per_epoch": 6, "init": str(trained_run[0])}
+    fit(tiny_config(small_npz, **common), tmp_path / "plain")
+    fit(tiny_config(small_npz, ema=0.9999, **common), tmp_path / "ema")
+    plain, averaged = moved(tmp_path / "plain"), moved(tmp_path / "ema")
+    assert plain > 1e-3
+    assert averaged < plain / 3
+    assert json.loads((tmp_path / "ema" / "config.json").read_text())["ema"] == 0.9999
+    with pytest.raises(ValueError, match=r"--ema 1.5: a momentum in \[0, 1\)"):
+        fit(tiny_config(small_npz, ema=1.5), tmp_path / "bad")
+
+
 def test_fit_gets_one_loss_per_frame(small_npz):
     """Keras divides a loss by the replicas only when it reduces per-frame values itself; a
     batch-level scalar made MirroredStrategy apply the sum of the replicas' gradients."""

@@ -96,6 +96,13 @@ class TrainConfig:
     batch_size: int = setting(32, "Global batch, split across replicas.", resume=True)
     learning_rate: float = setting(1e-4, "AdamW learning rate (report).", flag="--lr", resume=True)
     weight_decay: float = setting(1e-4, "AdamW weight decay.", resume=True)
+    ema: float = setting(
+        0.0,
+        "Momentum of an exponential moving average of the weights (e.g. 0.999; 0: off). "
+        "Validation, checkpoints and model.keras then hold the average, which is steadier than "
+        "the last step's weights; --resume continues from the average.",
+        resume=True,
+    )
     loss: str = setting(
         "afd+0.5*background",
         "Terms such as 'afd+0.5*background': afd (the MarsSeg paper's adaptive focal + Dice), "

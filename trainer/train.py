@@ -113,6 +113,10 @@ def fit(
     custom = cfg.loop == "custom" or (cfg.loop == "auto" and multiworker)
     if custom and cfg.xla:
         log.warning("--xla is not used by the custom training loop")
+    if custom and cfg.ema:
+        raise ValueError("--ema needs Keras' fit loop (--loop fit, one machine); use --ema 0")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"--ema {cfg.ema}: a momentum in [0, 1), e.g. 0.999 (0: off)")
     state = _run_state(run_dir, resume, cfg)  # every worker looks: it only reads
     _seed_everything(cfg.seed)
     _set_precision(cfg.mixed_precision)
@@ -323,7 +327,12 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
     elif cfg.init:
         _load_initial_weights(model, Path(cfg.init))
     model.compile(
-        optimizer=keras.optimizers.AdamW(state["lr"], weight_decay=cfg.weight_decay),
+        optimizer=keras.optimizers.AdamW(
+            state["lr"],
+            weight_decay=cfg.weight_decay,
+            use_ema=cfg.ema > 0,
+            ema_momentum=cfg.ema or 0.99,
+        ),
         loss=per_frame(make_loss(loss_terms, weights, adaptive, ignore=data.label_set.ignore)),
         metrics=segmentation_metrics(data.label_set),
         jit_compile=cfg.xla,
@@ -362,6 +371,8 @@ def make_callbacks(
     """The history's extra columns (learning rate, epoch time), the afd weights, checkpoints
     and the history (the chief's only), the schedule and early stopping."""
     callbacks = [LearningRateLog(), EpochTimer(cfg.batch_size)]
+    if cfg.ema:  # first: validation, the schedule's monitor and the checkpoints see the average
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if cfg.verbose != 1 and chief:  # no progress bar (a log, not a terminal): periodic lines
         callbacks.append(ProgressLog(cfg.batch_size))
     if adaptive is not None:
