@@ -13,6 +13,7 @@ import numpy as np
 
 from edge.contract.labels import LabelSet
 from edge.io.sinks import atomic_path, atomic_write_json
+from trainer.class_bias import forget_calibration
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             return
         if improved:
             _atomic_save(self.model, self.run_dir / "model.keras")
+            forget_calibration(self.run_dir)  # `trainer calibrate` tuned the model it replaced
         _atomic_save(self.model, self.run_dir / "last.keras")
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         state = {"epoch": epoch + 1, "best": self.best, "lr": lr, **self.extra_state}
