@@ -105,6 +105,15 @@ def info(model: Path, tensors: bool) -> None:
     "`trainer convert`; else its float32) [default: the rover model shipped with the package].",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["auto", "int8", "float32", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Which file of a model folder to run. auto: time those whose parity report passes "
+    "(pixel agreement with float32 >= 99 %; float32 always does) on this CPU at start-up and "
+    "take the fastest.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("edge-seg-out"),
@@ -238,6 +247,7 @@ def info(model: Path, tensors: bool) -> None:
 def run(
     camera_dir: Path,
     model: Path,
+    precision: str,
     out: Path,
     overlay: bool,
     no_masks: bool,
@@ -285,7 +295,7 @@ def run(
     if delete_consumed and move_consumed is not None:
         raise Fatal("choose one of --delete-consumed and --move-consumed")
     opts = RunOptions(
-        camera_dir=camera_dir, model=model, out=out, overlay=overlay, masks=not no_masks,
+        camera_dir=camera_dir, model=model, precision=precision, out=out, overlay=overlay, masks=not no_masks,
         keep=keep, watch=watch, idle_timeout=idle_timeout, notify=notify, grace=grace,
         max_fps=max_fps, max_queue=max_queue, max_frame_pixels=max_frame_pixels,
         consumed="delete" if delete_consumed else move_consumed, threads=threads,

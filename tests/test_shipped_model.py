@@ -67,8 +67,11 @@ def test_edge_seg_run_without_model_takes_the_shipped_one(tmp_path):
         main, ["run", "--camera-dir", str(frames), "--out", str(tmp_path / "out")]
     )
     assert result.exit_code == 0, result.output
-    assert f"model: {shipped_model()} (the shipped model set)" in result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    precision = summary["execution"]["precision"]["precision"]  # --precision auto's choice
+    assert f"model: {shipped_model(precision)} (the shipped model set; {precision}, " in (
+        result.output
+    )
     assert summary["frames"] == 3
-    assert summary["model"]["file"] == str(shipped_model())
+    assert summary["model"]["file"] == str(shipped_model(precision))
     assert summary["model"]["chosen"] == "the shipped model set"
