@@ -364,6 +364,12 @@ def run(
     "the floor (its MACs at that rate).",
 )
 @click.option(
+    "--op-profile",
+    is_flag=True,
+    help="Also time every op of each .tflite alone (one-op models, the kernels and first thread "
+    "count of its measurement): time by op type and the ten costliest ops, in the report.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("report/bench"),
@@ -388,6 +394,7 @@ def bench(
     runtime: str,
     kernels: str,
     limit: bool,
+    op_profile: bool,
     out: Path,
     emulated: bool,
     seed: int,
@@ -435,6 +442,7 @@ def bench(
         runtime=runtime,
         kernels=kernel_sets,
         limit=limit,
+        op_profile=op_profile,
         out=out,
         emulated=emulated,
         seed=seed,

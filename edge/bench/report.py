@@ -101,6 +101,12 @@ def write_markdown(report: dict) -> str:
                 else ""
             )
         )
+    profiles = {n: report["models"][n]["op_profile"] for n in names
+                if "op_profile" in report["models"][n]}  # fmt: skip
+    if profiles:
+        from edge.bench.op_profile import markdown
+
+        lines += ["", *markdown(profiles)]
     return "\n".join(lines) + "\n"
 
 

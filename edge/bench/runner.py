@@ -56,6 +56,8 @@ class BenchConfig:
         runtime: ``auto``, ``litert`` or ``tflite-runtime``.
         kernels: kernel choices (:data:`edge.runtimes.interpreter.KERNELS`); each model runs with each.
         limit: also time the limit convs (:mod:`edge.bench.roofline`; not when ``emulated``).
+        op_profile: also time each op of each .tflite alone, at the first thread count with the
+            kernels its measurement used (:mod:`edge.bench.op_profile`).
         out: where report.json, report.md and the charts go.
         emulated: the timings measure an emulator (qemu), not a board.
         seed: of the synthetic set.
@@ -71,6 +73,7 @@ class BenchConfig:
     runtime: str = "auto"
     kernels: tuple[str, ...] = ("auto",)
     limit: bool = True
+    op_profile: bool = False
     out: Path = Path("report/bench")
     emulated: bool = False
     seed: int = 0
@@ -169,6 +172,13 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
                     maps[name] = np.load(spec["maps"])
             if labels is not None:
                 entry["accuracy"] = score(labels, maps[name], label_set).as_dict()
+            if cfg.op_profile and not model_format(path).own_kernels:
+                from edge.bench.op_profile import profile_in_child
+
+                if progress:
+                    progress(f"profiling the ops of {name} with {cfg.threads[0]} thread(s)")
+                used = entry["threads"][str(cfg.threads[0])]["execution"]["kernels"]
+                entry["op_profile"] = profile_in_child(path, cfg.threads[0], used)
             report["models"][name] = entry
     for name in names[1:]:
         pair = {"reference": names[0], "test": name, **compare(maps[names[0]], maps[name], labels)}
