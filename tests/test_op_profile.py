@@ -50,7 +50,9 @@ def test_the_profile_accounts_for_the_ops_and_reads_as_tables(band_models):
     total = sum(t["ms"] for t in result["by_type"])
     assert abs(total - result["ops_sum_ms"]) < 1e-3 * max(1, result["ops"])
     assert sum(t["count"] for t in result["by_type"]) == result["ops"]
-    assert [o["ms"] for o in result["top"]] == sorted((o["ms"] for o in result["top"]), reverse=True)
+    assert [o["ms"] for o in result["top"]] == sorted(
+        (o["ms"] for o in result["top"]), reverse=True
+    )
     lines = "\n".join(markdown({"bands": result}))
     assert "## Op profile" in lines and f"| {result['by_type'][0]['op']} |" in lines
 

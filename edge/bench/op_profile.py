@@ -137,7 +137,9 @@ def profile(
         try:
             ms = _time(entry["model"], threads, runs, warmup, xnnpack)
         except (RuntimeError, ValueError) as err:
-            raise ValueError(f"op {entry['index']} ({entry['op']}) does not run alone: {err}")
+            raise ValueError(
+                f"op {entry['index']} ({entry['op']}) does not run alone: {err}"
+            ) from err
         ops.append({"index": entry["index"], "op": entry["op"], "shape": entry["shape"],
                     "ms": round(ms, 4)})  # fmt: skip
     total = sum(o["ms"] for o in ops)
@@ -151,13 +153,14 @@ def profile(
         "whole_ms": round(whole, 4),
         "ops_sum_ms": round(total, 4),
         "ops": len(ops),
-        "by_type": [
-            {"op": name, "count": v["count"], "ms": round(v["ms"], 4),
-             "share": round(v["ms"] / total, 4) if total else 0.0}
-            for name, v in types
-        ],  # fmt: skip
+        "by_type": [_type_row(name, v, total) for name, v in types],
         "top": sorted(ops, key=lambda o: -o["ms"])[:top],
     }
+
+
+def _type_row(name: str, values: dict, total: float) -> dict:
+    share = round(values["ms"] / total, 4) if total else 0.0
+    return {"op": name, "count": values["count"], "ms": round(values["ms"], 4), "share": share}
 
 
 def markdown(profiles: dict[str, dict]) -> list[str]:
