@@ -126,3 +126,24 @@ def test_a_run_finds_its_data_from_another_folder(small_npz, tmp_path, monkeypat
     assert recorded_data_path(run, "data/d.npz") == str(tmp_path / "work/data/d.npz")
     (run / "data.json").unlink()  # an older run: nothing found, the recorded path comes back
     assert recorded_data_path(run, "data/d.npz") == "data/d.npz"
+
+
+def test_the_converters_own_lines_go_to_convert_log(small_npz, tmp_path):
+    """TensorFlow's C++ code prints absl lines and "fully_quantize: 0, ..." on the process's
+    stderr; `trainer convert` keeps them out of the terminal, in RUN/convert.log."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = make_run(tmp_path, small_npz)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "convert", str(run_dir), "--int8", "--calib", "4",
+         "--parity-frames", "2"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    native = (run_dir / "convert.log").read_text()
+    assert "fully_quantize" in native
+    assert "fully_quantize" not in done.stderr and "I0000" not in done.stderr
+    assert "parity on 2 validation frames" in done.stdout

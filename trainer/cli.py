@@ -29,11 +29,21 @@ class _ValueErrorsAsUsage(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ValueError as err:
-            raise Fatal(str(err)) from err
+        except ValueError as err:  # with its notes (e.g. where TensorFlow's messages went)
+            raise Fatal(" ".join([str(err), *getattr(err, "__notes__", ())])) from err
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+def _terminal():
+    """A stream on a copy of the process's stderr, for our log: `trainer convert` points file
+    descriptor 2 at convert.log while TensorFlow's C++ code talks, and our lines must still
+    reach the terminal."""
+    try:
+        return os.fdopen(os.dup(2), "w", buffering=1)
+    except (OSError, ValueError):  # no real stderr (embedded): the default stream
+        return sys.stderr
 
 
 def missing_train_modules() -> list[str]:
@@ -55,18 +65,22 @@ def main(verbose: bool) -> None:
 
     Exit codes: 0 done, 2 bad input or a failed step (one line says why), 130 interrupted.
     """
+    # before anything imports TensorFlow: its C++ banner (oneDNN, absl) stays out of the output
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     missing = missing_train_modules()
     if missing:
         raise Fatal(
             f"trainer needs the [train] extra ({', '.join(missing)} not installed): "
             "pip install 'marsseg-edge[train]' (the rover needs only [edge] and edge-seg)"
         )
-    os.environ.setdefault(
-        "TF_CPP_MIN_LOG_LEVEL", "2"
-    )  # keep TensorFlow's C++ banner out of the output
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s"
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(message)s",
+        stream=_terminal(),
     )
+    if not verbose:  # TensorFlow's Python-side notes ("Assets written to ...")
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @main.command()
@@ -441,23 +455,27 @@ def convert(
     The rover graph's output is logits (the metadata says so; edge-seg computes probabilities
     where it needs them); its parity is measured against the Keras model's probabilities.
     """
-    from trainer.convert import ConvertConfig, convert_run, format_parity
+    from trainer.native_log import native_log
 
     precisions = tuple(
         p for p, on in (("float32", float32), ("float16", float16), ("int8", int8)) if on
     )
-    cfg = ConvertConfig(
-        precisions=precisions or ("float32", "int8"),
-        calibration_frames=calib,
-        parity_frames=parity_frames,
-        graph=graph,
-        onnx=onnx,
-    )
-    report = convert_run(run, cfg, data, out_dir=out)
+    native = (out or (run if run.is_dir() else run.parent)) / "convert.log"
+    with native_log(native):  # TensorFlow's import banner and the converter's C++ lines
+        from trainer.convert import ConvertConfig, convert_run, format_parity
+
+        cfg = ConvertConfig(
+            precisions=precisions or ("float32", "int8"),
+            calibration_frames=calib,
+            parity_frames=parity_frames,
+            graph=graph,
+            onnx=onnx,
+        )
+        report = convert_run(run, cfg, data, out_dir=out)
     click.echo(format_parity(report))
     click.echo(
         f"wrote {', '.join(m['file'] for m in report['models'].values())} and parity.json "
-        f"in {out or run}"
+        f"in {out or run} (the converter's own messages: {native})"
     )
 
 

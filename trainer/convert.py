@@ -28,6 +28,7 @@ from edge.runtimes.interpreter import list_ops, make_interpreter
 from edge.segmenter import Segmenter
 from trainer import data as D
 from trainer.export_graph import GRAPHS, rover_graph
+from trainer.native_log import native_log
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "float16", "int8")
@@ -215,11 +216,14 @@ def convert_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     produced: dict[str, Path] = {}
+    native = out_dir / "convert.log"
     with tempfile.TemporaryDirectory() as tmp:
-        saved = export_saved_model(exported, Path(tmp) / "saved_model", model.input_shape[1:])
+        with native_log(native):
+            saved = export_saved_model(exported, Path(tmp) / "saved_model", model.input_shape[1:])
         for precision in precisions:
             int8 = precision == "int8"
-            flatbuffer = convert_saved_model(saved, precision, calibration if int8 else None)
+            with native_log(native):
+                flatbuffer = convert_saved_model(saved, precision, calibration if int8 else None)
             target = out_dir / f"model_{precision}.tflite"
             ops = None
             if int8:  # checked before it gets a name: never a float "int8"
