@@ -321,16 +321,14 @@ def run(
 
 
 @main.command(context_settings={"max_content_width": 100})
+@click.argument("listed", metavar="MODELS...", nargs=-1,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
 @click.option(
     "--models",
-    required=True,
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The .tflite files, and .onnx peers (from `trainer convert --onnx`, run with ONNX "
-    "Runtime when installed: pip install 'marsseg-edge[peers]'); the first is the reference "
-    "(give float32 first). Repeat or list.",
+    help="The same as listing MODELS (kept for scripts): `--models A B` and `A B` are one list.",
 )
-@click.argument("more_models", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--data",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -357,7 +355,8 @@ def run(
     "VNNI side by side on a CPU with AMX.",
 )
 @click.option(
-    "--limit/--no-limit",
+    "--roofline/--no-roofline",
+    "limit",
     default=True,
     show_default=True,
     help="Also time one large conv of each precision: the GMAC/s a model reaches against it, and "
@@ -384,8 +383,8 @@ def run(
     "peak RSS is then the running maximum, not each model's own.",
 )
 def bench(
+    listed: tuple[Path, ...],
     models: tuple[Path, ...],
-    more_models: tuple[Path, ...],
     data: Path | None,
     n_frames: int,
     threads: str,
@@ -400,9 +399,11 @@ def bench(
     seed: int,
     in_process: bool,
 ) -> None:
-    """Benchmark .tflite models side by side: latency, fps, memory, size, mIoU, agreement.
+    """Benchmark MODELS side by side: latency, fps, memory, size, mIoU, agreement.
 
-    Each model and thread count runs in its own process (its peak RSS is its own). Writes
+    MODELS are .tflite files, and .onnx peers (from `trainer convert --onnx`, run with ONNX
+    Runtime when installed: pip install 'marsseg-edge[peers]'); the first is the reference (give
+    float32 first). Each model and thread count runs in its own process (its peak RSS is its own). Writes
     OUT/report.json, OUT/report.md (ratios and changes against the first model) and charts.
     With .onnx peers, a section puts each model against the peer of its precision.
     """
@@ -424,7 +425,9 @@ def bench(
             f"unknown {', '.join(unknown) or 'empty list'}; valid: {', '.join(KERNELS)}",
             param_hint="--kernels",
         )
-    every = [*models, *more_models]
+    every = [*models, *listed]
+    if not every:
+        raise click.UsageError("give the models to compare: edge-seg bench A.tflite B.tflite ...")
     from edge.runtimes import SUFFIXES
 
     strange = [p.name for p in every if p.suffix.lower() not in SUFFIXES]

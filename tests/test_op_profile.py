@@ -62,7 +62,7 @@ def test_edge_seg_bench_op_profile(band_models, tmp_path):
 
     out = tmp_path / "bench"
     args = ["bench", "--models", str(band_models["float32"]), str(band_models["int8"]),
-            "--frames", "4", "--threads", "1", "--runs", "3", "--warmup", "1", "--no-limit",
+            "--frames", "4", "--threads", "1", "--runs", "3", "--warmup", "1", "--no-roofline",
             "--kernels", "xnnpack", "--op-profile", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -70,3 +70,19 @@ def test_edge_seg_bench_op_profile(band_models, tmp_path):
     for entry in report["models"].values():
         assert entry["op_profile"]["kernels"] == "xnnpack" and entry["op_profile"]["ops"] > 0
     assert (out / "report.md").read_text().count("### bands_") == 2
+
+
+def test_edge_seg_bench_takes_its_models_as_arguments(band_models, tmp_path):
+    from edge.cli import main
+
+    none = CliRunner().invoke(main, ["bench", "--out", str(tmp_path)])
+    assert none.exit_code == 2 and "give the models to compare" in none.output
+    listed = CliRunner().invoke(
+        main,
+        ["bench", str(band_models["float32"]), str(band_models["int8"]), "--frames", "2",
+         "--threads", "1", "--runs", "2", "--warmup", "1", "--no-roofline", "--kernels",
+         "xnnpack", "--out", str(tmp_path / "b")],
+    )  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert list(report["models"]) == ["bands_float32", "bands_int8"] and "limit" not in report
