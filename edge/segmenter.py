@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -163,6 +164,12 @@ class Segmenter:
         """``int8``, ``float32``, ... as the metadata says, else from the input tensor."""
         return self.metadata.info.get("precision") or ("int8" if self.quantized else "float32")
 
+    @functools.cached_property
+    def _exp_steps(self) -> np.ndarray:
+        """exp(-k * scale) for k = 0..255: the softmax terms of int8 logits k steps below the top."""
+        scale = np.float32(self.output_quant[0]) if self.output_quant else np.float32(1.0)
+        return np.exp(-np.arange(256, dtype=np.float32) * scale).astype(np.float32)
+
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """uint8 (any size) frame -> the model's input tensor (1, H, W, 1)."""
         frame = np.asarray(frame)
@@ -189,6 +196,16 @@ class Segmenter:
         """Each pixel's probability of its top class (H, W), float32."""
         if self.output_kind == "probabilities":
             return self.dequantize(raw.max(axis=-1))
+        if self.output_dtype.kind in "iu" and raw.dtype.itemsize == 1:
+            # int8 logits: l_max - l_c is an integer step count in 0..255, so exp of it is a
+            # 256-entry table; one contiguous plane per class (a reduction over the last axis
+            # of 5 is strided): about 4x cheaper than exp over every score of every pixel
+            planes = np.ascontiguousarray(np.moveaxis(raw, -1, 0)).astype(np.int16)  # (C, H, W)
+            top = planes.max(axis=0)
+            total = np.zeros(top.shape, np.float32)
+            for plane in planes:
+                total += self._exp_steps[top - plane]
+            return 1.0 / total
         values = self.dequantize(raw)
         # softmax at the argmax: 1 / sum_c exp(l_c - l_max), without the full softmax
         return 1.0 / np.exp(values - values.max(axis=-1, keepdims=True)).sum(axis=-1)

@@ -113,19 +113,27 @@ def test_a_run_finds_its_data_from_another_folder(small_npz, tmp_path, monkeypat
     import json
     import shutil
 
-    from trainer.evaluate import recorded_data_path
+    from trainer.rundir import RunDir
 
     (tmp_path / "work" / "data").mkdir(parents=True)
     shutil.copy(small_npz, tmp_path / "work" / "data" / "d.npz")
     run = tmp_path / "work" / "runs" / "r"
     run.mkdir(parents=True)
+    to_json(TrainConfig(data=DataConfig(path="data/d.npz")), run / "config.json")
     (run / "data.json").write_text(json.dumps({"path_absolute": str(tmp_path / "work/data/d.npz")}))
     monkeypatch.chdir(tmp_path / "work")  # where fit ran: the relative path works
-    assert recorded_data_path(run, "data/d.npz") == "data/d.npz"
+    assert RunDir(run).data_location() == "data/d.npz"
     monkeypatch.chdir(tmp_path)  # elsewhere: the absolute one recorded by fit
-    assert recorded_data_path(run, "data/d.npz") == str(tmp_path / "work/data/d.npz")
+    assert RunDir(run).data_location() == str(tmp_path / "work/data/d.npz")
+    assert RunDir(run).data_location("given.npz") == "given.npz"  # a path given wins
     (run / "data.json").unlink()  # an older run: nothing found, the recorded path comes back
-    assert recorded_data_path(run, "data/d.npz") == "data/d.npz"
+    assert RunDir(run).data_location() == "data/d.npz"
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        RunDir(run).config()
+    (run / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"has no config.json: it is not a run of `trainer fit`"):
+        RunDir(run).config()
 
 
 def test_the_converters_own_lines_go_to_convert_log(small_npz, tmp_path):

@@ -314,3 +314,17 @@ def test_a_model_whose_metadata_names_an_unknown_output_is_refused(band_models, 
     model.with_suffix(".json").write_bytes(meta.to_bytes())
     with pytest.raises(ValueError, match="output 'scores'; valid: probabilities, logits"):
         Segmenter(model)
+
+
+def test_the_int8_top_probability_table_equals_the_softmax(band_models, rng):
+    """The rover path's confidence: a 256-entry exp table over int8 logit steps, which must
+    equal the softmax of the dequantized logits at the top class."""
+    from edge.segmenter import Segmenter
+
+    seg = Segmenter(band_models["logits"])
+    assert seg.output_kind == "logits" and seg.output_dtype == np.int8
+    raw = rng.integers(-128, 128, (16, 32, 5)).astype(np.int8)
+    values = seg.dequantize(raw)
+    softmax = np.exp(values - values.max(-1, keepdims=True))
+    want = (softmax / softmax.sum(-1, keepdims=True)).max(-1)
+    np.testing.assert_allclose(seg.top_probability(raw), want, rtol=1e-5)

@@ -27,6 +27,7 @@ import numpy as np
 
 from edge.contract.labels import LabelSet
 from edge.io.sinks import atomic_path, atomic_write_json
+from trainer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def calibrate_run(
     search = search or BiasSearch()
     source = run_dir / UNCALIBRATED
     if not source.is_file():
-        source = run_dir / "model.keras"
+        source = RunDir(run_dir).model
     if not source.is_file():
         raise ValueError(f"{run_dir} has no model.keras: train it with `trainer fit` first")
     if frames < 1:
@@ -218,10 +219,10 @@ def _write(run_dir: Path, source: Path, model, record: Calibration, label_set: L
     if source != uncalibrated:
         with atomic_path(uncalibrated) as tmp:
             shutil.copyfile(source, tmp)
-    with atomic_path(run_dir / "model.keras") as tmp:
+    with atomic_path(RunDir(run_dir).model) as tmp:
         model.save(tmp)
     metrics = {"split": "validation", "class_bias": record.bias, **record.val_after}
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / RunDir.METRICS, metrics)
     from trainer import viz
 
     confusion = np.asarray(record.val_after["confusion"])

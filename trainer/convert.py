@@ -29,6 +29,7 @@ from edge.segmenter import Segmenter
 from trainer import data as D
 from trainer.export_graph import GRAPHS, rover_graph
 from trainer.native_log import native_log
+from trainer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "float16", "int8")
@@ -321,8 +322,7 @@ def convert_run(
             f"are prepared at {mars.preprocessing.height}x{mars.preprocessing.width}; give the "
             "run's own data (or --size in its config.json)"
         )
-    config_path = run_dir / "config.json"
-    run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    run_config = RunDir(run_dir).config_values()
     calib = None
     if "int8" in cfg.precisions or cfg.onnx:
         calib = calibration_frames(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from edge.contract.labels import LabelSet, colourise
 from edge.contract.metrics import IoUReport, confusion_matrix, report_from_confusion, score
 from edge.io.sinks import atomic_path, atomic_write_bytes, atomic_write_json, png_bytes
 from trainer import data as D
+from trainer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def load_model(path: str | Path):
 def resolve_model_path(run: str | Path) -> Path:
     """A run directory (its ``model.keras``) or a ``.keras`` file."""
     run = Path(run)
-    return run / "model.keras" if run.is_dir() else run
+    return RunDir(run).model if run.is_dir() else run
 
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -67,27 +67,7 @@ def evaluate_model(
 
 def run_config(run_dir: Path):
     """The run's :class:`trainer.config.TrainConfig` (the defaults when it has no config.json)."""
-    from trainer.config import TrainConfig, from_dict
-
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        return from_dict(TrainConfig, json.loads(config_path.read_text()))
-    log.warning("no config.json beside the model in %s: using the default data settings", run_dir)
-    return TrainConfig()
-
-
-def recorded_data_path(run_dir: Path, path: str) -> str | None:
-    """Where the run's data is from here: the path as given to fit (relative to where fit ran),
-    else the absolute path data.json recorded, else the given path relative to the run folder."""
-    import json
-
-    candidates = [path] if path else []
-    info = Path(run_dir) / "data.json"
-    if info.is_file():
-        candidates.append(json.loads(info.read_text()).get("path_absolute"))
-    if path and not Path(path).is_absolute():
-        candidates.append(str(Path(run_dir) / path))
-    return next((c for c in candidates if c and Path(c).exists()), path or None)
+    return RunDir(run_dir).config_or_default()
 
 
 def run_split(
@@ -105,8 +85,9 @@ def run_split(
     """
     from dataclasses import replace
 
-    cfg = run_config(run_dir)
-    path = str(data_path) if data_path else recorded_data_path(run_dir, cfg.data.path)
+    run = RunDir(run_dir)
+    cfg = run.config_or_default()
+    path = run.data_location(str(data_path) if data_path else None)
     if not path or not Path(path).exists():
         which = "given data" if data_path else "run's data"
         raise ValueError(
@@ -126,10 +107,7 @@ def _check_split(run_dir: Path, mars: D.MarsData, val_idx: np.ndarray) -> None:
     Raises:
         ValueError: naming how many frames differ.
     """
-    path = run_dir / "data.json"
-    if not path.exists():
-        return
-    recorded = json.loads(path.read_text())
+    recorded = RunDir(run_dir).data_record()
     if "val_names" in recorded and mars.names is not None:
         mine, theirs = {mars.names[i] for i in val_idx}, set(recorded["val_names"])
     elif "val_source_index" in recorded:

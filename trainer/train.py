@@ -12,7 +12,6 @@ strategy, seed, load and prepare the data, build and compile the model, train, f
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -36,7 +35,7 @@ from trainer.callbacks import (
     ProgressLog,
     ScheduleResume,
 )
-from trainer.config import TrainConfig, flat_fields, flatten, from_dict, to_json, with_values
+from trainer.config import TrainConfig, flat_fields, flatten, to_json, with_values
 from trainer.distributed import (
     TrainingError,
     is_chief,
@@ -47,6 +46,7 @@ from trainer.distributed import (
     worker_name,
 )
 from trainer.pipeline import make_dataset
+from trainer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +175,18 @@ def fit(
 def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig) -> dict:
     """The state to start from: a fresh one, or the run's ``state.json`` on ``resume`` (under
     multiworker every worker must see the run folder: shared storage)."""
-    state_path = run_dir / "state.json"
+    run = RunDir(run_dir)
+    state_path = run / RunDir.STATE
     if resume:
-        if not state_path.exists():
+        state = run.state()
+        if state is None:
             raise ValueError(
                 f"nothing to resume in {run_dir}: no state.json (start without --resume)"
             )
-        state = json.loads(state_path.read_text())
         if cfg.learning_rate != _saved_config(run_dir).learning_rate:
             state["lr"] = cfg.learning_rate  # an explicit new rate wins over the schedule's
         return state
-    if (run_dir / "model.keras").exists() or state_path.exists():
+    if run.model.exists() or state_path.exists():
         raise ValueError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --name"
         )
@@ -229,10 +230,7 @@ def resume_config(run_dir: str | Path, overrides: dict) -> tuple[TrainConfig, li
 
 
 def _saved_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise ValueError(f"{run_dir} has no config.json: it is not a run of `trainer fit`")
-    return from_dict(TrainConfig, json.loads(path.read_text()))
+    return RunDir(run_dir).config()
 
 
 def prepare_data(cfg: TrainConfig) -> Prepared:
