@@ -40,7 +40,6 @@ def file_sha256(path: str | Path) -> str:
 
 def software_versions(runtime: str | None = None) -> dict:
     """Versions of this package, Python, numpy, Pillow and the TFLite runtime in use."""
-    from importlib import metadata
 
     import numpy
     import PIL
@@ -53,13 +52,9 @@ def software_versions(runtime: str | None = None) -> dict:
         "platform": f"{platform.system()} {platform.machine()}",
     }
     if runtime:
-        dist = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}.get(
-            runtime, runtime
-        )
-        try:
-            versions[runtime] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[runtime] = "unknown"
+        from edge.runtimes.interpreter import runtime_version
+
+        versions[runtime] = runtime_version(runtime)
     return versions
 
 

@@ -51,6 +51,26 @@ FORMATS: tuple[ModelFormat, ...] = (
 SUFFIXES = tuple(f.suffix for f in FORMATS)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """One interpreter package: the module that opens models and the distribution that installs
+    it (what `summary.json` and the bench report name, with its version)."""
+
+    name: str
+    module: str
+    distribution: str
+
+
+RUNTIME_PACKAGES: dict[str, Runtime] = {
+    r.name: r
+    for r in (
+        Runtime("litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
+        Runtime("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime"),
+        Runtime("onnxruntime", "onnxruntime", "onnxruntime"),
+    )
+}
+
+
 def model_format(path: str | Path) -> ModelFormat:
     """The format of a model file, by its suffix.
 

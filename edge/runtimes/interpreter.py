@@ -16,9 +16,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.runtimes import model_format
+from edge.runtimes import RUNTIME_PACKAGES, model_format
 
-RUNTIMES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
+# the TFLite runtimes, in order of preference: {name: module}
+RUNTIMES = {n: RUNTIME_PACKAGES[n].module for n in ("litert", "tflite-runtime")}
 PEER_RUNTIME = "onnxruntime"  # runs .onnx files only; `pip install 'marsseg-edge[peers]'`
 INTEGER_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
 # auto: xnnpack, or on a CPU with AMX whichever of xnnpack / xnnpack-no-amx a short calibration
@@ -40,7 +41,8 @@ def available_runtimes() -> list[str]:
 def runtime_version(name: str) -> str:
     from importlib import metadata
 
-    dist = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}.get(name, name)
+    package = RUNTIME_PACKAGES.get(name)
+    dist = package.distribution if package else name
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
