@@ -1,7 +1,8 @@
 """The rover model set that ships with the package, and how a ``--model`` is resolved.
 
-The files in this folder are package data: ``model_int8.tflite`` (the rover default),
-``model_float32.tflite`` (its float reference, same graph), ``model.keras`` (the trained weights,
+The files in this folder are package data: ``model_int8.tflite`` and ``model_float32.tflite``
+(the same graph; ``edge-seg run --precision auto`` runs the faster of those at parity,
+:mod:`edge.models.precision`), ``model.keras`` (the trained weights,
 for ``trainer evaluate`` and ``trainer fit --init``) and ``parity.json``. They were trained by a
 command of this repository on named data; ``docs/model_card.md`` says which, and how well they do.
 
@@ -15,7 +16,9 @@ from pathlib import Path
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 PRECISIONS = ("int8", "float32", "float16")
-DEFAULT_PRECISION = "int8"  # the rover's: 4x smaller, and XNNPACK's int8 kernels where it has them
+# what resolve_model() takes from a folder when asked for no precision (edge-seg run asks
+# edge.models.precision instead): 4x smaller, and XNNPACK's int8 kernels where it has them
+DEFAULT_PRECISION = "int8"
 
 
 def model_files(folder: str | Path) -> dict[str, Path]:
