@@ -35,23 +35,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def _converter(saved: Path, calibration: np.ndarray, activations: str = "int8"):
-    """TFLite's full-integer converter as `trainer convert` sets it; ``activations="int16"``
-    gives the 16x8 scheme (int16 activations, int8 weights)."""
+    """`trainer convert`'s full-integer converter; ``activations="int16"`` switches it to the
+    16x8 scheme (int16 activations, int8 weights)."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: (
-        [f[None, :, :, None].astype(np.float32)] for f in calibration
-    )
+    from trainer.convert import make_converter
+
+    converter = make_converter(saved, "int8", calibration)
     if activations == "int16":
         ops = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         # ops without a 16x8 kernel (DEPTH_TO_SPACE) stay float: not integer-only any more
         converter.target_spec.supported_ops = [ops, tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.inference_input_type = converter.inference_output_type = tf.int16
-    else:
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = converter.inference_output_type = tf.int8
     return converter
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.contract.labels import LabelSet
+from edge.contract.metrics import mean_iou
 from edge.io.sinks import atomic_path, atomic_write_json
 from trainer.rundir import RunDir
 
@@ -81,14 +82,8 @@ def pixel_miou(
     n = label_set.num_classes
     predicted = np.argmax(log_probs + bias, axis=-1)
     confusion = np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
-    ious = []
-    for k in range(n):
-        if k == label_set.ignore:
-            continue
-        union = confusion[k, :].sum() + confusion[:, k].sum() - confusion[k, k]
-        if union:
-            ious.append(confusion[k, k] / union)
-    return float(np.mean(ious)) if ious else 0.0
+    value = mean_iou(confusion, label_set)  # the project's score, from the confusion
+    return value if np.isfinite(value) else 0.0
 
 
 def tune_bias(

@@ -76,15 +76,9 @@ def export_saved_model(model, directory: Path, input_shape: tuple[int, int, int]
     return directory
 
 
-def convert_saved_model(
-    saved_model: Path, precision: str, calibration: np.ndarray | None = None
-) -> bytes:
-    """Convert a SavedModel to a .tflite flatbuffer.
-
-    Args:
-        saved_model: from :func:`export_saved_model`.
-        precision: ``float32``, ``float16`` (weights) or ``int8`` (full integer, int8 in and out).
-        calibration: float32 frames (N, H, W) in [0, 1] for ``int8``.
+def make_converter(saved_model: Path, precision: str, calibration: np.ndarray | None = None):
+    """TFLite's converter for a SavedModel, set for ``precision`` (see
+    :func:`convert_saved_model`); also what ``benchmarks/int8_parity.py`` varies.
 
     Raises:
         ValueError: for an unknown precision or an empty calibration set.
@@ -110,7 +104,23 @@ def convert_saved_model(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    return converter
+
+
+def convert_saved_model(
+    saved_model: Path, precision: str, calibration: np.ndarray | None = None
+) -> bytes:
+    """Convert a SavedModel to a .tflite flatbuffer.
+
+    Args:
+        saved_model: from :func:`export_saved_model`.
+        precision: ``float32``, ``float16`` (weights) or ``int8`` (full integer, int8 in and out).
+        calibration: float32 frames (N, H, W) in [0, 1] for ``int8``.
+
+    Raises:
+        ValueError: for an unknown precision or an empty calibration set.
+    """
+    return make_converter(saved_model, precision, calibration).convert()
 
 
 def check_integer_only(model_path: Path) -> list[str]:
