@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from trainer.config import TrainConfig
+from trainer.config import QatConfig, TrainConfig
 
 # What `trainer` needs beyond the rover's packages: the [train] extra.
 TRAIN_MODULES = ("tensorflow", "keras", "albumentations", "matplotlib")
@@ -357,6 +357,78 @@ def calibrate(run: Path, data: Path | None, frames: int, seed: int) -> None:
             f"{after['hazard_pixels_on_unlabelled']:.2%}"
         )
     click.echo(f"wrote {run / 'model.keras'} (as trained: {run / 'model_uncalibrated.keras'})")
+
+
+@main.command()
+@click.argument("teacher", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder of the quantization-aware run (it then reads as a run).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=QatConfig.epochs,
+    show_default=True,
+    help="Passes of distillation (cosine learning rate to 0 over them).",
+)
+@click.option(
+    "--steps-per-epoch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Batches per epoch [default: one pass over the training split].",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=QatConfig.batch_size, show_default=True
+)
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=QatConfig.learning_rate,
+    show_default=True,
+    help="Peak learning rate.",
+)
+@click.option(
+    "--calib",
+    "calibration_frames",
+    type=click.IntRange(min=1),
+    default=QatConfig.calibration_frames,
+    show_default=True,
+    help="Calibration frames (the draw of `trainer convert`).",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="The teacher's data set [default: the one it recorded].",
+)
+@click.option("--resume", is_flag=True, help="Continue OUT after its last finished epoch.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def qat(teacher: Path, out: Path, data: Path | None, resume: bool, **options) -> None:  # fmt: skip
+    """Quantization-aware fine-tuning: an int8 model trained to agree with TEACHER's float32.
+
+    TEACHER is a converted run folder or the shipped model folder (edge/models). Its rover graph,
+    BatchNorms folded, is fine-tuned with fake int8 rounding where TFLite rounds, distilled from
+    TEACHER's probabilities on its training split; then OUT gets TEACHER's float32 .tflite
+    (unchanged), the student's int8 .tflite and parity.json against TEACHER. Checkpointed every
+    epoch (--resume). Ship it with tools/ship_model.py OUT.
+    """
+    from trainer.native_log import native_log
+
+    with native_log(out / "convert.log"):  # TensorFlow's import banner
+        from trainer.qat import qat_run
+
+    cfg = QatConfig(teacher=str(teacher), **options)
+    record = qat_run(teacher, out, cfg, resume=resume, data_path=data)
+    for precision, entry in record["parity"].items():
+        click.echo(f"  {precision:<8} mIoU {entry['mean_iou']:.4f} "
+                   f"({entry['miou_change_vs_keras']:+.4f}), agreement {entry['pixel_agreement']:.2%}")  # fmt: skip
+    click.echo(f"  fake quantization vs the TFLite int8 file: {record['simulation_agreement']:.2%} "
+               f"of pixels agree ({record['simulation_frames']} frames)")  # fmt: skip
+    click.echo(f"wrote {out}/model_int8.tflite, model_float32.tflite, parity.json, qat.json")
 
 
 def _num(value: float | None) -> str:

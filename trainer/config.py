@@ -380,8 +380,22 @@ def _field_type(spec: dataclasses.Field) -> tuple[type, bool]:
     return hint, False
 
 
+@dataclass
+class QatConfig:
+    """One quantization-aware fine-tuning (saved as ``qat.json`` beside its outputs)."""
+
+    teacher: str = ""  # the float run (or the shipped model folder) it distils
+    epochs: int = 4
+    steps_per_epoch: int | None = None  # None: one pass over the training split
+    batch_size: int = 16
+    learning_rate: float = 1e-4  # cosine to 0 over the epochs: a fine-tune, not a new training
+    calibration_frames: int = 200  # as `trainer convert --calib`, the same draw
+    seed: int = 0
+
+
 __all__ = [
     "DataConfig",
+    "QatConfig",
     "TrainConfig",
     "coerce",
     "flat_fields",

@@ -191,6 +191,7 @@ def convert_model(
     info: dict,
     graph: str = "rover",
     onnx: bool = False,
+    rewrites: dict[str, int] | None = None,
 ) -> dict[str, Path]:
     """Write ``model_<precision>.tflite`` (metadata embedded) and its sidecar for each precision.
 
@@ -206,6 +207,8 @@ def convert_model(
         graph: ``rover`` (:func:`trainer.export_graph.rover_graph`) or ``keras`` (as trained).
         onnx: also write the ONNX Runtime peer (:func:`edge.bench.onnx_peer.export_onnx`) under
             ``out_dir/onnx``, from the float32 .tflite and ``calibration``.
+        rewrites: ``model`` is the rover graph already, made by these rewrites (the
+            quantization-aware student of :mod:`trainer.qat`); ``graph`` names it.
 
     Returns:
         {precision: path}, with ``onnx-float32`` and ``onnx-int8`` for the peer.
@@ -218,7 +221,10 @@ def convert_model(
         raise ValueError(f"unknown graph {graph!r}; valid: {', '.join(GRAPHS)}")
     if onnx:  # checked before anything is written
         check_onnx_peer(precisions, calibration, graph)
-    exported, rewrites = rover_graph(model) if graph == "rover" else (model, {})
+    if rewrites is not None:
+        exported = model
+    else:
+        exported, rewrites = rover_graph(model) if graph == "rover" else (model, {})
     info = {
         **info,
         "output": "logits" if rewrites.get("logits") else "probabilities",
@@ -310,7 +316,7 @@ def convert_run(
         ValueError: a missing or unreadable model, no data, an empty calibration set.
         IntegerCheckError: an int8 model that is not integer-only (its file is removed).
     """
-    from trainer.evaluate import load_model, predict_probabilities, resolve_model_path, run_split
+    from trainer.evaluate import load_model, resolve_model_path, run_split
 
     model_path = resolve_model_path(run)
     run_dir = model_path.parent
@@ -354,15 +360,35 @@ def convert_run(
     images, labels = mars.images[val_idx], mars.labels[val_idx]
     if cfg.parity_frames:
         images, labels = images[: cfg.parity_frames], labels[: cfg.parity_frames]
+    return parity_report(model, produced, images, labels, mars.label_set, out_dir)
+
+
+def parity_report(
+    model,
+    produced: dict[str, Path],
+    images: np.ndarray,
+    labels: np.ndarray,
+    label_set,
+    out_dir: Path,
+) -> dict:
+    """Score each converted file against the Keras ``model`` through the real interpreter and
+    write ``out_dir/parity.json``: mIoU, its change, pixel agreement, probability differences.
+
+    Args:
+        model: the float Keras model (probabilities) that is the reference.
+        produced: {precision: .tflite path} (under ``out_dir``).
+        images, labels: the validation frames (N, H, W) in [0, 1] and their labels.
+    """
+    from trainer.evaluate import predict_probabilities
+
     keras_probs = predict_probabilities(model, images)
     keras_pred = keras_probs.argmax(-1)
-    keras_score = score(labels, keras_pred, mars.label_set)
+    keras_score = score(labels, keras_pred, label_set)
     report = {
         "frames": len(images),
         "keras": _scores(keras_score),
         "models": {},
     }
-    label_set = mars.label_set
     frames_u8 = np.rint(images * 255.0).astype(np.uint8)  # the training frames were uint8 / 255
     for precision, path in produced.items():
         segmenter = Segmenter(path)

@@ -1,0 +1,545 @@
+"""Quantization-aware fine-tuning: an int8 model trained to agree with its float32 model.
+
+Post-training int8 (``trainer convert --int8``) rounds every weight and every activation once and
+leaves the network to live with it; on the rover model that flips about 2 % of the pixels against
+float32. Here the int8 model is trained for its rounding, in Keras 3 (the TF Model Optimization
+Toolkit does not support Keras 3, and Keras' own int8 path does not cover convolutions):
+
+1. **The graph the converter quantizes**: the rover graph (:mod:`trainer.export_graph`) with each
+   BatchNorm folded into the conv before it, as the converter folds it, so that the weights
+   trained are the weights that get rounded.
+2. **Fake quantization where TFLite's int8 graph rounds**: conv kernels per output channel,
+   symmetric (scale ``max|w| / 127``, the converter's rule), and every tensor the int8 graph
+   holds, asymmetric over its calibrated ``[min, max]`` (conv outputs after their fused ReLU,
+   sums, products, concatenations, means, the sigmoid's fixed 1/256 grid, the logits). Ops that
+   keep their input's scale (max pool, nearest resize) add none. Gradients pass straight through
+   inside the range and stop outside it.
+3. **Distillation**: the fake-quantized logits learn the float model's probabilities on the
+   training split (labels are not used): the int8 model is trained to take the float model's
+   decisions, not new ones, which is what parity asks.
+4. **Export**: the kernels are snapped to their int8 grid (the converter's per-channel rounding
+   then changes nothing) and the converter calibrates on the same frames with the same min/max
+   rule the training used, so the int8 file has the grid it was trained on; that is checked by
+   the agreement between the fake-quantized Keras model and the TFLite file (``simulation``).
+
+The float32 model is the teacher, unchanged; only the int8 file comes from here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from trainer.config import QatConfig
+from trainer.export_graph import DilatedConv, HeadLogits, SubPixelUpsample, rover_graph
+
+log = logging.getLogger(__name__)
+
+KERNEL_LAYERS = (layers.Conv2D, DilatedConv, SubPixelUpsample)  # no Conv2DTranspose left
+
+
+# ops whose int8 output keeps the input's scale (TFLite requires it): no rounding of their own
+class FoldedNorm(layers.Layer):
+    """Where a BatchNorm was before it was folded into its conv: passes its input through (the
+    call signature of ``BatchNormalization``)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+SAME_SCALE = (layers.MaxPooling2D, layers.UpSampling2D, FoldedNorm, HeadLogits, layers.Reshape)
+SIGMOID_GRID = (0.0, 255.0 / 256.0)  # TFLite's LOGISTIC output: scale 1/256, zero point -128
+
+
+# --- fake quantization (keras.ops only) --------------------------------------------------------
+
+
+def fake_quant_kernel(kernel):
+    """Per-output-channel (last axis) symmetric int8 rounding, straight-through gradient."""
+    axes = tuple(range(len(kernel.shape) - 1))
+    scale = ops.maximum(ops.max(ops.abs(kernel), axis=axes, keepdims=True) / 127.0, 1e-12)
+    snapped = ops.clip(ops.round(kernel / scale), -127.0, 127.0) * scale
+    return kernel + ops.stop_gradient(snapped - kernel)
+
+
+def snap_kernel(kernel: np.ndarray) -> np.ndarray:
+    """:func:`fake_quant_kernel` in NumPy: the kernel on its int8 grid, as exported."""
+    axes = tuple(range(kernel.ndim - 1))
+    scale = np.maximum(np.abs(kernel).max(axis=axes, keepdims=True) / 127.0, 1e-12)
+    return (np.clip(np.round(kernel / scale), -127, 127) * scale).astype(np.float32)
+
+
+def fake_quant(x, lo, hi):
+    """Asymmetric int8 rounding over ``[lo, hi]`` (widened to hold 0, as TFLite does)."""
+    lo, hi = ops.minimum(lo, 0.0), ops.maximum(hi, 0.0)
+    scale = ops.maximum((hi - lo) / 255.0, 1e-8)
+    zero = ops.clip(ops.round(-128.0 - lo / scale), -128.0, 127.0)
+    rounded = (ops.clip(ops.round(x / scale) + zero, -128.0, 127.0) - zero) * scale
+    inside = ops.clip(x, (-128.0 - zero) * scale, (127.0 - zero) * scale)
+    return inside + ops.stop_gradient(rounded - inside)
+
+
+class ActivationQuant(layers.Layer):
+    """One int8 tensor of the graph: its calibrated range and an on/off switch (off while the
+    ranges are measured, as the converter measures them, in float)."""
+
+    def __init__(self, fixed: tuple[float, float] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.fixed = fixed
+
+    def build(self, input_shape):
+        lo, hi = self.fixed or (0.0, 1.0)
+        const = keras.initializers.Constant
+        self.lo = self.add_weight(shape=(), initializer=const(lo), trainable=False, name="lo")
+        self.hi = self.add_weight(shape=(), initializer=const(hi), trainable=False, name="hi")
+        self.on = self.add_weight(shape=(), initializer=const(1.0), trainable=False, name="on")
+
+    def call(self, x):
+        return x + self.on * (fake_quant(x, self.lo, self.hi) - x)
+
+
+class QuantKernel(layers.Layer):
+    """A conv of the folded graph computed with its kernel fake-quantized (no activation: the
+    caller applies it, so that the ranges fall where TFLite's tensors are)."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(name=f"{inner.name}_qkernel", **kwargs)
+        self.inner = inner
+
+    def call(self, x):
+        inner = self.inner
+        kernel = fake_quant_kernel(inner.kernel)
+        if isinstance(inner, SubPixelUpsample):
+            before, after = inner.padding
+            x = ops.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
+            y = ops.conv(x, kernel, strides=1, padding="valid")
+        elif isinstance(inner, DilatedConv):
+            y = ops.conv(x, kernel, strides=1, padding="same", dilation_rate=inner.dilation)
+        else:
+            y = ops.conv(x, kernel, strides=inner.strides, padding=inner.padding,
+                         dilation_rate=inner.dilation_rate)  # fmt: skip
+        if inner.bias is not None:
+            y = y + inner.bias
+        if isinstance(inner, SubPixelUpsample):
+            y = _depth_to_space(y, inner.stride)
+        return y
+
+
+def _depth_to_space(x, s: int):
+    """TensorFlow's DEPTH_TO_SPACE (NHWC, channels ordered phase_y, phase_x, c) in keras.ops."""
+    _, h, w, c = x.shape
+    out = c // (s * s)
+    x = ops.reshape(x, (-1, h, w, s, s, out))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, h, s, w, s, C)
+    return ops.reshape(x, (-1, h * s, w * s, out))
+
+
+# --- the graph ------------------------------------------------------------------------------------
+
+
+def _consumers(model: keras.Model) -> dict[str, list]:
+    """Layer name -> the layers that read its output, within ``model`` only."""
+    readers: dict[str, list] = {}
+    for nodes in model._nodes_by_depth.values():  # this model's nodes, not the layers' others
+        for node in nodes:
+            for tensor in node.arguments.keras_tensors:
+                readers.setdefault(tensor._keras_history.operation.name, []).append(node.operation)
+    return readers
+
+
+def _activation_name(layer) -> str:
+    return getattr(getattr(layer, "activation", None), "__name__", "linear")
+
+
+def fold_batch_norms(model: keras.Model) -> keras.Model:
+    """The model with each BatchNorm folded into the conv that alone feeds it (a new model with
+    its own weights; the BatchNorms become :class:`FoldedNorm` layers of the same names).
+
+    Raises:
+        ValueError: a BatchNorm that does not follow a linear conv read by it alone.
+    """
+    readers = _consumers(model)
+    producer: dict[str, keras.layers.Layer] = {}
+    for layer in model.layers:
+        for reader in readers.get(layer.name, []):
+            if isinstance(reader, layers.BatchNormalization):
+                if not isinstance(layer, KERNEL_LAYERS) or len(readers[layer.name]) != 1:
+                    raise ValueError(f"cannot fold {reader.name}: {layer.name} is not a conv "
+                                     "read by it alone")  # fmt: skip
+                if _activation_name(layer) != "linear":
+                    raise ValueError(f"cannot fold {reader.name}: {layer.name} has an activation")
+                producer[reader.name] = layer
+    bn_of = {conv.name: model.get_layer(bn) for bn, conv in producer.items()}
+    new_weights: dict[str, list[np.ndarray]] = {}
+
+    def clone(layer):
+        if isinstance(layer, layers.BatchNormalization):
+            return FoldedNorm(name=layer.name)
+        if isinstance(layer, layers.InputLayer):
+            return layer
+        kernel = getattr(layer, "kernel", None)
+        if isinstance(layer, KERNEL_LAYERS) and kernel is not None:
+            k = np.asarray(layer.kernel.numpy(), np.float32)
+            b = np.asarray(layer.bias.numpy(), np.float32) if layer.bias is not None else None
+            if layer.name in bn_of:
+                k, b = _fold(k, b, bn_of[layer.name])
+            if isinstance(layer, SubPixelUpsample):
+                fresh = SubPixelUpsample(k, None, layer.stride, layer.padding, name=layer.name)
+                return _with_bias(fresh, b)
+            if isinstance(layer, DilatedConv):
+                return DilatedConv(k, b, layer.dilation, _activation_name(layer), name=layer.name)
+            config = {**layer.get_config(), "use_bias": b is not None}
+            fresh = layer.__class__.from_config(config)
+            new_weights[layer.name] = [k] + ([b] if b is not None else [])
+            return fresh
+        fresh = layer.__class__.from_config(layer.get_config())
+        if layer.weights:
+            new_weights[layer.name] = [w.numpy() for w in layer.weights]
+        return fresh
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for name, weights in new_weights.items():
+        folded.get_layer(name).set_weights(weights)
+    return folded
+
+
+def _with_bias(layer: SubPixelUpsample, bias: np.ndarray | None) -> SubPixelUpsample:
+    """A SubPixelUpsample takes its bias untiled; the folded one is tiled already."""
+    if bias is not None:
+        layer.bias = layer.add_weight(
+            shape=bias.shape, initializer=keras.initializers.Constant(bias), name="bias"
+        )
+    return layer
+
+
+def _fold(kernel: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np.ndarray, np.ndarray]:
+    """conv -> BN as one conv: w * g / sqrt(v + eps), (b - m) * g / sqrt(v + eps) + beta."""
+    gamma = bn.gamma.numpy() if bn.scale else np.ones(kernel.shape[-1], np.float32)
+    beta = bn.beta.numpy() if bn.center else np.zeros(kernel.shape[-1], np.float32)
+    factor = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    b = np.zeros(kernel.shape[-1], np.float32) if bias is None else bias
+    return (kernel * factor).astype(np.float32), (
+        (b - bn.moving_mean.numpy()) * factor + beta
+    ).astype(np.float32)
+
+
+def _fuses_relu(name: str, readers: dict[str, list]) -> bool:
+    """The conv's output is read only by a plain ReLU (through folded BatchNorms): TFLite fuses
+    them, and the int8 tensor is the ReLU's."""
+    while True:
+        after = readers.get(name, [])
+        if len(after) != 1:
+            return False
+        (reader,) = after
+        if isinstance(reader, FoldedNorm):
+            name = reader.name
+            continue
+        return (
+            isinstance(reader, layers.ReLU)
+            and reader.max_value is None
+            and not reader.negative_slope
+            and not reader.threshold
+        )
+
+
+def quantized_student(folded: keras.Model) -> tuple[keras.Model, list[ActivationQuant]]:
+    """The folded graph as the int8 graph computes it; shares its weights with ``folded``.
+
+    Returns:
+        The student (outputs: fake-quantized logits) and its activation quantizers.
+    """
+    readers = _consumers(folded)
+    quantizers: list[ActivationQuant] = []
+
+    def quant(x, name: str, fixed=None):
+        q = ActivationQuant(fixed, name=f"{name}_aq")
+        quantizers.append(q)
+        return q(x)
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, KERNEL_LAYERS) and getattr(layer, "kernel", None) is not None:
+            y = QuantKernel(layer)(*args)
+            activation = _activation_name(layer)
+            if activation == "linear":
+                return y if _fuses_relu(layer.name, readers) else quant(y, layer.name)
+            if activation == "relu":
+                return quant(ops.relu(y), layer.name)
+            if activation == "sigmoid":  # CONV_2D, then LOGISTIC on its fixed grid
+                y = layers.Activation("sigmoid", name=f"{layer.name}_sigmoid")(
+                    quant(y, f"{layer.name}_pre")
+                )
+                return quant(y, layer.name, SIGMOID_GRID)
+            raise ValueError(f"{layer.name}: no int8 model of the activation {activation!r}")
+        y = layer(*args, **kwargs)
+        return y if isinstance(layer, SAME_SCALE) else quant(y, layer.name)
+
+    student = keras.models.clone_model(
+        folded, clone_function=lambda layer: layer, call_function=call
+    )
+    return student, quantizers
+
+
+def calibrate(student: keras.Model, quantizers: list[ActivationQuant], frames: np.ndarray) -> None:
+    """Set every range to the min/max of its tensor over ``frames`` with the activations in float
+    (kernels on their grid), the converter's calibration rule."""
+    free = [q for q in quantizers if q.fixed is None]
+    probe = keras.Model(student.inputs, [q.input for q in free])
+    for q in quantizers:
+        q.on.assign(0.0)
+    lo = np.full(len(free), np.inf)
+    hi = np.full(len(free), -np.inf)
+    for start in range(0, len(frames), 32):
+        outs = probe(frames[start : start + 32, :, :, None], training=False)
+        outs = outs if isinstance(outs, list | tuple) else [outs]
+        for i, t in enumerate(outs):
+            t = keras.ops.convert_to_numpy(t)
+            lo[i], hi[i] = min(lo[i], float(t.min())), max(hi[i], float(t.max()))
+    for q, a, b in zip(free, lo, hi, strict=True):
+        q.lo.assign(a)
+        q.hi.assign(b)
+    for q in quantizers:
+        q.on.assign(1.0)
+
+
+def snap_kernels(folded: keras.Model) -> None:
+    """Put every kernel of ``folded`` on its int8 grid, in place (for export)."""
+    for layer in folded.layers:
+        if isinstance(layer, KERNEL_LAYERS) and getattr(layer, "kernel", None) is not None:
+            layer.kernel.assign(snap_kernel(np.asarray(layer.kernel.numpy(), np.float32)))
+
+
+def export_graph(teacher: keras.Model) -> tuple[keras.Model, dict[str, int]]:
+    """The teacher's rover graph, folded: what the student trains and the converter receives."""
+    rewritten, rewrites = rover_graph(teacher)
+    return fold_batch_norms(rewritten), rewrites
+
+
+# --- the fine-tune --------------------------------------------------------------------------------
+
+
+def distill(
+    teacher: keras.Model,
+    folded: keras.Model,
+    images: np.ndarray,
+    calibration: np.ndarray,
+    cfg: QatConfig,
+    *,
+    out_dir: Path,
+    start_epoch: int = 0,
+    history: list[dict] | None = None,
+) -> tuple[keras.Model, list[ActivationQuant], list[dict]]:
+    """Fine-tune ``folded`` (in place) so that its fake-quantized logits take the teacher's
+    decisions on ``images`` (training frames, (N, H, W) in [0, 1], flipped at random).
+
+    Checkpoints ``qat_weights.npz`` and ``qat.json`` after every epoch (``--resume`` continues).
+
+    Returns:
+        The student, its quantizers (calibrated on the final weights) and the history.
+    """
+    import tensorflow as tf
+
+    student, quantizers = quantized_student(folded)
+    steps = cfg.steps_per_epoch or max(1, len(images) // cfg.batch_size)
+    total = steps * cfg.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total)
+    optimizer = keras.optimizers.Adam(schedule)
+    variables = student.trainable_variables
+    optimizer.build(variables)
+    state = out_dir / "qat_optimizer.npz"
+    if start_epoch and state.is_file():
+        saved = np.load(state)
+        for i, v in enumerate(optimizer.variables):
+            v.assign(saved[f"v{i}"])
+
+    @tf.function
+    def step(x):
+        target = teacher(x, training=False)  # probabilities
+        with tf.GradientTape() as tape:
+            logits = student(x, training=True)
+            loss = -tf.reduce_mean(tf.reduce_sum(target * tf.nn.log_softmax(logits), -1))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        agree = tf.reduce_mean(tf.cast(tf.argmax(logits, -1) == tf.argmax(target, -1), tf.float32))
+        return loss, agree
+
+    rng = np.random.default_rng(cfg.seed + start_epoch)
+    history = list(history or [])
+    for epoch in range(start_epoch, cfg.epochs):
+        calibrate(student, quantizers, calibration)  # ranges of the current weights
+        t0, losses, agrees = time.perf_counter(), [], []
+        for i in range(steps):
+            pick = rng.integers(0, len(images), cfg.batch_size)
+            batch = images[pick]
+            flip = rng.random(cfg.batch_size) < 0.5
+            batch[flip] = batch[flip, :, ::-1]
+            loss, agree = step(tf.constant(batch[..., None]))
+            losses.append(float(loss))
+            agrees.append(float(agree))
+            if (i + 1) % 50 == 0 or i + 1 == steps:
+                log.info("epoch %d/%d step %d/%d: distillation %.4f, agreement %.4f (%.1f frames/s)",
+                         epoch + 1, cfg.epochs, i + 1, steps, np.mean(losses[-50:]),
+                         np.mean(agrees[-50:]),
+                         (i + 1) * cfg.batch_size / (time.perf_counter() - t0))  # fmt: skip
+        seconds = time.perf_counter() - t0
+        history.append({
+            "epoch": epoch + 1,
+            "distillation": float(np.mean(losses)),
+            "train_agreement": float(np.mean(agrees)),
+            "seconds": round(seconds, 1),
+            "frames_per_s": round(steps * cfg.batch_size / seconds, 2),
+        })  # fmt: skip
+        _checkpoint(out_dir, folded, optimizer, cfg, history)
+    calibrate(student, quantizers, calibration)
+    return student, quantizers, history
+
+
+def _checkpoint(out_dir: Path, folded, optimizer, cfg: QatConfig, history: list[dict]) -> None:
+    """Weights, optimizer state and the record, each written whole (temp file, then rename)."""
+    from edge.io.sinks import atomic_write_bytes
+
+    def save_npz(path: Path, arrays: dict) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    save_npz(
+        out_dir / "qat_weights.npz", {f"w{i}": w.numpy() for i, w in enumerate(folded.weights)}
+    )
+    save_npz(out_dir / "qat_optimizer.npz",
+             {f"v{i}": v.numpy() for i, v in enumerate(optimizer.variables)})  # fmt: skip
+    record = {"config": asdict(cfg), "history": history}
+    atomic_write_bytes(out_dir / "qat.json", (json.dumps(record, indent=2) + "\n").encode())
+
+
+def load_checkpoint(out_dir: Path, folded) -> tuple[int, list[dict]]:
+    """Restore ``folded``'s weights from ``out_dir``; returns (epochs done, history)."""
+    record = json.loads((out_dir / "qat.json").read_text())
+    saved = np.load(out_dir / "qat_weights.npz")
+    for i, w in enumerate(folded.weights):
+        w.assign(saved[f"w{i}"])
+    return len(record["history"]), record["history"]
+
+
+def predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate([
+        keras.ops.convert_to_numpy(model(images[i : i + batch_size, :, :, None], training=False))
+        for i in range(0, len(images), batch_size)
+    ])  # fmt: skip
+
+
+def adopt_teacher(teacher: Path, out_dir: Path) -> None:
+    """Copy the teacher's model and records into ``out_dir`` so that it reads as a run (its split,
+    its scores, its config for the manifest); the shipped folder keeps them in manifest.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(teacher / "model.keras", out_dir / "model.keras")
+    manifest = teacher / "manifest.json"
+    records = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    for name, key in (
+        ("config.json", "config"),
+        ("data.json", "data"),
+        ("metrics.json", "validation"),
+    ):
+        if (teacher / name).is_file():
+            shutil.copy2(teacher / name, out_dir / name)
+        elif records.get(key) is not None:
+            (out_dir / name).write_text(json.dumps(records[key], indent=1) + "\n")
+    if not (out_dir / "config.json").is_file():
+        raise ValueError(f"{teacher} has neither config.json nor manifest.json: not a run")
+
+
+def qat_run(
+    teacher: Path,
+    out_dir: Path,
+    cfg: QatConfig,
+    *,
+    resume: bool = False,
+    data_path: Path | None = None,
+) -> dict:
+    """Distil ``teacher`` (a run folder or the shipped model folder) into an int8 student in
+    ``out_dir``: the teacher's float32 .tflite, the student's int8 .tflite (integer-only
+    checked), ``parity.json`` against the teacher and ``qat.json`` (config, epochs, simulation).
+
+    ``out_dir`` then reads as a run (the teacher's model.keras and records are copied in), so
+    that ``tools/ship_model.py`` and ``trainer evaluate`` take it.
+
+    Raises:
+        ValueError: ``out_dir`` holds a QAT run and ``resume`` is off (or the reverse), or the
+            teacher is not a run.
+    """
+    from edge.io.sinks import atomic_write_bytes
+    from edge.segmenter import Segmenter
+    from trainer.convert import _provenance, calibration_frames, convert_model, parity_report
+    from trainer.evaluate import load_model, run_split
+    from trainer.rundir import RunDir
+
+    out_dir = Path(out_dir)
+    started = (out_dir / "qat.json").is_file()
+    if started and not resume:
+        raise ValueError(f"{out_dir} holds a quantization-aware run already: add --resume to "
+                         "continue it, or give another --out")  # fmt: skip
+    if resume and not started:
+        raise ValueError(f"nothing to resume in {out_dir} (no qat.json): leave out --resume")
+    if not started:
+        adopt_teacher(Path(teacher), out_dir)
+    mars, train_idx, val_idx = run_split(out_dir, data_path)
+    model = load_model(out_dir / "model.keras")
+    calib = calibration_frames(mars.images[train_idx], mars.labels[train_idx],
+                               cfg.calibration_frames, 0.25, cfg.seed, label_set=mars.label_set)  # fmt: skip
+    folded, rewrites = export_graph(model)
+    start, history = load_checkpoint(out_dir, folded) if resume else (0, [])
+    if start:
+        log.info("resuming after epoch %d of %d", start, cfg.epochs)
+    student, _, history = distill(model, folded, mars.images[train_idx], calib, cfg,
+                                           out_dir=out_dir, start_epoch=start, history=history)  # fmt: skip
+    snap_kernels(folded)  # what the student computed on the fly, now in the weights
+
+    info = _provenance(out_dir / "model.keras", RunDir(out_dir).config_values(), mars)
+    produced = convert_model(model, out_dir, ("float32",), None, mars.label_set,
+                             mars.preprocessing, info)  # fmt: skip
+    qat_info = {**info, "quantization_aware": {**asdict(cfg), "epochs_done": len(history)}}
+    produced |= convert_model(folded, out_dir, ("int8",), calib, mars.label_set,
+                              mars.preprocessing, qat_info, rewrites=rewrites)  # fmt: skip
+    images, labels = mars.images[val_idx], mars.labels[val_idx]
+    report = parity_report(model, produced, images, labels, mars.label_set, out_dir)
+
+    # how faithfully the fake quantization stood for TFLite's int8 arithmetic
+    probe = images[:200]
+    simulated = predict_logits(student, probe).argmax(-1)
+    segmenter = Segmenter(produced["int8"])
+    tflite = np.stack([segmenter.segment(f).labels for f in np.rint(probe * 255).astype(np.uint8)])
+    record = {
+        "config": asdict(cfg),
+        "history": history,
+        "simulation_agreement": float((simulated == tflite).mean()),
+        "simulation_frames": len(probe),
+        "parity": {p: {k: m[k] for k in ("pixel_agreement", "miou_change_vs_keras", "mean_iou")}
+                   for p, m in report["models"].items()},
+    }  # fmt: skip
+    atomic_write_bytes(out_dir / "qat.json", (json.dumps(record, indent=2) + "\n").encode())
+    return record
+
+
+__all__ = [
+    "ActivationQuant",
+    "FoldedNorm",
+    "QatConfig",
+    "QuantKernel",
+    "adopt_teacher",
+    "calibrate",
+    "distill",
+    "export_graph",
+    "fake_quant",
+    "fake_quant_kernel",
+    "fold_batch_norms",
+    "qat_run",
+    "quantized_student",
+    "snap_kernel",
+    "snap_kernels",
+]
