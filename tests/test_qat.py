@@ -1,0 +1,145 @@
+"""`trainer qat`: the BatchNorm fold, the int8 rounding it simulates, and a run against the real
+converter and the real LiteRT interpreter."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from trainer import qat
+from trainer.config import QatConfig
+
+
+def _with_statistics(model, rng):
+    """Give every BatchNorm moving statistics and an affine part far from the identity, so that
+    folding them is not a no-op."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([
+                rng.uniform(0.5, 2.0, n), rng.normal(0, 0.3, n),
+                rng.normal(0, 0.2, n), rng.uniform(0.2, 3.0, n),
+            ])  # fmt: skip
+    return model
+
+
+def _marsseg(rng, shape=(32, 64, 1)):
+    from trainer.models import build_model
+
+    return _with_statistics(build_model("marsseg", shape, 5, width=0.25), rng)
+
+
+def test_folding_the_batch_norms_keeps_the_rover_graph_exact(rng):
+    from trainer.export_graph import rover_graph
+
+    model = _marsseg(rng)
+    frames = rng.random((3, 32, 64, 1), dtype=np.float32)
+    want = keras.ops.convert_to_numpy(rover_graph(model)[0](frames))
+    folded, rewrites = qat.export_graph(model)
+    assert rewrites == {"subpixel": 2, "dilated": 4, "logits": 1}
+    assert not any(isinstance(x, keras.layers.BatchNormalization) for x in folded.layers)
+    assert sum(isinstance(x, qat.FoldedNorm) for x in folded.layers) > 10
+    got = keras.ops.convert_to_numpy(folded(frames))
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # its own weights: training the fold leaves the model it came from alone
+    kernel = folded.get_layer("enc1_conv1_conv").kernel
+    kernel.assign(kernel.numpy() * 0)
+    again = keras.ops.convert_to_numpy(rover_graph(model)[0](frames))
+    np.testing.assert_allclose(again, want, atol=1e-6)
+
+
+def test_a_batch_norm_after_something_else_is_refused():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    y = keras.layers.BatchNormalization(name="bn")(x)
+    model = keras.Model(inputs, keras.layers.Add()([x, y]))  # the conv has a second reader
+    with pytest.raises(ValueError, match="cannot fold bn: conv is not a conv read by it alone"):
+        qat.fold_batch_norms(model)
+
+
+def test_snapped_kernels_lie_on_a_per_channel_int8_grid(rng):
+    kernel = rng.normal(0, 1, (3, 3, 4, 6)).astype(np.float32) * rng.uniform(0.01, 5, 6)
+    snapped = qat.snap_kernel(kernel)
+    scale = np.abs(kernel).max(axis=(0, 1, 2)) / 127.0
+    steps = snapped / scale
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    np.testing.assert_allclose(np.abs(snapped).max(axis=(0, 1, 2)), np.abs(kernel).max(axis=(0, 1, 2)),
+                               rtol=1e-6)  # fmt: skip
+    # the converter's rounding of a snapped kernel is a no-op (to float32 rounding)
+    np.testing.assert_allclose(qat.snap_kernel(snapped), snapped, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(qat.fake_quant_kernel(kernel)), snapped,
+                               atol=1e-6)  # fmt: skip
+
+
+def test_activation_rounding_has_256_levels_zero_exact_and_clipped_gradients():
+    import tensorflow as tf
+
+    x = tf.constant(np.linspace(-2.0, 5.0, 2001, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = qat.fake_quant(x, -1.0, 3.0)
+        total = tf.reduce_sum(y)
+    grad = tape.gradient(total, x).numpy()
+    y = y.numpy()
+    assert len(np.unique(np.round(y, 6))) <= 256
+    assert float(qat.fake_quant(tf.constant(0.0), -1.0, 3.0)) == 0.0
+    step = 4.0 / 255  # the range moves by less than a step so that 0 is on the grid
+    assert -1.0 - step <= y.min() < -1.0 + step and 3.0 - step < y.max() <= 3.0 + step
+    inside = (x.numpy() > -0.99) & (x.numpy() < 2.99)
+    assert (grad[inside] == 1).all() and (grad[x.numpy() > 3.1] == 0).all()
+    # a range that leaves out 0 is widened to hold it, as TFLite does
+    assert float(qat.fake_quant(tf.constant(0.0), 0.5, 3.0)) == 0.0
+
+
+def test_the_student_shares_the_folds_weights_and_switches_off_for_calibration(rng):
+    folded, _ = qat.export_graph(_marsseg(rng))
+    student, quantizers = qat.quantized_student(folded)
+    assert {id(v) for v in student.trainable_variables} == {
+        id(v) for v in folded.trainable_variables
+    }
+    frames = rng.random((4, 32, 64), dtype=np.float32)
+    qat.calibrate(student, quantizers, frames)
+    assert all(float(q.on) == 1.0 for q in quantizers)
+    free = [q for q in quantizers if q.fixed is None]
+    assert all(float(q.lo) <= float(q.hi) for q in free)
+    assert any(q.fixed == qat.SIGMOID_GRID for q in quantizers)  # the attention's LOGISTIC
+    names = {q.name for q in quantizers}
+    assert "enc1_conv1_relu_aq" in names and "enc1_conv1_conv_aq" not in names  # fused ReLU
+    assert not any("pool" in n and "enc" in n for n in names)  # max pools keep their scale
+    out = qat.predict_logits(student, frames)
+    floats = qat.predict_logits(folded, frames)
+    assert out.shape == floats.shape and not np.allclose(out, floats)
+
+
+@pytest.mark.slow
+def test_a_qat_run_converts_checks_resumes_and_refuses_to_overwrite(small_npz, tmp_path, rng):
+    """The run end to end: the student's int8 file is integer-only, the fake quantization stands
+    for TFLite's arithmetic, a second epoch resumes from the first."""
+    from tests.test_convert import make_run
+    from trainer.cli import main
+    from trainer.convert import check_integer_only
+
+    teacher = make_run(tmp_path, small_npz)
+    model = keras.saving.load_model(teacher / "model.keras")
+    _with_statistics(model, rng).save(teacher / "model.keras")
+    out = tmp_path / "qat"
+    cfg = QatConfig(teacher=str(teacher), epochs=1, steps_per_epoch=2, batch_size=4,
+                    calibration_frames=8)  # fmt: skip
+    record = qat.qat_run(teacher, out, cfg)
+    assert [h["epoch"] for h in record["history"]] == [1]
+    assert "CONV_2D" in check_integer_only(out / "model_int8.tflite")
+    parity = json.loads((out / "parity.json").read_text())
+    assert set(parity["models"]) == {"float32", "int8"}
+    assert parity["models"]["float32"]["pixel_agreement"] > 0.99  # the teacher, unchanged
+    assert record["simulation_agreement"] > 0.9
+    meta = json.loads((out / "model_int8.json").read_text())
+    assert meta["quantization_aware"]["epochs_done"] == 1 and meta["output"] == "logits"
+
+    result = CliRunner().invoke(main, ["qat", str(teacher), "--out", str(out)])
+    assert result.exit_code == 2 and "add --resume to continue it" in result.output
+    record = qat.qat_run(teacher, out, QatConfig(**{**cfg.__dict__, "epochs": 2}), resume=True)
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
