@@ -1,6 +1,6 @@
 """Where int8 loses agreement with float32, and what each remedy buys (issue 27).
 
-    python benchmarks/int8_parity.py --run runs/rover --out report/int8_parity
+    python benchmarks/int8_parity.py --run runs/qat --qat runs/qat --out report/int8_parity
 
 Every step converts the run's rover graph (``trainer convert``'s) and scores the .tflite on the
 run's validation frames against the float Keras model: pixel agreement (all pixels, and the
@@ -14,6 +14,9 @@ labelled ones) and the change of mean IoU. The steps:
 3. **Selective float**: the worst layers kept in float (``denylisted_nodes``), one at a time
    and together; not integer-only any more, so the table gives the invoke time as well.
 4. **16x8**: int16 activations with int8 weights everywhere (TFLite's experimental scheme).
+5. **Quantization-aware fine-tuning** (``--qat DIR``, a finished ``trainer qat`` run): its
+   starting point (BatchNorms folded, kernels snapped to their int8 grid, no training) and its
+   int8 file.
 
 It writes ``OUT/parity_steps.md`` and ``OUT/parity_steps.json``. Each conversion takes about a
 minute on a 2-core CPU; ``--frames`` scores a prefix of the validation split for speed.
@@ -130,8 +133,17 @@ def _row(name, model, images, labels, reference, ref_score, label_set) -> dict:
     show_default=True,
     help="Keep this many of the most sensitive layers in float, one at a time.",
 )
-def main(run_dir: Path, out: Path, frames: int | None, calib: str, worst: int) -> None:
-    """Measure int8's parity steps on RUN: sensitivity, calibration set, selective float."""
+@click.option(
+    "--qat",
+    "qat_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A finished `trainer qat` run of the same model: its int8 file as the last step.",
+)
+def main(
+    run_dir: Path, out: Path, frames: int | None, calib: str, worst: int, qat_dir: Path | None
+) -> None:
+    """Measure int8's parity steps on RUN: sensitivity, calibration set, selective float, QAT."""
     import tensorflow as tf
 
     from edge.contract.metrics import score
@@ -201,11 +213,37 @@ def main(run_dir: Path, out: Path, frames: int | None, calib: str, worst: int) -
                              ref_score, label_set))  # fmt: skip
         except (RuntimeError, ValueError) as err:  # recorded, not fatal: the rest stands
             report["sixteen_by_eight_error"] = str(err).splitlines()[-1]
+        if qat_dir is not None:
+            rows += _qat_rows(model, qat_dir, base, Path(tmp), images, labels, reference,
+                              ref_score, label_set)  # fmt: skip
     report["steps"] = rows
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "parity_steps.json", report)
     atomic_write_bytes(out / "parity_steps.md", markdown(report).encode())
     click.echo(markdown(report))
+
+
+def _qat_rows(model, qat_dir, calibration, tmp, images, labels, reference, ref_score, label_set):
+    """The QAT starting point (fold + snap, converted as is) and the trained student's file."""
+    import json
+
+    from trainer import qat
+    from trainer.convert import export_saved_model
+
+    click.echo("quantization-aware: the starting point and the trained file", err=True)
+    folded, _ = qat.export_graph(model)
+    qat.snap_kernels(folded)
+    saved = export_saved_model(folded, tmp / "folded", model.input_shape[1:])
+    start = _converter(saved, calibration).convert()
+    record = json.loads((qat_dir / "qat.json").read_text())
+    done = len(record["history"])
+    return [
+        _row("int8, BatchNorms folded, kernels on their int8 grid (QAT's start)", start, images,
+             labels, reference, ref_score, label_set),
+        _row(f"int8, quantization-aware ({done} epochs of `trainer qat`)",
+             (qat_dir / "model_int8.tflite").read_bytes(), images, labels, reference, ref_score,
+             label_set),
+    ]  # fmt: skip
 
 
 def _short(tensor: str) -> str:

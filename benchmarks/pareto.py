@@ -87,7 +87,7 @@ def train_and_convert(
         # a run that stopped part-way continues; a finished one is never trained again
         resume = (run / "state.json").exists()
         args = ["fit", "--runs", str(runs), "--name", run.name]
-        args += ["--resume"] if resume else [str(data), "--model", model, "--width", str(width)]
+        args += ["--resume"] if resume else [str(data), "--arch", model, "--width", str(width)]
         if not resume:
             args += ["--size", f"{side}x{side}", "--lr", str(lr), "--seed", "0"]
         args += ["--epochs", str(budget["epochs"]), "--steps-per-epoch", str(budget["steps"])]

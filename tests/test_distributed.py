@@ -220,7 +220,7 @@ def test_two_cpu_devices_from_the_cli(small_npz, single, tmp_path):
         ("custom", ["--strategy", "mirrored", "--replicas", "2", "--loop", "custom"]),
     ):
         cmd = [sys.executable, "-m", "trainer.cli", "fit", str(small_npz), "--runs", str(tmp_path),
-               "--name", name, "--model", "marsseg", "--width", "0.25", "--epochs", "2",
+               "--name", name, "--arch", "marsseg", "--width", "0.25", "--epochs", "2",
                "--batch-size", "8", "--lr", "1e-3", "--steps-per-epoch", "3", "--limit", "64",
                "--loss", "plain_ce", "--no-offline-aug", "--no-online-geometric", *args]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,

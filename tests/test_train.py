@@ -162,11 +162,19 @@ def test_evaluate_and_predict_cli(trained_run, small_npz, tmp_path):
     assert len(list((tmp_path / "masks").glob("*.png"))) == 24
 
 
-def test_fit_cli_rejects_unknown_model(small_npz, tmp_path):
+@pytest.mark.parametrize("flag", ["--arch", "--model"])  # --model: the older name, still taken
+def test_fit_cli_rejects_unknown_architecture(flag, small_npz, tmp_path):
     result = CliRunner().invoke(
-        main, ["fit", str(small_npz), "--model", "resnet", "--runs", str(tmp_path)]
+        main, ["fit", str(small_npz), flag, "resnet", "--runs", str(tmp_path)]
     )
     assert result.exit_code == 2 and "valid names: deeplabv3plus" in result.output
+
+
+def test_fit_help_names_the_architecture_option():
+    result = CliRunner().invoke(main, ["fit", "--help"], terminal_width=100)
+    assert (
+        "--arch, --model TEXT" in result.output and "edge-seg, --model is a model" in result.output
+    )
 
 
 def test_mirrored_strategy_over_two_cpu_devices(small_npz, tmp_path):

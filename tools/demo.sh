@@ -74,7 +74,7 @@ grep -v "^INFO" "$OUT/logs/inspect.log" | head -6 | sed 's/^/  /'
 
 step 3 "trainer fit: MarsSeg width $WIDTH, $EPOCHS epochs on up to $LIMIT frames -> $RUN"
 rm -rf "$RUN"
-"$BIN/trainer" fit "$DATA" --model marsseg --width "$WIDTH" --epochs "$EPOCHS" --lr 1e-3 \
+"$BIN/trainer" fit "$DATA" --arch marsseg --width "$WIDTH" --epochs "$EPOCHS" --lr 1e-3 \
     --limit "$LIMIT" --runs "$OUT/runs" --name marsseg "${FIT_EXTRA[@]}" 2>&1 | tee "$OUT/logs/fit.log" \
     | awk '/val_miou/ {match($0, /val_miou: [0-9.]+/); split($0, part, " - ");
                        printf "  epoch %d  %s  (%s)\n", ++epoch, substr($0, RSTART, RLENGTH), part[2]; fflush()}

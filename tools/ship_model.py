@@ -4,8 +4,8 @@
 
 Copies the run's ``model_int8.tflite``, ``model_float32.tflite``, ``model.keras`` and
 ``parity.json`` into ``edge/models/`` and writes ``edge/models/manifest.json``: each file's size
-and SHA-256, the run's resolved config, its data record (split, preprocessing, classes) and its
-validation metrics, so that the shipped files say which training made them. Checked first:
+and SHA-256, the run's resolved config, its data record (split, preprocessing, classes), its
+validation metrics and, for a ``trainer qat`` run, its record (``qat.json``), so that the shipped files say which training made them. Checked first:
 every file is there, the .tflite files carry metadata, and int8 passed the integer-only check
 (``trainer convert`` refuses otherwise). Nothing is replaced unless all of it can be.
 """
@@ -46,6 +46,8 @@ def manifest(run: Path) -> dict:
         "config": load("config.json"),
         "data": data,
         "validation": load("metrics.json"),
+        # `trainer qat`: the int8 file is the quantization-aware student of the float model
+        "quantization_aware": load("qat.json"),
     }
 
 

@@ -142,6 +142,7 @@ def config_options(cls):
             if not meta.get("cli", True):
                 continue
             flag = meta.get("flag") or "--" + key.split(".")[-1].replace("_", "-")
+            flags = (flag,) if isinstance(flag, str) else tuple(flag)
             kind, _ = _field_type(spec)
             default = spec.default if spec.default_factory is MISSING else spec.default_factory()
             help_text = meta["help"]
@@ -156,7 +157,7 @@ def config_options(cls):
                 kind_type = click.Choice([str(c) for c in meta["choices"]])
             else:
                 kind_type = {int: click.INT, float: click.FLOAT}.get(kind, click.STRING)
-            fn = click.option(flag, param, type=kind_type, default=None, help=help_text)(fn)
+            fn = click.option(*flags, param, type=kind_type, default=None, help=help_text)(fn)
         return fn
 
     return decorate

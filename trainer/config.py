@@ -21,9 +21,16 @@ T = TypeVar("T")
 
 
 def setting(
-    default: Any, help: str, *, flag: str | None = None, choices=None, resume=False, cli=True
+    default: Any,
+    help: str,
+    *,
+    flag: str | tuple[str, ...] | None = None,
+    choices=None,
+    resume=False,
+    cli=True,
 ):
-    """A dataclass field with its help text (and, optionally, its CLI flag and choices)."""
+    """A dataclass field with its help text (and, optionally, its CLI flag or flags, the first
+    the name shown, and its choices)."""
     meta = {"help": help, "flag": flag, "choices": choices, "resume": resume, "cli": cli}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -90,7 +97,12 @@ class TrainConfig:
     """One training run. Defaults are the report's recipe unless the help says otherwise."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: str = setting("marsseg", "A name from `trainer models`.")
+    model: str = setting(
+        "marsseg",
+        "The architecture, a name from `trainer models` (--model is its older name; in "
+        "edge-seg, --model is a model file).",
+        flag=("--arch", "--model"),
+    )
     width: float = setting(1.0, "Channel multiplier (0.25 trains ~5x faster on a CPU).")
     epochs: int = setting(40, "Epochs in all (on --resume: may be raised).", resume=True)
     batch_size: int = setting(32, "Global batch, split across replicas.", resume=True)
