@@ -100,3 +100,38 @@ def test_edge_seg_run_records_the_choice(band_models, tmp_path):
     assert summary["model"]["file"] == str(folder / f"model_{chosen['precision']}.tflite")
     assert f"{chosen['precision']}, timing: " in result.output
     assert summary["config"]["precision"] == "auto"
+
+
+def _bench_entry(path, precision, p50_by_threads):
+    threads = {
+        str(n): {"precision": precision, "invoke": {"p50": ms}} for n, ms in p50_by_threads.items()
+    }
+    return {"path": str(path), "kernels": "auto", "threads": threads}
+
+
+@pytest.mark.parametrize(
+    ("agreement", "want_1", "want_2"),
+    [(0.995, "float32", "int8"), (0.95, "float32", "float32")],
+)
+def test_bench_says_what_auto_takes_from_its_own_timings(band_models, tmp_path, agreement, want_1,
+                                                          want_2):  # fmt: skip
+    """int8 slower at 1 thread and faster at 2 (as on an AVX2 CPU for one graph and not the other):
+    auto follows the timings, and only while int8 is at parity."""
+    from edge.bench.report import _auto_lines
+    from edge.models.precision import auto_in_bench
+
+    folder = _folder(tmp_path, band_models, agreement=agreement)
+    models = {
+        "model_float32": _bench_entry(folder / "model_float32.tflite", "float32", {1: 5.1, 2: 3.0}),
+        "model_int8": _bench_entry(folder / "model_int8.tflite", "int8", {1: 6.1, 2: 2.5}),
+        "lone": _bench_entry(tmp_path / "other.tflite", "int8", {1: 1.0, 2: 1.0}),
+    }
+    (record,) = auto_in_bench(models, [1, 2])  # the lone file has no folder mate: no record
+    assert record["folder"] == str(folder)
+    assert record["threads"]["1"]["precision"] == want_1
+    assert record["threads"]["2"]["precision"] == want_2
+    if agreement < MIN_AGREEMENT:
+        assert set(record["threads"]["2"]["timings_ms"]) == {"float32"}
+        assert "95.00%" in record["threads"]["2"]["refused"]["int8"]
+    text = "\n".join(_auto_lines({"precision_auto": [record]}))
+    assert f"2 thread(s): **{want_2}**" in text and "float32 5.10 ms" in text

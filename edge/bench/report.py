@@ -72,6 +72,7 @@ def write_markdown(report: dict) -> str:
             lines.append(f"| {label} | {' | '.join(f'{v:.2f}' for v in values)} | {ratios} |")
         lines.append("")
     lines += _peer_lines(report)
+    lines += _auto_lines(report)
     sizes = [report["models"][n]["size_bytes"] for n in names]
     change_head = " | ".join(f"{n} - {ref}" for n in names[1:])
     lines += [
@@ -151,6 +152,28 @@ def _execution_lines(report: dict) -> list[str]:
             "\nGMAC/s counts the MACs of the model's graph as its kernels compute them; a model "
             "is compared with the limit of its own precision; floor = its MACs at the limit's rate."
         )
+    return [*lines, ""]
+
+
+def _auto_lines(report: dict) -> list[str]:
+    """What ``edge-seg run --precision auto`` would take on this CPU, from these timings."""
+    records = report.get("precision_auto") or []
+    if not records:
+        return []
+    lines = ["## --precision auto", ""]
+    for record in records:
+        for threads, choice in record["threads"].items():
+            timed = ", ".join(f"{p} {ms:.2f} ms" for p, ms in choice["timings_ms"].items())
+            refused = "; ".join(f"{p}: {why}" for p, why in (choice["refused"] or {}).items())
+            lines.append(
+                f"- `{record['folder']}`, {threads} thread(s): **{choice['precision']}** "
+                f"(median invoke: {timed})" + (f"; left out: {refused}" if refused else "")
+            )
+    lines.append(
+        f"\nOnly files whose parity report agrees with float32 on at least "
+        f"{records[0]['threads'][next(iter(records[0]['threads']))]['min_agreement']:.0%} of "
+        "pixels compete; `edge-seg run` times them again at start-up."
+    )
     return [*lines, ""]
 
 

@@ -189,6 +189,9 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
             )
         report["pairs"].append(pair)
     report["peers"] = peer_ratios(report)
+    from edge.models.precision import auto_in_bench
+
+    report["precision_auto"] = auto_in_bench(report["models"], list(cfg.threads))
     report["runtime"] = ", ".join(dict.fromkeys(e["runtime"] for e in report["models"].values()))
     report["load_average_after"] = _load()
 

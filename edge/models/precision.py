@@ -137,6 +137,46 @@ def choose_precision(
         p: calibrate(found[p], [timing_kernels], threads, runtime, runs)[timing_kernels]
         for p in allowed
     }
-    fastest = min(timings, key=timings.get)
-    choice = PrecisionChoice(fastest, "timing", timings, agreement, refused)
-    return found[fastest], origin, choice
+    choice = by_timing(timings, agreement, refused)
+    return found[choice.precision], origin, choice
+
+
+def by_timing(
+    timings_ms: dict[str, float], agreement: dict[str, float], refused: dict[str, str]
+) -> PrecisionChoice:
+    """The fastest of the timed contenders (what ``auto`` takes; ``edge-seg bench`` applies it
+    to its own timings)."""
+    fastest = min(timings_ms, key=timings_ms.get)
+    return PrecisionChoice(fastest, "timing", timings_ms, agreement, refused)
+
+
+def auto_in_bench(models: dict[str, dict], threads: list[int]) -> list[dict]:
+    """What ``--precision auto`` takes for each model folder of a bench run, from the bench's
+    own median invoke times and the folder's parity report.
+
+    Args:
+        models: the bench report's ``models`` ({column: {"path", "threads": {n: result}}}).
+        threads: the thread counts measured.
+
+    Returns:
+        One record per folder with two precisions or more benchmarked: ``folder``, and per thread
+        count the :meth:`PrecisionChoice.record`.
+    """
+    folders: dict[Path, dict[str, str]] = {}
+    for column, entry in models.items():
+        first = next(iter(entry["threads"].values()))
+        precision = first.get("precision")
+        if precision in PRECISIONS and entry.get("kernels", "auto") in ("auto", "xnnpack"):
+            folders.setdefault(Path(entry["path"]).parent, {}).setdefault(precision, column)
+    out = []
+    for folder, columns in folders.items():
+        if len(columns) < 2:
+            continue
+        agreement = parity_agreement(folder)
+        allowed, refused = contenders(dict(columns), agreement)
+        by_threads = {}
+        for n in threads:
+            timings = {p: models[columns[p]]["threads"][str(n)]["invoke"]["p50"] for p in allowed}
+            by_threads[str(n)] = by_timing(timings, agreement, refused).record()
+        out.append({"folder": str(folder), "threads": by_threads})
+    return out
