@@ -406,6 +406,13 @@ def calibrate(run: Path, data: Path | None, frames: int, seed: int) -> None:
     default=None,
     help="The teacher's data set [default: the one it recorded].",
 )
+@click.option(
+    "--target",
+    type=click.Choice(["hard", "soft"]),
+    default=QatConfig.target,
+    show_default=True,
+    help="Distil TEACHER's class at each pixel (hard) or its probabilities (soft).",
+)
 @click.option("--resume", is_flag=True, help="Continue OUT after its last finished epoch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def qat(teacher: Path, out: Path, data: Path | None, resume: bool, **options) -> None:  # fmt: skip

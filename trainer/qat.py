@@ -14,9 +14,11 @@ Toolkit does not support Keras 3, and Keras' own int8 path does not cover convol
    sums, products, concatenations, means, the sigmoid's fixed 1/256 grid, the logits). Ops that
    keep their input's scale (max pool, nearest resize) add none. Gradients pass straight through
    inside the range and stop outside it.
-3. **Distillation**: the fake-quantized logits learn the float model's probabilities on the
-   training split (labels are not used): the int8 model is trained to take the float model's
-   decisions, not new ones, which is what parity asks.
+3. **Distillation**: the fake-quantized logits learn the float model's class at every pixel of
+   the training split (labels are not used): the int8 model is trained to take the float model's
+   decisions, not new ones, which is what parity asks. Hard targets rather than the
+   probabilities: where the float model is near a tie, soft targets teach the student the same
+   tie, and the rounding then flips it.
 4. **Export**: the kernels are snapped to their int8 grid (the converter's per-channel rounding
    then changes nothing) and the converter calibrates on the same frames with the same min/max
    rule the training used, so the int8 file has the grid it was trained on; that is checked by
@@ -359,9 +361,15 @@ def distill(
         for i, v in enumerate(optimizer.variables):
             v.assign(saved[f"v{i}"])
 
+    if cfg.target not in ("hard", "soft"):
+        raise ValueError(f"unknown distillation target {cfg.target!r}; valid: hard, soft")
+    hard = cfg.target == "hard"
+
     @tf.function
     def step(x):
         target = teacher(x, training=False)  # probabilities
+        if hard:
+            target = tf.one_hot(tf.argmax(target, -1), tf.shape(target)[-1])
         with tf.GradientTape() as tape:
             logits = student(x, training=True)
             loss = -tf.reduce_mean(tf.reduce_sum(target * tf.nn.log_softmax(logits), -1))
