@@ -401,10 +401,12 @@ class QatConfig:
     steps_per_epoch: int | None = None  # None: one pass over the training split
     batch_size: int = 16
     learning_rate: float = 1e-4  # cosine to 0 over the epochs: a fine-tune, not a new training
-    # "hard": cross-entropy with the float model's class at each pixel, which pushes the int8
-    # model's margins past its rounding noise where the float model is close to a tie (soft
-    # targets make it copy those ties, and the rounding flips them); "soft": the probabilities
-    target: str = "hard"
+    # "margin": the float model's probabilities (cross-entropy) plus a hinge that asks the int8
+    # model's logit for the float model's class to lead the next one by `margin` (in logits):
+    # soft targets alone copy the float model's near-ties, and the rounding flips them;
+    # "soft": the probabilities only; "hard": cross-entropy with the float model's class
+    target: str = "margin"
+    margin: float = 1.0
     calibration_frames: int = 200  # as `trainer convert --calib`, the same draw
     seed: int = 0
 

@@ -16,9 +16,10 @@ Toolkit does not support Keras 3, and Keras' own int8 path does not cover convol
    inside the range and stop outside it.
 3. **Distillation**: the fake-quantized logits learn the float model's class at every pixel of
    the training split (labels are not used): the int8 model is trained to take the float model's
-   decisions, not new ones, which is what parity asks. Hard targets rather than the
-   probabilities: where the float model is near a tie, soft targets teach the student the same
-   tie, and the rounding then flips it.
+   decisions, not new ones, which is what parity asks. The probabilities alone are not enough:
+   where the float model is near a tie they teach the student the same tie, and the rounding
+   flips it; a hinge asks the student's logit for the float model's class to lead the next by a
+   margin (``--target margin``, the default).
 4. **Export**: the kernels are snapped to their int8 grid (the converter's per-channel rounding
    then changes nothing) and the converter calibrates on the same frames with the same min/max
    rule the training used, so the int8 file has the grid it was trained on; that is checked by
@@ -58,7 +59,12 @@ class FoldedNorm(layers.Layer):
 
 
 SAME_SCALE = (layers.MaxPooling2D, layers.UpSampling2D, FoldedNorm, HeadLogits, layers.Reshape)
-SIGMOID_GRID = (0.0, 255.0 / 256.0)  # TFLite's LOGISTIC output: scale 1/256, zero point -128
+SIGMOID_GRID = (0.0, 255.0 / 256.0)
+TARGETS = (
+    "margin",
+    "soft",
+    "hard",
+)  # what the student learns of the teacher (QatConfig.target)  # TFLite's LOGISTIC output: scale 1/256, zero point -128
 
 
 # --- fake quantization (keras.ops only) --------------------------------------------------------
@@ -293,7 +299,7 @@ def calibrate(student: keras.Model, quantizers: list[ActivationQuant], frames: n
     """Set every range to the min/max of its tensor over ``frames`` with the activations in float
     (kernels on their grid), the converter's calibration rule."""
     free = [q for q in quantizers if q.fixed is None]
-    probe = keras.Model(student.inputs, [q.input for q in free])
+    probe = keras.Model(student.input, [q.input for q in free])
     for q in quantizers:
         q.on.assign(0.0)
     lo = np.full(len(free), np.inf)
@@ -361,18 +367,21 @@ def distill(
         for i, v in enumerate(optimizer.variables):
             v.assign(saved[f"v{i}"])
 
-    if cfg.target not in ("hard", "soft"):
-        raise ValueError(f"unknown distillation target {cfg.target!r}; valid: hard, soft")
-    hard = cfg.target == "hard"
+    if cfg.target not in TARGETS:
+        raise ValueError(f"unknown distillation target {cfg.target!r}; valid: {', '.join(TARGETS)}")
 
     @tf.function
     def step(x):
-        target = teacher(x, training=False)  # probabilities
-        if hard:
-            target = tf.one_hot(tf.argmax(target, -1), tf.shape(target)[-1])
+        probs = teacher(x, training=False)
+        decided = tf.one_hot(tf.argmax(probs, -1), tf.shape(probs)[-1])
         with tf.GradientTape() as tape:
             logits = student(x, training=True)
+            target = decided if cfg.target == "hard" else probs
             loss = -tf.reduce_mean(tf.reduce_sum(target * tf.nn.log_softmax(logits), -1))
+            if cfg.target == "margin":
+                own = tf.reduce_sum(decided * logits, -1)
+                runner_up = tf.reduce_max(logits - 1e9 * decided, -1)
+                loss += tf.reduce_mean(tf.nn.relu(cfg.margin - (own - runner_up)))
         optimizer.apply(tape.gradient(loss, variables), variables)
         agree = tf.reduce_mean(tf.cast(tf.argmax(logits, -1) == tf.argmax(target, -1), tf.float32))
         return loss, agree
