@@ -408,10 +408,18 @@ def calibrate(run: Path, data: Path | None, frames: int, seed: int) -> None:
 )
 @click.option(
     "--target",
-    type=click.Choice(["hard", "soft"]),
+    type=click.Choice(["margin", "soft", "hard"]),
     default=QatConfig.target,
     show_default=True,
-    help="Distil TEACHER's class at each pixel (hard) or its probabilities (soft).",
+    help="What the student learns of TEACHER: margin (its probabilities, and its class ahead of "
+    "the next by --margin logits), soft (the probabilities), hard (its class).",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0),
+    default=QatConfig.margin,
+    show_default=True,
+    help="The lead of TEACHER's class, in logits (--target margin).",
 )
 @click.option("--resume", is_flag=True, help="Continue OUT after its last finished epoch.")
 @click.option("--seed", type=int, default=0, show_default=True)
