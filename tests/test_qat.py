@@ -143,3 +143,33 @@ def test_a_qat_run_converts_checks_resumes_and_refuses_to_overwrite(small_npz, t
     assert result.exit_code == 2 and "add --resume to continue it" in result.output
     record = qat.qat_run(teacher, out, QatConfig(**{**cfg.__dict__, "epochs": 2}), resume=True)
     assert [h["epoch"] for h in record["history"]] == [1, 2]
+
+
+def test_bias_correction_brings_the_rounded_means_back_to_the_float_ones(rng):
+    model = _marsseg(rng)
+    reference, _ = qat.export_graph(model)
+    folded, _ = qat.export_graph(model)
+    student, quantizers = qat.quantized_student(folded)
+    frames = rng.random((6, 32, 64), dtype=np.float32)
+    qat.calibrate(student, quantizers, frames)
+    head = folded.get_layer("head_conv")
+    by_inner = {x.inner.name: x for x in student.layers if isinstance(x, qat.QuantKernel)}
+
+    def gap():
+        want = keras.ops.convert_to_numpy(
+            keras.Model(reference.input, reference.get_layer("head_conv").output)(frames[..., None])
+        )
+        got = keras.ops.convert_to_numpy(
+            keras.Model(student.input, by_inner["head_conv"].output)(frames[..., None])
+        )
+        return np.abs(want.mean(axis=(0, 1, 2)) - got.mean(axis=(0, 1, 2))).max()
+
+    before, bias = gap(), head.bias.numpy().copy()
+    record = qat.correct_biases(reference, folded, student, quantizers, frames, sweeps=2)
+    assert gap() < 0.2 * before
+    assert not np.allclose(head.bias.numpy(), bias)
+    assert {r["sweep"] for r in record} == {1, 2} and "head_conv" in {r["conv"] for r in record}
+    # the second sweep has less left to move than the first
+    first = np.mean([r["mean_abs_shift"] for r in record if r["sweep"] == 1])
+    second = np.mean([r["mean_abs_shift"] for r in record if r["sweep"] == 2])
+    assert second < first

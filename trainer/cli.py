@@ -329,11 +329,26 @@ def calibrate(run: Path, data: Path | None, frames: int, seed: int) -> None:
     help="Folder of the quantization-aware run (it then reads as a run).",
 )
 @click.option(
-    "--epochs",
+    "--bias-correction/--no-bias-correction",
+    default=QatConfig.bias_correction,
+    show_default=True,
+    help="First move each conv's bias so that its int8 output mean per channel is the float "
+    "model's (calibration frames; no training).",
+)
+@click.option(
+    "--bias-sweeps",
     type=click.IntRange(min=1),
+    default=QatConfig.bias_sweeps,
+    show_default=True,
+    help="Passes of the bias correction over the convs.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=0),
     default=QatConfig.epochs,
     show_default=True,
-    help="Passes of distillation (cosine learning rate to 0 over them).",
+    help="Then passes of quantization-aware distillation (cosine learning rate to 0 over them; "
+    "0: none).",
 )
 @click.option(
     "--steps-per-epoch",
@@ -384,11 +399,12 @@ def calibrate(run: Path, data: Path | None, frames: int, seed: int) -> None:
 @click.option("--resume", is_flag=True, help="Continue OUT after its last finished epoch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def qat(teacher: Path, out: Path, data: Path | None, resume: bool, **options) -> None:  # fmt: skip
-    """Quantization-aware fine-tuning: an int8 model trained to agree with TEACHER's float32.
+    """Quantization-aware int8: an int8 model made to agree with TEACHER's float32.
 
     TEACHER is a converted run folder or the shipped model folder (edge/models). Its rover graph,
-    BatchNorms folded, is fine-tuned with fake int8 rounding where TFLite rounds, distilled from
-    TEACHER's probabilities on its training split; then OUT gets TEACHER's float32 .tflite
+    BatchNorms folded, is simulated with int8 rounding where TFLite rounds; each conv's bias is
+    corrected for the rounding's shift of its mean, and with --epochs N it is fine-tuned,
+    distilled from TEACHER on its training split; then OUT gets TEACHER's float32 .tflite
     (unchanged), the student's int8 .tflite and parity.json against TEACHER. Checkpointed every
     epoch (--resume). Ship it with tools/ship_model.py OUT.
     """

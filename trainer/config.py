@@ -397,7 +397,13 @@ class QatConfig:
     """One quantization-aware fine-tuning (saved as ``qat.json`` beside its outputs)."""
 
     teacher: str = ""  # the float run (or the shipped model folder) it distils
-    epochs: int = 4
+    # measured on the shipped rover model (400 validation frames, int8 against float32): bias
+    # correction alone took agreement from 98.14 to 98.77 %; an epoch of fine-tuning (margin
+    # target, without the correction) raised it on training frames and lowered it on
+    # validation frames to 97.77 %: no fine-tuning by default
+    bias_correction: bool = True
+    bias_sweeps: int = 2
+    epochs: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the training split
     batch_size: int = 16
     learning_rate: float = 1e-4  # cosine to 0 over the epochs: a fine-tune, not a new training

@@ -317,6 +317,66 @@ def calibrate(student: keras.Model, quantizers: list[ActivationQuant], frames: n
         q.on.assign(1.0)
 
 
+def correct_biases(
+    reference: keras.Model,
+    folded: keras.Model,
+    student: keras.Model,
+    quantizers: list[ActivationQuant],
+    frames: np.ndarray,
+    *,
+    sweeps: int = 2,
+    batch_size: int = 50,
+) -> list[dict]:
+    """Empirical bias correction (Nagel et al., "Data-Free Quantization", 2019, sec. 4.2, with
+    calibration frames): rounding shifts each conv's output mean per channel; move its bias so
+    that the student's mean (kernels on their grid, activations rounded, every earlier conv
+    corrected) equals the float model's, conv after conv, in graph order.
+
+    Args:
+        reference: the float folded graph (:func:`export_graph` of the teacher), unchanged.
+        folded: the graph whose biases change (the student's weights).
+        student: :func:`quantized_student` of ``folded``, with its ``quantizers``.
+        frames: calibration frames (N, H, W) in [0, 1].
+        sweeps: passes over the convs (a later pass corrects what the earlier one moved).
+
+    Returns:
+        Per conv and sweep: the mean absolute shift before the correction.
+    """
+    convs = [layer for layer in folded.layers if isinstance(layer, KERNEL_LAYERS)
+             and getattr(layer, "kernel", None) is not None and layer.bias is not None
+             and _activation_name(layer) == "linear"]  # fmt: skip
+    by_inner = {
+        layer.inner.name: layer for layer in student.layers if isinstance(layer, QuantKernel)
+    }
+    x = frames[..., None]
+
+    def means(model) -> list[np.ndarray]:
+        sums = None
+        for start in range(0, len(x), batch_size):
+            outs = model(x[start : start + batch_size], training=False)
+            outs = outs if isinstance(outs, list | tuple) else [outs]  # one output: a tensor
+            outs = [keras.ops.convert_to_numpy(o).sum(axis=(0, 1, 2)) for o in outs]
+            sums = outs if sums is None else [a + b for a, b in zip(sums, outs, strict=True)]
+        pixels = len(x) * np.prod(model.outputs[0].shape[1:3])
+        return [s / pixels for s in sums]
+
+    want = means(keras.Model(reference.input, [reference.get_layer(c.name).output for c in convs]))
+    # one probe per conv: it computes only the graph above that conv
+    probes = [keras.Model(student.input, [by_inner[c.name].output]) for c in convs]
+    record = []
+    for sweep in range(sweeps):
+        for i, conv in enumerate(convs):
+            (got,) = means(probes[i])  # after the corrections upstream
+            shift = want[i] - got
+            if isinstance(conv, SubPixelUpsample):  # one bias per phase: the same shift to each
+                shift = np.tile(shift, conv.stride * conv.stride)
+            conv.bias.assign(conv.bias.numpy() + shift.astype(np.float32))
+            record.append({"conv": conv.name, "sweep": sweep + 1,
+                           "mean_abs_shift": float(np.abs(shift).mean())})  # fmt: skip
+        calibrate(student, quantizers, frames)  # the ranges of the corrected graph
+    return record
+
+
 def snap_kernels(folded: keras.Model) -> None:
     """Put every kernel of ``folded`` on its int8 grid, in place (for export)."""
     for layer in folded.layers:
@@ -336,6 +396,8 @@ def export_graph(teacher: keras.Model) -> tuple[keras.Model, dict[str, int]]:
 def distill(
     teacher: keras.Model,
     folded: keras.Model,
+    student: keras.Model,
+    quantizers: list[ActivationQuant],
     images: np.ndarray,
     calibration: np.ndarray,
     cfg: QatConfig,
@@ -344,17 +406,19 @@ def distill(
     start_epoch: int = 0,
     history: list[dict] | None = None,
 ) -> tuple[keras.Model, list[ActivationQuant], list[dict]]:
-    """Fine-tune ``folded`` (in place) so that its fake-quantized logits take the teacher's
-    decisions on ``images`` (training frames, (N, H, W) in [0, 1], flipped at random).
+    """Fine-tune ``folded`` (in place) so that the fake-quantized logits of ``student`` (its
+    :func:`quantized_student`) take the teacher's decisions on ``images`` (training frames,
+    (N, H, W) in [0, 1], flipped at random).
 
     Checkpoints ``qat_weights.npz`` and ``qat.json`` after every epoch (``--resume`` continues).
 
     Returns:
-        The student, its quantizers (calibrated on the final weights) and the history.
+        The history (the quantizers are calibrated on the final weights).
     """
     import tensorflow as tf
 
-    student, quantizers = quantized_student(folded)
+    if cfg.epochs <= start_epoch:
+        return list(history or [])
     steps = cfg.steps_per_epoch or max(1, len(images) // cfg.batch_size)
     total = steps * cfg.epochs
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total)
@@ -414,7 +478,7 @@ def distill(
         })  # fmt: skip
         _checkpoint(out_dir, folded, optimizer, cfg, history)
     calibrate(student, quantizers, calibration)
-    return student, quantizers, history
+    return history
 
 
 def _checkpoint(out_dir: Path, folded, optimizer, cfg: QatConfig, history: list[dict]) -> None:
@@ -510,11 +574,20 @@ def qat_run(
     calib = calibration_frames(mars.images[train_idx], mars.labels[train_idx],
                                cfg.calibration_frames, 0.25, cfg.seed, label_set=mars.label_set)  # fmt: skip
     folded, rewrites = export_graph(model)
+    student, quantizers = quantized_student(folded)
     start, history = load_checkpoint(out_dir, folded) if resume else (0, [])
+    calibrate(student, quantizers, calib)
+    corrections = None
     if start:
         log.info("resuming after epoch %d of %d", start, cfg.epochs)
-    student, _, history = distill(model, folded, mars.images[train_idx], calib, cfg,
-                                           out_dir=out_dir, start_epoch=start, history=history)  # fmt: skip
+    elif cfg.bias_correction:
+        log.info("bias correction: %d sweeps over the convs on %d calibration frames",
+                 cfg.bias_sweeps, len(calib))  # fmt: skip
+        reference, _ = export_graph(model)
+        corrections = correct_biases(reference, folded, student, quantizers, calib,
+                                     sweeps=cfg.bias_sweeps)  # fmt: skip
+    history = distill(model, folded, student, quantizers, mars.images[train_idx], calib, cfg,
+                      out_dir=out_dir, start_epoch=start, history=history)  # fmt: skip
     snap_kernels(folded)  # what the student computed on the fly, now in the weights
 
     info = _provenance(out_dir / "model.keras", RunDir(out_dir).config_values(), mars)
@@ -534,6 +607,7 @@ def qat_run(
     record = {
         "config": asdict(cfg),
         "history": history,
+        "bias_correction": corrections,
         "simulation_agreement": float((simulated == tflite).mean()),
         "simulation_frames": len(probe),
         "parity": {p: {k: m[k] for k in ("pixel_agreement", "miou_change_vs_keras", "mean_iou")}
