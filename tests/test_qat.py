@@ -154,19 +154,19 @@ def test_bias_correction_brings_the_rounded_means_back_to_the_float_ones(rng):
     qat.calibrate(student, quantizers, frames)
     head = folded.get_layer("head_conv")
     by_inner = {x.inner.name: x for x in student.layers if isinstance(x, qat.QuantKernel)}
+    x = frames[..., None]
 
-    def gap():
-        want = keras.ops.convert_to_numpy(
-            keras.Model(reference.input, reference.get_layer("head_conv").output)(frames[..., None])
-        )
-        got = keras.ops.convert_to_numpy(
-            keras.Model(student.input, by_inner["head_conv"].output)(frames[..., None])
-        )
-        return np.abs(want.mean(axis=(0, 1, 2)) - got.mean(axis=(0, 1, 2))).max()
+    def gap(name):  # at full resolution (the head) and at a quarter (the encoder's last conv)
+        want = keras.Model(reference.input, reference.get_layer(name).output)(x)
+        got = keras.Model(student.input, by_inner[name].output)(x)
+        want, got = (keras.ops.convert_to_numpy(t).mean(axis=(0, 1, 2)) for t in (want, got))
+        return np.abs(want - got).max()
 
-    before, bias = gap(), head.bias.numpy().copy()
+    names = ("head_conv", "enc3_conv1_conv")
+    before, bias = [gap(n) for n in names], head.bias.numpy().copy()
     record = qat.correct_biases(reference, folded, student, quantizers, frames, sweeps=2)
-    assert gap() < 0.2 * before
+    for name, was in zip(names, before, strict=True):
+        assert gap(name) < 0.2 * was, name
     assert not np.allclose(head.bias.numpy(), bias)
     assert {r["sweep"] for r in record} == {1, 2} and "head_conv" in {r["conv"] for r in record}
     # the second sweep has less left to move than the first

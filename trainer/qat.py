@@ -355,10 +355,9 @@ def correct_biases(
         for start in range(0, len(x), batch_size):
             outs = model(x[start : start + batch_size], training=False)
             outs = outs if isinstance(outs, list | tuple) else [outs]  # one output: a tensor
-            outs = [keras.ops.convert_to_numpy(o).sum(axis=(0, 1, 2)) for o in outs]
+            outs = [keras.ops.convert_to_numpy(o).mean(axis=(1, 2)).sum(axis=0) for o in outs]
             sums = outs if sums is None else [a + b for a, b in zip(sums, outs, strict=True)]
-        pixels = len(x) * np.prod(model.outputs[0].shape[1:3])
-        return [s / pixels for s in sums]
+        return [s / len(x) for s in sums]  # each output over its own pixels
 
     want = means(keras.Model(reference.input, [reference.get_layer(c.name).output for c in convs]))
     # one probe per conv: it computes only the graph above that conv
@@ -373,7 +372,8 @@ def correct_biases(
             conv.bias.assign(conv.bias.numpy() + shift.astype(np.float32))
             record.append({"conv": conv.name, "sweep": sweep + 1,
                            "mean_abs_shift": float(np.abs(shift).mean())})  # fmt: skip
-        calibrate(student, quantizers, frames)  # the ranges of the corrected graph
+            # the next conv is measured with the ranges the converter will find for this graph
+            calibrate(student, quantizers, frames)
     return record
 
 
@@ -565,8 +565,10 @@ def qat_run(
     if started and not resume:
         raise ValueError(f"{out_dir} holds a quantization-aware run already: add --resume to "
                          "continue it, or give another --out")  # fmt: skip
-    if resume and not started:
-        raise ValueError(f"nothing to resume in {out_dir} (no qat.json): leave out --resume")
+    if resume and not (out_dir / "qat_weights.npz").is_file():
+        raise ValueError(
+            f"nothing to resume in {out_dir} (no fine-tuned epoch): leave out --resume"
+        )
     if not started:
         adopt_teacher(Path(teacher), out_dir)
     mars, train_idx, val_idx = run_split(out_dir, data_path)
