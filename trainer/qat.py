@@ -1,29 +1,30 @@
-"""Quantization-aware fine-tuning: an int8 model trained to agree with its float32 model.
+"""Quantization-aware int8: an int8 model made to agree with its float32 model.
 
 Post-training int8 (``trainer convert --int8``) rounds every weight and every activation once and
 leaves the network to live with it; on the rover model that flips about 2 % of the pixels against
-float32. Here the int8 model is trained for its rounding, in Keras 3 (the TF Model Optimization
+float32. Here the rounding is simulated in Keras 3 and corrected for (the TF Model Optimization
 Toolkit does not support Keras 3, and Keras' own int8 path does not cover convolutions):
 
 1. **The graph the converter quantizes**: the rover graph (:mod:`trainer.export_graph`) with each
    BatchNorm folded into the conv before it, as the converter folds it, so that the weights
-   trained are the weights that get rounded.
-2. **Fake quantization where TFLite's int8 graph rounds**: conv kernels per output channel,
-   symmetric (scale ``max|w| / 127``, the converter's rule), and every tensor the int8 graph
-   holds, asymmetric over its calibrated ``[min, max]`` (conv outputs after their fused ReLU,
-   sums, products, concatenations, means, the sigmoid's fixed 1/256 grid, the logits). Ops that
-   keep their input's scale (max pool, nearest resize) add none. Gradients pass straight through
-   inside the range and stop outside it.
-3. **Distillation**: the fake-quantized logits learn the float model's class at every pixel of
-   the training split (labels are not used): the int8 model is trained to take the float model's
-   decisions, not new ones, which is what parity asks. The probabilities alone are not enough:
-   where the float model is near a tie they teach the student the same tie, and the rounding
-   flips it; a hinge asks the student's logit for the float model's class to lead the next by a
-   margin (``--target margin``, the default).
-4. **Export**: the kernels are snapped to their int8 grid (the converter's per-channel rounding
+   changed are the weights that get rounded.
+2. **Fake quantization where TFLite's int8 graph rounds** (:mod:`trainer.fake_quant`): conv
+   kernels per output channel, symmetric (scale ``max|w| / 127``, the converter's rule), and
+   every tensor the int8 graph holds, asymmetric over its calibrated ``[min, max]`` (conv outputs
+   after their fused ReLU, sums, products, concatenations, means, the sigmoid's fixed 1/256 grid,
+   the logits). Ops that keep their input's scale (max pool, nearest resize) add none.
+3. **Bias correction** (the default, no training): each conv's bias moves by the float model's
+   output mean minus the simulated int8 model's, per channel, conv after conv
+   (:func:`correct_biases`).
+4. **Distillation** (``--epochs N``, off by default: on the rover model it did not generalise):
+   the fake-quantized logits learn the float model's decisions on the training split
+   (straight-through gradients; ``--target margin`` adds a hinge that keeps the float model's
+   class ahead by a margin, since soft targets alone teach the student the float model's ties,
+   which the rounding flips).
+5. **Export**: the kernels are snapped to their int8 grid (the converter's per-channel rounding
    then changes nothing) and the converter calibrates on the same frames with the same min/max
-   rule the training used, so the int8 file has the grid it was trained on; that is checked by
-   the agreement between the fake-quantized Keras model and the TFLite file (``simulation``).
+   rule, so the int8 file has the simulated grid; ``simulation_agreement`` in ``qat.json`` says
+   how often the simulated Keras model and the TFLite file agree.
 
 The float32 model is the teacher, unchanged; only the int8 file comes from here.
 """
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 KERNEL_LAYERS = (layers.Conv2D, DilatedConv, SubPixelUpsample)  # no Conv2DTranspose left
 
 
-# ops whose int8 output keeps the input's scale (TFLite requires it): no rounding of their own
 class FoldedNorm(layers.Layer):
     """Where a BatchNorm was before it was folded into its conv: passes its input through (the
     call signature of ``BatchNormalization``)."""
@@ -65,13 +65,16 @@ class FoldedNorm(layers.Layer):
         return inputs
 
 
+# ops whose int8 output keeps the input's scale (TFLite requires it): no rounding of their own
 SAME_SCALE = (layers.MaxPooling2D, layers.UpSampling2D, FoldedNorm, HeadLogits, layers.Reshape)
-SIGMOID_GRID = (0.0, 255.0 / 256.0)
-TARGETS = (
-    "margin",
-    "soft",
-    "hard",
-)  # what the student learns of the teacher (QatConfig.target)  # TFLite's LOGISTIC output: scale 1/256, zero point -128
+SIGMOID_GRID = (0.0, 255.0 / 256.0)  # TFLite's LOGISTIC output: scale 1/256, zero point -128
+TARGETS = ("margin", "soft", "hard")  # what the student learns of the teacher (QatConfig.target)
+
+
+def kernel_layers(model: keras.Model) -> list:
+    """The built convs of ``model`` whose kernels the int8 graph rounds."""
+    return [layer for layer in model.layers
+            if isinstance(layer, KERNEL_LAYERS) and getattr(layer, "kernel", None) is not None]  # fmt: skip
 
 
 # --- the graph ------------------------------------------------------------------------------------
@@ -266,9 +269,8 @@ def correct_biases(
     Returns:
         Per conv and sweep: the mean absolute shift before the correction.
     """
-    convs = [layer for layer in folded.layers if isinstance(layer, KERNEL_LAYERS)
-             and getattr(layer, "kernel", None) is not None and layer.bias is not None
-             and _activation_name(layer) == "linear"]  # fmt: skip
+    convs = [layer for layer in kernel_layers(folded)
+             if layer.bias is not None and _activation_name(layer) == "linear"]  # fmt: skip
     by_inner = {
         layer.inner.name: layer for layer in student.layers if isinstance(layer, QuantKernel)
     }
@@ -303,9 +305,8 @@ def correct_biases(
 
 def snap_kernels(folded: keras.Model) -> None:
     """Put every kernel of ``folded`` on its int8 grid, in place (for export)."""
-    for layer in folded.layers:
-        if isinstance(layer, KERNEL_LAYERS) and getattr(layer, "kernel", None) is not None:
-            layer.kernel.assign(snap_kernel(np.asarray(layer.kernel.numpy(), np.float32)))
+    for layer in kernel_layers(folded):
+        layer.kernel.assign(snap_kernel(np.asarray(layer.kernel.numpy(), np.float32)))
 
 
 def export_graph(teacher: keras.Model) -> tuple[keras.Model, dict[str, int]]:
@@ -407,12 +408,14 @@ def distill(
 
 def _checkpoint(out_dir: Path, folded, optimizer, cfg: QatConfig, history: list[dict]) -> None:
     """Weights, optimizer state and the record, each written whole (temp file, then rename)."""
+    import io
+
     from edge.io.sinks import atomic_write_bytes
 
     def save_npz(path: Path, arrays: dict) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
 
     save_npz(
         out_dir / "qat_weights.npz", {f"w{i}": w.numpy() for i, w in enumerate(folded.weights)}
