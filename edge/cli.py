@@ -244,6 +244,12 @@ def info(model: Path, tensors: bool) -> None:
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Stop after this many frames."
 )
+@click.option(
+    "--reprocess",
+    is_flag=True,
+    help="A restart on the same --out and camera folder normally resumes: the frames up to the "
+    "last one in its telemetry are skipped (and counted). This does them all again.",
+)
 def run(
     camera_dir: Path,
     model: Path,
@@ -269,6 +275,7 @@ def run(
     regions_file: Path | None,
     heartbeat: float,
     limit: int | None,
+    reprocess: bool,
 ) -> None:
     """Segment the frames of --camera-dir with --model; write masks, overlays and telemetry.
 
@@ -277,7 +284,8 @@ def run(
     the summary (frames, errors, p50/p90/p99 latency, fps, mIoU with --labels) is printed and
     written to OUT/summary.json. Every telemetry line carries the schema, run id, model hash,
     a frame index that continues across restarts on the same OUT, region fractions, hazard flags
-    and confidence (see the README for the schema).
+    and confidence (see the README for the schema). A restart on the same OUT and camera folder
+    resumes after the last frame its telemetry records (--reprocess: from the start).
 
     \b
     Exit codes:
@@ -300,7 +308,7 @@ def run(
         max_fps=max_fps, max_queue=max_queue, max_frame_pixels=max_frame_pixels,
         consumed="delete" if delete_consumed else move_consumed, threads=threads,
         runtime=runtime, kernels=kernels, labels=labels, label_format=label_format,
-        regions_file=regions_file, heartbeat=heartbeat, limit=limit,
+        regions_file=regions_file, heartbeat=heartbeat, limit=limit, reprocess=reprocess,
     )  # fmt: skip
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:

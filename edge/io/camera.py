@@ -21,6 +21,12 @@ segment, the length an .npy or PGM header announces) waits; one that stops chang
 as soon as it changes, before it is reported as bad. Anything that is not a regular file (a
 FIFO, a device, a link to nothing) is reported as bad without being opened.
 
+A restart resumes: given the last frame a run on the same output folder recorded
+(``resume_after``), the files of the first listing up to it in name order are skipped, the same
+name only when the file has not been rewritten since (its modification time); cameras name
+frames by time or counter, so everything before the mark was handled (segmented, reported bad or
+dropped) by the earlier run.
+
 Hidden files and temporary names are never taken. When the model is slower than the camera,
 only the newest ``max_queue`` live frames wait; older ones are dropped and counted (the files
 stay on disk). Everything the source remembers is bounded, whatever the length of the stream.
@@ -34,7 +40,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +105,11 @@ class CameraDir:
         idle_timeout: stop following after this many seconds without a new frame (None: never).
         max_pixels: frames with more pixels are refused unread.
         notify: ``auto`` (inotify when available, else polling), ``inotify`` or ``poll``.
+        resume_after: ``(file name, mtime_ns or None)`` of the last frame an earlier run of the
+            same output recorded: frames of the first listing up to it are skipped (counted in
+            ``skipped``).
+        dispose: called with each skipped file (the run's ``--delete-consumed`` or
+            ``--move-consumed``, which a kill may have cut off after the frame's record).
 
     Raises:
         ValueError: if ``directory`` is not a directory, or an option is out of range.
@@ -114,6 +125,8 @@ class CameraDir:
         idle_timeout: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         notify: str = "auto",
+        resume_after: tuple[str, int | None] | None = None,
+        dispose: Callable[[Path], None] | None = None,
     ):
         self.directory = Path(directory)
         if not self.directory.is_dir():
@@ -131,6 +144,9 @@ class CameraDir:
         self.notify = notify
         self.mode = "listing"  # then "inotify" or "poll" while following
         self.dropped = 0
+        self.resume_after = resume_after
+        self.dispose = dispose
+        self.skipped = 0  # frames of the listing an earlier run had handled
         self.idle = False  # the idle timeout ended the stream
         self._stop = threading.Event()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -167,6 +183,7 @@ class CameraDir:
             backlog = self._listing()
             self._mark = backlog[-1][0].name if backlog else ""
             known = {path.name: ident for path, ident in backlog}  # only while the backlog lasts
+            backlog = self._resume(backlog)
             for path, ident in backlog:
                 if self._stop.is_set():
                     return
@@ -189,6 +206,30 @@ class CameraDir:
                 yield from self._follow(known)
         finally:
             self._stop_watching()
+
+    def _resume(self, backlog: list[tuple[Path, Identity | None]]) -> list:
+        """The backlog without the frames up to ``resume_after`` (the first listing only)."""
+        if self.resume_after is None:
+            return backlog
+        mark, mtime = self.resume_after
+        self.resume_after = None
+        keep = []
+        for path, ident in backlog:
+            same = path.name == mark and (mtime is None or ident is None or ident[2] == mtime)
+            if path.name >= mark and not same:
+                keep.append((path, ident))
+                continue
+            self.skipped += 1
+            if self.dispose is not None:
+                self.dispose(path)
+        if self.skipped:
+            log.info(
+                "resuming after %s: skipped the %d frames an earlier run of this output handled "
+                "(--reprocess to do them again)",
+                mark,
+                self.skipped,
+            )
+        return keep
 
     # -- following -------------------------------------------------------------------------------
 
@@ -393,6 +434,7 @@ class CameraDir:
             index=index,
             read_us=(time.perf_counter_ns() - t0) / 1e3,
             reduced=reduced,
+            mtime_ns=None if ident is None else ident[2],
         )
 
     # -- inotify ---------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ class Frame:
         read_us: time spent reading and decoding.
         label: the true label map when the source has one (npz), else None.
         reduced: the factor a very large frame was reduced by when decoding (1: not reduced).
+        mtime_ns: the source file's modification time as taken (it tells a rewrite of the same
+            name from the frame already handled when a run resumes), or None.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Frame:
     read_us: float = 0.0
     label: np.ndarray | None = None
     reduced: int = 1
+    mtime_ns: int | None = None
 
 
 def is_candidate(name: str | Path) -> bool:

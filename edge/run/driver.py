@@ -56,6 +56,7 @@ class RunOptions:
     regions_file: Path | None = None
     heartbeat: float = 5.0  # seconds between status.json writes; 0: none
     limit: int | None = None
+    reprocess: bool = False  # a restart on the same --out does again the frames already handled
 
     def check(self) -> None:
         """Refuse inconsistent options before anything is opened.
@@ -170,7 +171,19 @@ class RoverRun:
             raise OutputError(f"cannot write to --out {opts.out}: {err.strerror or err}") from err
         self.started_utc = utc_now()
         last = self.writer.telemetry.last_record if self.writer.telemetry else None
-        self.identity = RunIdentity(opts.out, last.get("frame_index") if last else None)
+        self.identity = RunIdentity(
+            opts.out, last.get("frame_index") if last else None, opts.camera_dir
+        )
+        self.resumed_after = self._resume_mark(last)
+        if self.resumed_after is not None:
+            self.source.resume_after = (self.resumed_after, last.get("source_mtime_ns"))
+            if opts.consumed is not None:
+                self.source.dispose = self._dispose
+            say(
+                f"resuming run {self.identity.run_id} (restart {self.identity.restarts}): frames "
+                f"up to {self.resumed_after} were handled and are skipped (--reprocess: do them "
+                "again)"
+            )
         self.identity.save()
         meta = seg.metadata
         self.model_info = {
@@ -189,6 +202,31 @@ class RoverRun:
                 if self.hazards
                 else "its hazard flags are off (give --regions with hazard rules to force them)",
             )
+
+    def _resume_mark(self, last: dict | None) -> str | None:
+        """The file name the earlier run of this output recorded last, when this start reads
+        the same camera folder (its telemetry is the durable record of what was handled: a frame
+        killed between its outputs and its line is done again, and only once)."""
+        if self.opts.reprocess or not last or not isinstance(last.get("source"), str):
+            return None
+        if self.identity.previous_camera_dir != self.identity.camera_dir:
+            log.info(
+                "%s was written from another camera folder (%s): nothing is skipped",
+                self.opts.out,
+                self.identity.previous_camera_dir or "not recorded",
+            )
+            return None
+        return last["source"]
+
+    def _dispose(self, path: Path) -> None:
+        """--delete-consumed/--move-consumed for a frame the earlier run handled."""
+        from edge.io.sinks import consume
+
+        consume_to = None if self.opts.consumed == "delete" else Path(self.opts.consumed)
+        try:
+            consume(path, consume_to)
+        except OSError as err:
+            log.warning("could not dispose of %s: %s", path.name, err.strerror or err)
 
     def execute(self) -> tuple[dict, bool]:
         """Stream the frames until the input ends, Ctrl-C/SIGTERM or the idle timeout.
@@ -272,6 +310,9 @@ class RoverRun:
             "schema": SUMMARY_SCHEMA,
             "run_id": self.identity.run_id,
             "restarts": self.identity.restarts,
+            "resumed": None
+            if self.resumed_after is None
+            else {"after": self.resumed_after, "skipped": self.source.skipped},
             "started_utc": self.started_utc,
             "ended_utc": utc_now(),
             "model": {
@@ -303,6 +344,7 @@ class RoverRun:
             "max_queue": opts.max_queue,
             "labels": str(opts.labels) if opts.labels else None,
             "label_format": self.truth.format if self.truth else None,
+            "reprocess": opts.reprocess,
         }
         return summary
 

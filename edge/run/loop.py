@@ -246,6 +246,8 @@ def _header(frame: Frame, context: RunContext) -> dict:
     record["frame"] = frame.name
     if frame.path is not None:
         record["source"] = frame.path.name
+    if frame.mtime_ns is not None:
+        record["source_mtime_ns"] = frame.mtime_ns  # a resumed run's mark (see CameraDir)
     return record
 
 
@@ -439,6 +441,12 @@ def format_summary(summary: dict) -> str:
         )
         + (f"  peak RSS {summary['peak_rss_mb']:.0f} MiB" if summary.get("peak_rss_mb") else ""),
     ]
+    if summary.get("resumed"):
+        resumed = summary["resumed"]
+        lines.append(
+            f"resumed after {resumed['after']}: skipped {resumed['skipped']} frames the earlier "
+            "run handled"
+        )
     if summary["latency_ms"]:
         lines.append(f"{'latency ms':<12}{'mean':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
         for stage, row in summary["latency_ms"].items():
@@ -482,6 +490,6 @@ def outcome(summary: dict, summary_written: bool = True) -> int:
         return EXIT_OK
     if summary["stopped_by"] == "idle timeout":
         return EXIT_IDLE
-    if not summary["frames"]:
-        return EXIT_NO_FRAMES
+    if not summary["frames"] and not (summary.get("resumed") or {}).get("skipped"):
+        return EXIT_NO_FRAMES  # (a restart that finds only frames already handled is fine)
     return EXIT_OK

@@ -75,11 +75,17 @@ class RunIdentity:
     Args:
         out_dir: the output folder (``run.json`` is kept there).
         last_index: the frame index of the last telemetry line already written, if any.
+        camera_dir: the folder this start reads (kept, so that the next start can tell whether
+            it resumes the same stream: :attr:`previous_camera_dir`).
     """
 
-    def __init__(self, out_dir: Path, last_index: int | None = None):
+    def __init__(
+        self, out_dir: Path, last_index: int | None = None, camera_dir: Path | None = None
+    ):
         self.path = Path(out_dir) / "run.json"
         state = self._read()
+        self.camera_dir = None if camera_dir is None else str(Path(camera_dir).resolve())
+        self.previous_camera_dir = state.get("camera_dir")
         self.run_id = state.get("run_id") or (
             datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             + "-"
@@ -115,6 +121,7 @@ class RunIdentity:
                     "created_utc": self.created_utc,
                     "restarts": self.restarts,
                     "next_frame_index": self.next_index,
+                    "camera_dir": self.camera_dir,
                 },
                 durable=True,
             )

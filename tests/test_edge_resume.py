@@ -1,0 +1,132 @@
+"""A restart of `edge-seg run` on the same output and camera folder resumes: no frame handled
+twice, none lost, also after a kill -9 between a frame's outputs and its telemetry line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge.cli import main
+from tests.conftest import band_frame
+from tests.test_edge_run import edge_seg, wait_for, write_png
+
+
+def make_camera(folder: Path, n: int, seed: int = 5) -> list[str]:
+    """``n`` band frames f00.png.., and one broken file among them; returns the file names."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_png(folder / f"f{i:02d}.png", band_frame(rng)[0])
+    (folder / "f03_broken.png").write_bytes(b"not a png")
+    return sorted(p.name for p in folder.iterdir())
+
+
+def run(model: Path, cam: Path, out: Path, *extra: str):
+    result = CliRunner().invoke(
+        main, ["run", "--camera-dir", str(cam), "--model", str(model), "--out", str(out), *extra]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "summary.json").read_text())
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "telemetry.jsonl").read_text().splitlines()]
+
+
+def test_a_restart_skips_the_frames_already_handled(band_models, tmp_path):
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    names = make_camera(cam, 6)
+    first = run(band_models["int8"], cam, out, "--limit", "3")
+    assert first["resumed"] is None and first["frames"] + first["errors"] == 3
+    second = run(band_models["int8"], cam, out)
+    assert second["resumed"] == {"after": names[2], "skipped": 3}
+    lines = records(out)
+    assert [line["source"] for line in lines] == names  # each once, in order, the bad one too
+    assert [line["frame_index"] for line in lines] == list(range(len(names)))
+    assert {line["run_id"] for line in lines} == {first["run_id"]}
+    nothing_new = run(band_models["int8"], cam, out)  # exit 0: a restart with nothing to do
+    assert nothing_new["frames"] == 0 and nothing_new["resumed"]["skipped"] == len(names)
+    again = run(band_models["int8"], cam, out, "--reprocess")
+    assert again["resumed"] is None and again["config"]["reprocess"]
+    assert Counter(line["source"] for line in records(out)) == {name: 2 for name in names}
+
+
+def test_a_frame_cut_off_before_its_line_is_done_once_more(band_models, tmp_path):
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    names = make_camera(cam, 5)
+    run(band_models["int8"], cam, out, "--limit", "4")
+    # a kill -9 after the 4th frame's mask was written and before its line: the line is missing
+    telemetry = out / "telemetry.jsonl"
+    kept = telemetry.read_bytes().splitlines(keepends=True)[:3]
+    telemetry.write_bytes(b"".join(kept))
+    assert (out / "masks" / f"{Path(names[3]).stem}.png").exists()
+    summary = run(band_models["int8"], cam, out)
+    assert summary["resumed"] == {"after": names[2], "skipped": 3}
+    assert [line["source"] for line in records(out)] == names
+
+
+def test_a_frame_rewritten_under_the_last_name_is_taken_again(band_models, tmp_path):
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    make_camera(cam, 2)
+    (cam / "f03_broken.png").unlink()
+    run(band_models["int8"], cam, out)
+    last = cam / "f01.png"
+    write_png(last, band_frame(np.random.default_rng(11))[0])
+    os.utime(last, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new write, a new time
+    summary = run(band_models["int8"], cam, out)
+    assert summary["resumed"] == {"after": "f01.png", "skipped": 1} and summary["frames"] == 1
+    assert [line["source"] for line in records(out)] == ["f00.png", "f01.png", "f01.png"]
+
+
+def test_another_camera_folder_on_the_same_output_skips_nothing(band_models, tmp_path):
+    out = tmp_path / "out"
+    make_camera(tmp_path / "cam1", 3)
+    make_camera(tmp_path / "cam2", 3, seed=6)  # the same names
+    run(band_models["int8"], tmp_path / "cam1", out)
+    summary = run(band_models["int8"], tmp_path / "cam2", out)
+    assert summary["resumed"] is None and summary["frames"] + summary["errors"] == 4
+
+
+def test_frames_handled_but_not_yet_consumed_are_consumed_on_resume(band_models, tmp_path):
+    cam, out, done = tmp_path / "cam", tmp_path / "out", tmp_path / "done"
+    names = make_camera(cam, 4)
+    run(band_models["int8"], cam, out, "--limit", "2")  # as if killed before moving them
+    summary = run(band_models["int8"], cam, out, "--move-consumed", str(done))
+    assert summary["resumed"]["skipped"] == 2
+    left = sorted(p.name for p in cam.iterdir())
+    assert left == ["f03_broken.png"]  # an unreadable frame stays for a rewrite
+    assert sorted(p.name for p in done.iterdir()) == [n for n in names if n != "f03_broken.png"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_at_a_random_moment_loses_no_frame_and_repeats_none(band_models, tmp_path, seed):
+    """The real thing: SIGKILL a run mid-stream at a random moment, restart it, compare."""
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    names = make_camera(cam, 40, seed=seed)
+    delay = np.random.default_rng(seed).uniform(0.0, 0.3)
+    args = ("run", "--camera-dir", str(cam), "--model", str(band_models["int8"]),
+            "--out", str(out), "--max-fps", "60", "--heartbeat", "0")  # fmt: skip
+    proc = edge_seg(*args)
+    try:
+        assert wait_for(lambda: (out / "telemetry.jsonl").exists()
+                        and (out / "telemetry.jsonl").stat().st_size > 0)  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "summary.json").exists()  # killed: no summary
+    before = len(records(out))
+    assert 0 < before < len(names)
+    summary = run(band_models["int8"], cam, out, "--max-fps", "1000")
+    assert summary["resumed"]["skipped"] == before
+    assert [line["source"] for line in records(out)] == names
