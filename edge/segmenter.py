@@ -20,13 +20,29 @@ OUTPUT_KINDS = ("probabilities", "logits")
 
 @dataclass
 class Segmentation:
-    """The result for one frame: the class map at the frame's size, optionally the probabilities
-    at the model's size and the top probability at the frame's size, and stage timings (us)."""
+    """The result for one frame: the class map at the frame's size, the same at the model's size
+    with each pixel's top probability there (in 1/255 steps), optionally the probabilities at the
+    model's size, and stage timings (us).
+
+    ``top_probability`` (at the frame's size) is made when first asked for: the rover's region
+    analysis reads the model-size maps through :meth:`Segmenter.pixel_map` instead, which gives
+    the same figures at a quarter of the pixels.
+    """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     timings_us: dict[str, float] = field(default_factory=dict)
-    top_probability: np.ndarray | None = None
+    model_labels: np.ndarray | None = None  # (h, w) at the model's size
+    model_top: np.ndarray | None = None  # (h, w) uint8: top probability x 255, rounded
+    restore: object = None  # model-size map -> frame-size map (fill for a crop's margins)
+
+    @functools.cached_property
+    def top_probability(self) -> np.ndarray | None:
+        """Each frame pixel's top probability (float32, 1/255 steps; 0 outside a crop)."""
+        if self.model_top is None:
+            return None
+        top = self.model_top if self.restore is None else self.restore(self.model_top, 0)
+        return top.astype(np.float32) / 255.0
 
 
 class Segmenter:
@@ -229,23 +245,69 @@ class Segmenter:
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self._output["index"])[0]
         t2 = time.perf_counter_ns()
-        # argmax of the int8 scores is the argmax of the probabilities: dequantization and
-        # softmax are both monotonic
-        labels = raw.argmax(axis=-1).astype(np.uint8)
+        small, top = self.top_class(raw, with_confidence)
         probs = self.probabilities(raw) if with_probabilities else None
-        top = None
-        if with_confidence:  # the top probability of each pixel, in 1/255 steps
-            top = np.clip(np.rint(self.top_probability(raw) * 255.0), 0, 255).astype(np.uint8)
-        if labels.shape != frame.shape[:2]:
-            labels = self.preprocessing.restore(labels, frame.shape, fill=self.labels.ignore or 0)
-            if top is not None:
-                top = self.preprocessing.restore(top, frame.shape, fill=0)
+        if top is not None:  # in 1/255 steps
+            top = np.clip(np.rint(top * 255.0), 0, 255).astype(np.uint8)
+        restore = None
+        labels = small
+        if small.shape != frame.shape[:2]:
+            shape = frame.shape
+
+            def restore(small_map: np.ndarray, fill: int) -> np.ndarray:
+                return self.preprocessing.restore(small_map, shape, fill=fill)
+
+            labels = restore(small, self.labels.ignore or 0)
         t3 = time.perf_counter_ns()
         timings = {
             "preprocess": (t1 - t0) / 1e3,
             "invoke": (t2 - t1) / 1e3,
             "postprocess": (t3 - t2) / 1e3,
         }
-        return Segmentation(
-            labels, probs, timings, None if top is None else top.astype(np.float32) / 255.0
-        )
+        return Segmentation(labels, probs, timings, small, top, restore)
+
+    def top_class(
+        self, raw: np.ndarray, with_confidence: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The class map (uint8) and, if asked, each pixel's top probability (float32) of an
+        output (H, W, C).
+
+        The arg max of the scores is the arg max of the probabilities (dequantization and
+        softmax are monotonic); ties go to the lower class, as ``argmax`` gives them. For int8
+        logits both come from one pass over the class planes: a running maximum with the class
+        that set it, then the softmax's terms from a table (:meth:`top_probability`).
+        """
+        int8_logits = (
+            self.output_kind == "logits" and self.output_dtype.kind in "iu"
+            and raw.dtype.itemsize == 1 and raw.shape[-1] <= 255
+        )  # fmt: skip
+        if not int8_logits:
+            labels = raw.argmax(axis=-1).astype(np.uint8)
+            return labels, self.top_probability(raw) if with_confidence else None
+        best = raw[..., 0].copy()
+        labels = np.zeros(best.shape, np.uint8)
+        for c in range(1, raw.shape[-1]):
+            plane = raw[..., c]
+            np.putmask(labels, plane > best, c)  # strictly greater: the first maximum wins
+            np.maximum(best, plane, out=best)
+        if not with_confidence:
+            return labels, None
+        best = best.astype(np.int16)
+        total = np.zeros(best.shape, np.float32)
+        for c in range(raw.shape[-1]):
+            total += self._exp_steps.take(best - raw[..., c])
+        return labels, 1.0 / total
+
+    def pixel_map(self, frame_shape: tuple[int, ...]) -> np.ndarray:
+        """For each pixel of a frame of this shape, the model pixel (a flat index) whose class it
+        gets, or -1 outside a centre crop: the restore of :meth:`segment` as an index map, made
+        once per frame size (the last two kept)."""
+        key = (int(frame_shape[0]), int(frame_shape[1]))
+        cache = self.__dict__.setdefault("_pixel_maps", {})
+        if key not in cache:
+            if len(cache) >= 2:
+                cache.pop(next(iter(cache)))
+            h, w = self.input_shape
+            index = np.arange(h * w, dtype=np.int32).reshape(h, w)
+            cache[key] = self.preprocessing.restore(index, key, fill=-1)
+        return cache[key]

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from edge.cli import main
 from edge.contract.labels import MARS
+from edge.contract.metrics import class_fractions
 from edge.run.hazards import DEFAULT_REGIONS, HazardRule, RegionAnalyzer, RegionConfig
 from edge.run.loop import RunStats, StatusLine
 from tests.conftest import BAND_CENTRES
@@ -248,3 +249,58 @@ def test_the_hazard_table_counts_frames_by_truth_and_flag(band_models, tmp_path)
         "no true hazard": [2, 0],
     }
     assert "| hold big rock (anywhere) | 2 | 2 | 100.0 % |" in markdown(table)
+
+
+@pytest.mark.parametrize("crop", ["none", "centre"])
+@pytest.mark.parametrize("shape", [(64, 128), (128, 256), (100, 150), (256, 256)])
+def test_the_analysis_of_model_size_maps_equals_that_of_the_restored_frame(
+    band_models, crop, shape
+):
+    """The rover analyses the model-size maps through the pixel map; the figures must be the
+    ones of the frame-size maps a restore makes (a 2x frame, a non-integer ratio, a crop)."""
+    from edge.contract.preprocess import Preprocessing
+    from edge.segmenter import Segmenter
+
+    segmenter = Segmenter(band_models["logits"])
+    segmenter.preprocessing = Preprocessing(64, 128, crop=crop)
+    config = RegionConfig(min_confidence=0.6, low_confidence=0.7)
+    analyzer = RegionAnalyzer(config, segmenter.labels, hazards=True)
+    rng = np.random.default_rng(sum(shape))
+    values = np.round(np.array(BAND_CENTRES) * 255).astype(np.int16)
+    image = values[rng.integers(0, len(values), (shape[0] // 8 + 1, shape[1] // 8 + 1))]
+    image = np.repeat(np.repeat(image, 8, 0), 8, 1)[: shape[0], : shape[1]]
+    image = np.clip(image + rng.integers(-30, 31, shape), 0, 255).astype(np.uint8)  # unsure px
+    seg = segmenter.segment(image, with_confidence=True)
+    assert seg.labels.shape == shape and seg.model_labels.shape == (64, 128)
+    pixel_map = segmenter.pixel_map(shape)
+    np.testing.assert_array_equal(
+        np.where(pixel_map >= 0, seg.model_labels.ravel()[pixel_map], segmenter.labels.ignore or 0),
+        seg.labels,
+    )
+    whole = analyzer.analyze(seg.labels, seg.top_probability)
+    mapped = analyzer.analyze_mapped(seg.model_labels, seg.model_top, pixel_map)
+    assert mapped["regions"] == whole["regions"] and mapped["hazards"] == whole["hazards"]
+    for key, value in whole["confidence"].items():
+        assert mapped["confidence"][key] == pytest.approx(value, abs=1.5e-4)
+    assert mapped["class_fractions"] == whole["class_fractions"]
+    truth = class_fractions(seg.labels, segmenter.num_classes)
+    assert list(whole["class_fractions"].values()) == [round(float(f), 4) for f in truth]
+    assert 0.0 < whole["confidence"]["low_confidence_fraction"] < 1.0  # the test means something
+
+
+def test_one_pass_over_int8_logits_gives_argmax_and_top_probability(band_models):
+    """The rover's int8 path (running maximum, exp table) against argmax and the softmax, ties
+    included (the lower class wins, as argmax)."""
+    from edge.segmenter import Segmenter
+
+    segmenter = Segmenter(band_models["logits"])
+    rng = np.random.default_rng(0)
+    raw = rng.integers(-128, 128, (32, 48, 5)).astype(np.int8)
+    raw[:4, :, 2] = raw[:4, :, 1] = 127  # ties at the top between classes 1 and 2
+    labels, top = segmenter.top_class(raw)
+    np.testing.assert_array_equal(labels, raw.argmax(axis=-1))
+    assert (labels[:4] == 1).all()
+    scale, zero = segmenter.output_quant
+    logits = (raw.astype(np.float64) - zero) * scale
+    softmax = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(top, (softmax / softmax.sum(-1, keepdims=True)).max(-1), rtol=1e-5)

@@ -120,7 +120,11 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, label_set: LabelSet) -> IoURep
 def class_fractions(labels: np.ndarray, num_classes: int = MARS.num_classes) -> np.ndarray:
     """Pixel fraction of every class, (num_classes,); labels of any shape."""
     labels = np.asarray(labels)
-    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes] / max(labels.size, 1)
+    if labels.dtype == np.uint8 and num_classes <= 16:  # a rover's mask: no int64 copy of it
+        counts = np.array([np.count_nonzero(labels == c) for c in range(num_classes)])
+    else:
+        counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+    return counts / max(labels.size, 1)
 
 
 def hazard_report(cm: np.ndarray, label_set: LabelSet) -> dict[str, dict]:

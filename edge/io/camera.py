@@ -435,6 +435,7 @@ class CameraDir:
             read_us=(time.perf_counter_ns() - t0) / 1e3,
             reduced=reduced,
             mtime_ns=None if ident is None else ident[2],
+            dropped_before=self.dropped,
         )
 
     # -- inotify ---------------------------------------------------------------------------------

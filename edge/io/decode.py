@@ -58,6 +58,8 @@ class Frame:
         reduced: the factor a very large frame was reduced by when decoding (1: not reduced).
         mtime_ns: the source file's modification time as taken (it tells a rewrite of the same
             name from the frame already handled when a run resumes), or None.
+        dropped_before: how many frames the source had dropped when it took this one (read
+            ahead, the source's own count may already be past it), or None.
     """
 
     name: str
@@ -69,6 +71,7 @@ class Frame:
     label: np.ndarray | None = None
     reduced: int = 1
     mtime_ns: int | None = None
+    dropped_before: int | None = None
 
 
 def is_candidate(name: str | Path) -> bool:
@@ -159,9 +162,14 @@ def _read_image(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
             with Image.open(path) as img:  # reads the header only
                 width = img.size[0]
                 factor = check_pixels(path.name, *img.size, max_pixels)
-                if factor > 1 and img.format == "JPEG":
-                    # DCT scaling decodes at 1/2, 1/4 or 1/8 size: never the whole frame
+                if img.format == "JPEG" and img.mode in ("RGB", "YCbCr"):
+                    # libjpeg decodes the luminance plane alone (a third of the work for the
+                    # grey frames NAVCAM JPEGs carry as colour: identical to converting; within
+                    # one grey level for colour), and DCT scaling reduces by 1/2, 1/4 or 1/8
+                    # when asked: never the whole of a very large frame
                     img.draft("L", (img.size[0] // factor, img.size[1] // factor))
+                elif factor > 1 and img.format == "JPEG":
+                    img.draft(img.mode, (img.size[0] // factor, img.size[1] // factor))
                 img.load()  # decode now: a truncated file fails here, not later
                 grey = _grey(img)
         rest = math.ceil(math.sqrt(grey.size / FULL_DECODE_PIXELS))

@@ -165,6 +165,10 @@ class RegionAnalyzer:
         self.labels = labels
         self.rules = config.rules(labels) if hazards else []
         self._masks: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self._geometries: dict[tuple[int, int, int], tuple] = {}
+        self._eye = np.eye(labels.num_classes, dtype=np.float32)
+        self._levels = np.arange(256, dtype=np.float32) / 255.0  # what a 1/255 step stands for
+        self._one_hot: np.ndarray | None = None
 
     def masks(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         """name -> bool mask of each region for frames of ``shape`` (cached)."""
@@ -193,28 +197,88 @@ class RegionAnalyzer:
             top_probability: (H, W) probability of the chosen class (same size), or None.
 
         Returns:
-            ``{"regions": {region: {class: fraction}}, "hazards": [...], "hazard": bool,
-            "confidence": {...}}``; fractions are of the region's pixels.
+            ``{"class_fractions": {class: fraction}, "regions": {region: {class: fraction}},
+            "hazards": [...], "hazard": bool, "confidence": {...}}``; fractions are of the
+            frame's or the region's pixels.
         """
-        n = self.labels.num_classes
-        confident = (
-            None if top_probability is None else top_probability >= self.config.min_confidence
-        )
-        out_regions = {}
-        for name, mask in self.masks(class_map.shape).items():
-            inside = class_map[mask]
-            area = max(inside.size, 1)
-            counts = np.bincount(inside, minlength=n)[:n]
-            out_regions[name] = {
-                c: round(float(k) / area, 4) for c, k in zip(self.labels.names, counts)
-            }
+        top = None if top_probability is None else np.asarray(top_probability, np.float32)
+        geometry = self._geometry(class_map.shape, None)
+        return self._analyze(np.asarray(class_map).ravel(), None if top is None else top.ravel(),
+                             geometry)  # fmt: skip
+
+    def analyze_mapped(
+        self, small_labels: np.ndarray, small_top: np.ndarray | None, pixel_map: np.ndarray
+    ) -> dict:
+        """:meth:`analyze` of the frame-size maps a nearest-neighbour restore would make, from
+        the model-size maps, without making them.
+
+        Each model pixel stands for the frame pixels the restore gives its class (``pixel_map``:
+        :meth:`edge.segmenter.Segmenter.pixel_map`), so a region's count of a class is a sum of
+        those numbers over the model pixels of that class; the figures are the frame-size ones
+        (exactly: integer counts), at a quarter of the work for a frame twice the model's size.
+
+        Args:
+            small_labels: (h, w) labels at the model's size.
+            small_top: (h, w) uint8 top probability x 255 at the model's size, or None.
+            pixel_map: (H, W) int: the model pixel of each frame pixel, -1 where a crop leaves
+                it out (there: the ignored label, probability 0).
+        """
+        geometry = self._geometry(pixel_map.shape, pixel_map, small_labels.size)
+        top = None if small_top is None else self._levels.take(small_top.ravel())
+        return self._analyze(small_labels.ravel(), top, geometry)
+
+    def _geometry(self, shape, pixel_map: np.ndarray | None, sources: int = 0) -> tuple:
+        """``(weights (1 + regions, sources), outside (1 + regions,), area (1 + regions,))``: row
+        0 the whole frame, then each region; a source pixel's weight is how many frame pixels of
+        the row it stands for, ``outside`` the row's frame pixels outside the model's view. Made
+        once per frame size and model size."""
+        key = (int(shape[0]), int(shape[1]), sources)
+        if key not in self._geometries:
+            if len(self._geometries) >= 4:  # one camera, perhaps two: bounded either way
+                self._geometries.pop(next(iter(self._geometries)))
+            masks = [np.ones(key[:2], bool), *self.masks(shape).values()]
+            # float32 sums of integer weights are exact below 2**24 frame pixels (decoding
+            # reduces any frame over 16 MP)
+            if pixel_map is None:  # the frame's own pixels: weight 1 inside the region
+                weights = np.stack([m.ravel() for m in masks]).astype(np.float32)
+                outside = np.zeros(len(masks))
+            else:
+                seen = [m & (pixel_map >= 0) for m in masks]
+                weights = np.stack(
+                    [np.bincount(pixel_map[v], minlength=sources) for v in seen]
+                ).astype(np.float32)
+                outside = np.array([m.sum() - v.sum() for m, v in zip(masks, seen)], np.float64)
+            area = np.maximum([m.sum() for m in masks], 1).astype(np.float64)
+            self._geometries[key] = (weights, outside, area)
+        return self._geometries[key]
+
+    def _analyze(self, flat: np.ndarray, top: np.ndarray | None, geometry: tuple) -> dict:
+        weights, outside, area = geometry
+        names = self.labels.names
+        ignored = self.labels.ignore or 0  # the class of pixels outside the model's view
+        if self._one_hot is None or len(self._one_hot) != flat.size:  # reused: no page faults
+            self._one_hot = np.empty((flat.size, len(names)), np.float32)
+        one_hot = np.take(self._eye, flat, axis=0, out=self._one_hot)  # (sources, C)
+        counts = (weights @ one_hot).astype(np.float64)  # (1 + regions, C): one small product
+        counts[:, ignored] += outside
+        fractions = counts / area[:, None]
+        out_regions = {
+            region: {c: round(float(f), 4) for c, f in zip(names, row)}
+            for region, row in zip(self.config.regions, fractions[1:])
+        }
+        confident = None if top is None else top >= self.config.min_confidence
+        outside_confident = 0.0 >= self.config.min_confidence  # their probability is 0
+        rows = {region: i + 1 for i, region in enumerate(self.config.regions)}
         hazards = []
         for rule in self.rules:
-            mask = self.masks(class_map.shape)[rule.region]
-            hit = class_map == self.labels.index(rule.cls)
+            row, index = rows[rule.region], self.labels.index(rule.cls)
+            hit = flat == index
             if confident is not None:
                 hit &= confident
-            fraction = float((hit & mask).sum()) / max(int(mask.sum()), 1)
+            value = float(weights[row][hit].sum())
+            if index == ignored and (confident is None or outside_confident):
+                value += float(outside[row])
+            fraction = float(value / area[row])
             hazards.append(
                 {
                     "class": rule.cls,
@@ -225,15 +289,16 @@ class RegionAnalyzer:
                 }
             )
         result = {
+            "class_fractions": {c: round(float(f), 4) for c, f in zip(names, fractions[0])},
             "regions": out_regions,
             "hazards": hazards,
             "hazard": any(h["hazard"] for h in hazards),
         }
-        if top_probability is not None:
+        if top is not None:
+            low = float(weights[0][top < self.config.low_confidence].sum())
+            low += float(outside[0]) * (0.0 < self.config.low_confidence)
             result["confidence"] = {
-                "mean_top_probability": round(float(top_probability.mean()), 4),
-                "low_confidence_fraction": round(
-                    float((top_probability < self.config.low_confidence).mean()), 4
-                ),
+                "mean_top_probability": round(float(weights[0] @ top / area[0]), 4),
+                "low_confidence_fraction": round(low / float(area[0]), 4),
             }
         return result

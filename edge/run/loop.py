@@ -9,6 +9,7 @@ relative error), so memory and per-frame cost stay flat on an endless stream.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -24,10 +25,12 @@ from edge.contract.labels import LabelSet
 from edge.contract.metrics import class_fractions, confusion_matrix, report_from_confusion
 from edge.io.decode import BadFrame, Frame
 from edge.io.labels import LabelReader
-from edge.io.sinks import OutputWriter, consume
+from edge.io.sinks import OutputWriter
 from edge.run.hazards import RegionAnalyzer
+from edge.run.prefetch import Prefetch
 from edge.run.quantiles import LogHistogram
 from edge.run.telemetry import TELEMETRY_SCHEMA, RunIdentity
+from edge.run.writeback import Job, Writeback
 from edge.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -96,8 +99,8 @@ class RunStats:
         values = self.recent[stage]
         return sum(values) / len(values) / 1e3 if values else 0.0
 
-    def add_timings(self, timings_us: dict[str, float]) -> None:
-        for stage in STAGES:
+    def add_timings(self, timings_us: dict[str, float], stages: tuple = STAGES) -> None:
+        for stage in stages:
             self.latency[stage].add(timings_us[stage] / 1e3)
             self.recent[stage].append(timings_us[stage])
 
@@ -163,6 +166,7 @@ def run_stream(
     max_fps: float | None = None,
     consumed: str | Path | None = None,
     context: RunContext | None = None,
+    overlap: bool = True,
 ) -> RunStats:
     """Segment every frame of ``frames``, write the outputs, keep the statistics.
 
@@ -181,6 +185,9 @@ def run_stream(
             it into, or None (leave it). Unreadable frames stay, so that a rewrite is retried.
         context: run id, model and frame index for every telemetry line, and the region
             analysis (see :class:`RunContext`).
+        overlap: read the next frame and write the last one in threads while this one is
+            segmented (:class:`edge.run.prefetch.Prefetch`, :class:`edge.run.writeback.Writeback`);
+            off, each frame is read, segmented and written in turn.
 
     Returns:
         The statistics; ``stats.summary()`` is the report.
@@ -190,30 +197,34 @@ def run_stream(
     context = context or RunContext()
     period = 1.0 / max_fps if max_fps else 0.0
     wait = getattr(frames, "wait", None) or time.sleep
-    move_to = None if consumed in (None, "delete") else Path(consumed)
     taken = 0
-    for frame in frames:
-        taken += 1
-        frame_start = time.perf_counter()
-        dropped_before = stats.dropped
-        stats.dropped = getattr(frames, "dropped", 0)
-        record = _header(frame, context)
-        record["dropped"] = stats.dropped - dropped_before  # since the previous line
-        record.update(_segment_one(frame, segmenter, writer, labels, stats, context.analyzer))
-        if writer is not None and not writer.log(record):
-            stats.telemetry_failures += 1
-        if consumed is not None and frame.path is not None and frame.image is not None:
-            try:
-                consume(frame.path, move_to)
-            except OSError as err:
-                log.warning("could not dispose of %s: %s", frame.path.name, err.strerror or err)
-        if on_frame:
-            on_frame(stats)
-        if limit is not None and taken >= limit:
-            stats.stopped_by = f"limit of {limit} frames"
-            break
-        if period:
-            wait(max(0.0, frame_start + period - time.perf_counter()))
+    # the next frame is read and the last one written while this one is segmented (the source
+    # itself stays the one whose drop count and pacing the loop reads)
+    reading = Prefetch(frames) if overlap else contextlib.nullcontext(frames)
+    with Writeback(writer, stats, consumed, threaded=overlap) as outputs, reading as stream:
+        for frame in stream:
+            taken += 1
+            frame_start = time.perf_counter()
+            dropped_before = stats.dropped
+            stats.dropped = (
+                getattr(frames, "dropped", 0)
+                if frame.dropped_before is None
+                else frame.dropped_before  # the source may have read (and dropped) ahead
+            )
+            record = _header(frame, context)
+            record["dropped"] = stats.dropped - dropped_before  # since the previous line
+            job = _segment_one(frame, segmenter, writer, labels, stats, context.analyzer)
+            job.record = {**record, **job.record}
+            if frame.image is not None:  # an unreadable frame stays, for a rewrite
+                job.source = frame.path
+            outputs.submit(job)  # files, then the line, then the input's disposal
+            if on_frame:
+                on_frame(stats)
+            if limit is not None and taken >= limit:
+                stats.stopped_by = f"limit of {limit} frames"
+                break
+            if period:
+                wait(max(0.0, frame_start + period - time.perf_counter()))
     stats.dropped = getattr(frames, "dropped", stats.dropped)
     if getattr(frames, "idle", False):
         stats.stopped_by = "idle timeout"
@@ -258,41 +269,32 @@ def _segment_one(
     labels: LabelReader | None,
     stats: RunStats,
     analyzer: RegionAnalyzer | None = None,
-) -> dict:
-    """Segment, write and score one frame; returns its telemetry fields (status ok or error)."""
+) -> Job:
+    """Segment, analyse and score one frame: its telemetry fields (status ok or error) and
+    what to write, as a :class:`Job` for the write-back."""
     try:
         if frame.image is None:
             raise BadFrame(frame.error or f"{frame.name}: unreadable")
-        t0 = time.perf_counter_ns()
         seg = segmenter.segment(frame.image, with_confidence=analyzer is not None)
         t1 = time.perf_counter_ns()
     except Exception as err:  # one bad frame must not end the run
         stats.errors += 1
         reason = str(err) if isinstance(err, BadFrame) else f"{type(err).__name__}: {err}"
         log.warning("skipped frame %s: %s", frame.name, reason)
-        return {"status": "error", "error": reason}
-    # the analysis first: the navigation stack waits for it, the files can follow
-    analysis = None if analyzer is None else analyzer.analyze(seg.labels, seg.top_probability)
+        return Job({"status": "error", "error": reason})
+    # the analysis first: the navigation stack waits for it, the files can follow; it reads the
+    # model-size maps (the same figures as the frame-size ones, at a fraction of the pixels)
+    analysis = None
+    if analyzer is not None:
+        pixel_map = segmenter.pixel_map(frame.image.shape)
+        analysis = analyzer.analyze_mapped(seg.model_labels, seg.model_top, pixel_map)
     t2 = time.perf_counter_ns()
-    name, written = frame.name, None
-    if writer is not None:
-        name = writer.output_name(frame.name, frame.path)
-        try:
-            writer.write_images(name, frame.image, seg.labels)
-            written = True
-        except OSError as err:
-            stats.unwritten += 1
-            written = False
-            writer.warn_write_failure(f"the outputs of {frame.name}", err)
-    t3 = time.perf_counter_ns()
+    name = frame.name if writer is None else writer.output_name(frame.name, frame.path)
 
     timings = dict(seg.timings_us)
     timings["read"] = frame.read_us
     timings["analyze"] = (t2 - t1) / 1e3
-    timings["write"] = (t3 - t2) / 1e3
-    # total = the frame's time in this process: read + segment (all stages) + analysis + write
-    timings["total"] = frame.read_us + (t3 - t0) / 1e3
-    stats.add_timings(timings)
+    stats.add_timings(timings, ("read", "preprocess", "invoke", "postprocess", "analyze"))
     stats.frames += 1
     stats.last_frame_unix_s = time.time()
     _score(frame, seg.labels, labels, stats)
@@ -300,22 +302,22 @@ def _segment_one(
         "status": "ok",
         "output": name,
         "frame_shape_hw": list(seg.labels.shape),
-        "timings_ms": {k: round(v / 1e3, 3) for k, v in timings.items()},
+        "timings_ms": {k: round(v / 1e3, 3) for k, v in timings.items()},  # + write, total
         "class_fractions": {
             n: round(float(f), 4)
             for n, f in zip(
                 stats.label_set.names, class_fractions(seg.labels, stats.label_set.num_classes)
             )
-        },
+        }
+        if analysis is None
+        else analysis.pop("class_fractions"),
     }
     if analysis is not None:
         record.update(analysis)
         stats.hazard_frames += analysis["hazard"]
-    if written is not None:
-        record["written"] = written
     if frame.reduced > 1:
         record["decoded_reduced_by"] = frame.reduced
-    return record
+    return Job(record, name, frame.image, seg.labels, timings_us=timings)
 
 
 def _score(frame: Frame, predicted: np.ndarray, labels: LabelReader | None, stats: RunStats):
