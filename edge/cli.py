@@ -345,6 +345,13 @@ def run(
     "at the model's size].",
 )
 @click.option("--frames", "n_frames", default=200, show_default=True, help="Eval frames to use.")
+@click.option(
+    "--camera-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Frame files for the pipeline rows (e.g. real NAVCAM JPEGs at their own size) [default: "
+    "the eval frames, written as PNG].",
+)
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts, comma-separated.")
 @click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0))
@@ -395,6 +402,7 @@ def bench(
     models: tuple[Path, ...],
     data: Path | None,
     n_frames: int,
+    camera_dir: Path | None,
     threads: str,
     runs: int,
     warmup: int,
@@ -458,6 +466,7 @@ def bench(
         emulated=emulated,
         seed=seed,
         in_process=in_process,
+        camera_dir=camera_dir,
     )
     try:
         report = run_benchmark(cfg, progress=lambda line: click.echo(line, err=True))

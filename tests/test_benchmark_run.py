@@ -48,6 +48,11 @@ def test_benchmark_reports_float_vs_int8_without_tensorflow(band_models, tmp_pat
                 0 < figures["invoke"]["min"] <= figures["invoke"]["p50"] <= figures["invoke"]["max"]
             )
             assert figures["pipeline"]["count"] == 8 and figures["pipeline"]["fps"] > 0
+            for mode in figures["pipeline"]["modes"].values():  # in turn, overlapped
+                assert set(mode["stages_ms"]) == {"read", "preprocess", "invoke", "postprocess",
+                                                  "analyze", "write"}  # fmt: skip
+                invoke = mode["stages_ms"]["invoke"]
+                assert mode["outside_invoke_ms"] == pytest.approx(mode["wall_ms"] - invoke)
             assert figures["peak_rss_mb"] > 0
             # what ran is recorded, and the model is set against the limit conv of this run
             assert figures["execution"]["kernels"] == entry["kernels"]
@@ -70,6 +75,7 @@ def test_benchmark_reports_float_vs_int8_without_tensorflow(band_models, tmp_pat
     assert 0.9 <= pair["pixel_agreement"] <= 1.0
     markdown = (out / "report.md").read_text()
     assert f"{columns[2]} / {columns[0]}" in markdown and "pixel agreement" in markdown
+    assert "## Where a frame's time goes" in markdown and "| **beyond invoke** |" in markdown
     assert "## Execution" in markdown and "Limit: one 3x3 conv, 64x64x256" in markdown
     assert "| builtin | no |" not in markdown  # builtin's row names builtin kernels, not an ISA
     charts = [

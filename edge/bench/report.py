@@ -71,6 +71,7 @@ def write_markdown(report: dict) -> str:
             ratios = " | ".join(f"{v / values[0]:.2f}x" for v in values[1:])
             lines.append(f"| {label} | {' | '.join(f'{v:.2f}' for v in values)} | {ratios} |")
         lines.append("")
+    lines += _stage_lines(report)
     lines += _peer_lines(report)
     lines += _auto_lines(report)
     sizes = [report["models"][n]["size_bytes"] for n in names]
@@ -153,6 +154,44 @@ def _execution_lines(report: dict) -> list[str]:
             "is compared with the limit of its own precision; floor = its MACs at the limit's rate."
         )
     return [*lines, ""]
+
+
+STAGE_ROWS = ("read", "preprocess", "invoke", "postprocess", "analyze", "write")
+
+
+def _stage_lines(report: dict) -> list[str]:
+    """Where a frame's time goes: each stage, in turn and overlapped (read ahead, written
+    behind), per model, at each thread count."""
+    names = list(report["models"])
+    first = report["models"][names[0]]["threads"]
+    if "modes" not in next(iter(first.values()))["pipeline"]:
+        return []  # a report of before the stages were kept
+    lines = [
+        "## Where a frame's time goes",
+        "",
+        "Mean ms per frame of each stage (on whichever thread it ran), the wall time per frame, "
+        "and the frame's cost to the loop beyond `invoke` (wall minus invoke); *in turn*: read, "
+        "segment, write one after the other; *overlapped*: the next frame read and the last one "
+        "written while the model runs (`edge-seg run`).",
+        "",
+    ]
+    for threads in report["settings"]["threads"]:
+        cols = [(n, m) for n in names for m in ("in_turn", "overlapped")]
+        head = " | ".join(f"{n} {m.replace('_', ' ')}" for n, m in cols)
+        lines += [f"**{threads} thread{'s' if threads > 1 else ''}**", "",
+                  f"| ms | {head} |", "|---" * (1 + len(cols)) + "|"]  # fmt: skip
+        modes = [report["models"][n]["threads"][str(threads)]["pipeline"]["modes"][m]
+                 for n, m in cols]  # fmt: skip
+        for stage in STAGE_ROWS:
+            lines.append(f"| {stage} | " + " | ".join(
+                f"{m['stages_ms'].get(stage, float('nan')):.2f}" for m in modes) + " |")  # fmt: skip
+        lines.append(
+            "| wall per frame | " + " | ".join(f"{m['wall_ms']:.2f}" for m in modes) + " |"
+        )
+        lines.append("| **beyond invoke** | " + " | ".join(
+            f"**{m['outside_invoke_ms']:.2f}**" for m in modes) + " |")  # fmt: skip
+        lines.append("")
+    return lines
 
 
 def _auto_lines(report: dict) -> list[str]:

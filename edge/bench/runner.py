@@ -62,6 +62,8 @@ class BenchConfig:
         emulated: the timings measure an emulator (qemu), not a board.
         seed: of the synthetic set.
         in_process: measure in this process (no children, e.g. under qemu-user).
+        camera_dir: frame files for the pipeline measurement (e.g. real NAVCAM JPEGs at their own
+            size) instead of the eval frames written as PNG.
     """
 
     models: list[Path]
@@ -78,6 +80,7 @@ class BenchConfig:
     emulated: bool = False
     seed: int = 0
     in_process: bool = False
+    camera_dir: Path | None = None
 
 
 def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
@@ -156,7 +159,8 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
                     # --runtime picks among the TFLite runtimes; a peer has its own
                     "runtime": "auto" if model_format(path).own_kernels else cfg.runtime,
                     "kernels": kernels, "runs": cfg.runs, "warmup": cfg.warmup,
-                    "frames": str(tmp / "frames.npy"), "frame_dir": str(frame_dir),
+                    "frames": str(tmp / "frames.npy"),
+                    "frame_dir": str(cfg.camera_dir or frame_dir),
                     "maps": str(tmp / f"maps_{len(maps)}.npy") if k == 0 else None,
                 }  # fmt: skip
                 result = measure(spec) if cfg.in_process else _in_child(spec)
@@ -257,15 +261,19 @@ def measure(spec: dict) -> dict:
     runs_us = [invoke(i) for i in range(spec["runs"])]
     invoke_ms = LogHistogram.of(np.array(runs_us) / 1e3)
 
-    # The whole pipeline on PNG frames, as edge-seg run does it (minus the status line).
+    # The whole pipeline on frame files, as edge-seg run does it (minus the status line): each
+    # frame in turn, then with the next read and the last written while the model runs
     context = RunContext(analyzer=RegionAnalyzer(RegionConfig(), seg.labels))
-    with tempfile.TemporaryDirectory() as out:
-        with OutputWriter(out, label_set=seg.labels) as writer:
-            stats = run_stream(
-                CameraDir(spec["frame_dir"]), seg, writer, limit=spec["runs"], context=context
-            )
+    modes = {}
+    for mode, overlap in (("in_turn", False), ("overlapped", True)):
+        with tempfile.TemporaryDirectory() as out:
+            with OutputWriter(out, label_set=seg.labels) as writer:
+                stats = run_stream(CameraDir(spec["frame_dir"]), seg, writer, limit=spec["runs"],
+                                   context=context, overlap=overlap)  # fmt: skip
+        modes[mode] = pipeline_stages(stats)
     pipeline = stats.latency["total"].summary(digits=4, full=True)
     pipeline["fps"] = stats.fps
+    pipeline["modes"] = modes
     result = {
         "runtime": f"{seg.runtime} {runtime_version(seg.runtime)}",
         "execution": seg.execution,
@@ -285,6 +293,19 @@ def measure(spec: dict) -> dict:
         np.save(spec["maps"], maps)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def pipeline_stages(stats) -> dict:
+    """Mean time of each stage (ms, on whichever thread it ran), the wall time per frame, and
+    what the frame cost the loop beyond ``invoke`` (wall per frame minus the mean invoke)."""
+    stages = {s: h.mean for s, h in stats.latency.items() if h.count and s != "total"}
+    wall = stats.wall_s * 1e3 / max(stats.frames, 1)
+    return {
+        "stages_ms": stages,
+        "wall_ms": wall,
+        "outside_invoke_ms": wall - stages.get("invoke", 0.0),
+        "fps": stats.fps,
+    }
 
 
 def _macs(model: str | Path, runtime: str) -> int | None:
