@@ -130,3 +130,18 @@ def test_kill_9_at_a_random_moment_loses_no_frame_and_repeats_none(band_models, 
     summary = run(band_models["int8"], cam, out, "--max-fps", "1000")
     assert summary["resumed"]["skipped"] == before
     assert [line["source"] for line in records(out)] == names
+
+
+def test_a_resumed_listing_keeps_only_the_frames_after_the_mark(tmp_path):
+    """A restart on a folder of a million handled frames must not hold a million names."""
+    from edge.io.camera import CameraDir
+
+    cam = tmp_path / "cam"
+    names = make_camera(cam, 50)
+    mark = names[30]
+    source = CameraDir(cam, resume_after=(mark, (cam / mark).stat().st_mtime_ns))
+    listed = source._listing(resume=mark)
+    assert [p.name for p, _ in listed] == names[30:]  # the mark itself: judged by its time
+    assert source.skipped == 30
+    source = CameraDir(cam, resume_after=(mark, (cam / mark).stat().st_mtime_ns))
+    assert [f.path.name for f in source] == names[31:] and source.skipped == 31

@@ -260,7 +260,7 @@ def test_inotify_never_lists_the_folder_again(band_models, cam, monkeypatch):
     monkeypatch.setattr(
         cameradir.CameraDir,
         "_listing",
-        lambda self, after="": listings.append(after) or real(self, after),
+        lambda self, after="", resume=None: listings.append(after) or real(self, after, resume),
     )
     for i in range(200):
         (cam / f"old{i:04d}.txt").write_text("not a frame")
@@ -308,7 +308,7 @@ def test_polling_lists_only_when_the_folder_changes(cam, monkeypatch):
     monkeypatch.setattr(
         cameradir.CameraDir,
         "_listing",
-        lambda self, after="": listings.append(after) or real(self, after),
+        lambda self, after="", resume=None: listings.append(after) or real(self, after, resume),
     )
     write_png(cam / "a.png", band_frame()[0])
     time.sleep(2.1)  # the folder's time is no longer recent (coarse clocks are relisted)

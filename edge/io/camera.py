@@ -180,8 +180,9 @@ class CameraDir:
         try:
             if self.watch and self.mode == "inotify" and self._observer is None:
                 self._start_watching()  # iterated again: watch again before listing
-            backlog = self._listing()
-            self._mark = backlog[-1][0].name if backlog else ""
+            resume = None if self.resume_after is None else self.resume_after[0]
+            backlog = self._listing(resume=resume)
+            self._mark = backlog[-1][0].name if backlog else (resume or "")
             known = {path.name: ident for path, ident in backlog}  # only while the backlog lasts
             backlog = self._resume(backlog)
             for path, ident in backlog:
@@ -214,9 +215,9 @@ class CameraDir:
         mark, mtime = self.resume_after
         self.resume_after = None
         keep = []
-        for path, ident in backlog:
+        for path, ident in backlog:  # the names before the mark were skipped by the listing
             same = path.name == mark and (mtime is None or ident is None or ident[2] == mtime)
-            if path.name >= mark and not same:
+            if not same:
                 keep.append((path, ident))
                 continue
             self.skipped += 1
@@ -372,9 +373,15 @@ class CameraDir:
 
     # -- listing and taking ----------------------------------------------------------------------
 
-    def _listing(self, after: str = "") -> list[tuple[Path, Identity | None]]:
-        """Frame files in the directory (names after ``after`` only), in name order."""
-        found = []
+    def _listing(
+        self, after: str = "", resume: str | None = None
+    ) -> list[tuple[Path, Identity | None]]:
+        """Frame files in the directory (names after ``after`` only), in name order.
+
+        Names before ``resume`` (a restart's mark) are only counted in ``skipped`` (and given to
+        ``dispose``): a restart on a folder of a million handled frames holds none of them.
+        """
+        found, handled = [], []
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
@@ -385,11 +392,19 @@ class CameraDir:
                         folder = entry.is_dir(follow_symlinks=True)
                     except OSError:
                         folder = False  # a link loop or an unreadable target: reported once
-                    if not folder:  # files, and FIFOs or devices to report as bad frames
-                        found.append(Path(entry.path))
+                    if folder:
+                        continue
+                    if resume is not None and name < resume:
+                        self.skipped += 1
+                        if self.dispose is not None:
+                            handled.append(Path(entry.path))
+                        continue
+                    found.append(Path(entry.path))  # files, and FIFOs or devices: bad frames
         except OSError as err:
             log.warning("cannot list %s: %s", self.directory, os_reason(err))
             return []
+        for path in handled:
+            self.dispose(path)
         found.sort(key=lambda p: p.name)
         return [(p, _identity(p)) for p in found]
 
