@@ -173,3 +173,38 @@ def test_bias_correction_brings_the_rounded_means_back_to_the_float_ones(rng):
     first = np.mean([r["mean_abs_shift"] for r in record if r["sweep"] == 1])
     second = np.mean([r["mean_abs_shift"] for r in record if r["sweep"] == 2])
     assert second < first
+
+
+def test_adaptive_rounding_lowers_the_output_error_and_keeps_the_int8_grid(rng):
+    """Each conv's kernel, rounded up or down as suits its output, stays on the converter's
+    per-channel grid (same scale: the extreme weight keeps its point) and errs less than
+    rounding to nearest on the frames it learned from; the whole student follows the float
+    model more closely."""
+    from trainer.adaround import adaround
+    from trainer.fake_quant import snap_kernel
+
+    model = _marsseg(rng)
+    reference, _ = qat.export_graph(model)
+    folded, _ = qat.export_graph(model)
+    student, quantizers = qat.quantized_student(folded)
+    frames = rng.random((12, 32, 64), dtype=np.float32)
+    qat.calibrate(student, quantizers, frames)
+
+    def student_error():
+        want = keras.ops.convert_to_numpy(qat.predict_logits(reference, frames))
+        return float(np.mean((qat.predict_logits(student, frames) - want) ** 2))
+
+    originals = {c.name: c.kernel.numpy().copy() for c in qat.kernel_layers(folded)}
+    before = student_error()
+    record = adaround(reference, folded, student, quantizers, frames, iterations=60)
+    assert {r["conv"] for r in record} == set(originals)
+    assert all(r["error_adaptive"] <= r["error_nearest"] for r in record)
+    assert any(r["flipped"] > 0 for r in record)  # some weights went the other way
+    for conv in qat.kernel_layers(folded):
+        kernel, original = conv.kernel.numpy(), originals[conv.name]
+        np.testing.assert_allclose(snap_kernel(kernel), kernel, rtol=0, atol=1e-7)  # on its grid
+        axes = tuple(range(kernel.ndim - 1))
+        np.testing.assert_allclose(np.abs(kernel).max(axes), np.abs(original).max(axes), rtol=1e-6)
+        step = np.abs(original).max(axes) / 127
+        assert (np.abs(kernel - original) <= step + 1e-6).all()  # one grid step at most
+    assert student_error() < before

@@ -343,6 +343,15 @@ def calibrate(run: Path, data: Path | None, frames: int, seed: int) -> None:
     help="Passes of the bias correction over the convs.",
 )
 @click.option(
+    "--adaround/--no-adaround",
+    default=QatConfig.adaround,
+    show_default=True,
+    help="Before the bias correction, learn for each weight whether to round it up or down so "
+    "that each conv's output stays the float model's (AdaRound; calibration frames, no labels).",
+)
+@click.option("--adaround-iterations", type=click.IntRange(min=1), show_default=True,
+              default=QatConfig.adaround_iterations, help="Steps per conv of --adaround.")  # fmt: skip
+@click.option(
     "--epochs",
     type=click.IntRange(min=0),
     default=QatConfig.epochs,

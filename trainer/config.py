@@ -403,6 +403,9 @@ class QatConfig:
     # validation frames to 97.77 %: no fine-tuning by default
     bias_correction: bool = True
     bias_sweeps: int = 2
+    # adaptive rounding of the kernels before the bias correction (trainer/adaround.py)
+    adaround: bool = False
+    adaround_iterations: int = 1000
     epochs: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the training split
     batch_size: int = 16

@@ -64,22 +64,26 @@ class QuantKernel(layers.Layer):
         self.inner = inner
 
     def call(self, x):
-        inner = self.inner
-        kernel = fake_quant_kernel(inner.kernel)
-        if isinstance(inner, SubPixelUpsample):
-            before, after = inner.padding
-            x = ops.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
-            y = ops.conv(x, kernel, strides=1, padding="valid")
-        elif isinstance(inner, DilatedConv):
-            y = ops.conv(x, kernel, strides=1, padding="same", dilation_rate=inner.dilation)
-        else:
-            y = ops.conv(x, kernel, strides=inner.strides, padding=inner.padding,
-                         dilation_rate=inner.dilation_rate)  # fmt: skip
-        if inner.bias is not None:
-            y = y + inner.bias
-        if isinstance(inner, SubPixelUpsample):
-            y = _depth_to_space(y, inner.stride)
-        return y
+        return conv_with_kernel(self.inner, x, fake_quant_kernel(self.inner.kernel))
+
+
+def conv_with_kernel(inner, x, kernel):
+    """The conv ``inner`` of the folded graph (bias included, no activation) with ``kernel``
+    in place of its own."""
+    if isinstance(inner, SubPixelUpsample):
+        before, after = inner.padding
+        x = ops.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
+        y = ops.conv(x, kernel, strides=1, padding="valid")
+    elif isinstance(inner, DilatedConv):
+        y = ops.conv(x, kernel, strides=1, padding="same", dilation_rate=inner.dilation)
+    else:
+        y = ops.conv(x, kernel, strides=inner.strides, padding=inner.padding,
+                     dilation_rate=inner.dilation_rate)  # fmt: skip
+    if inner.bias is not None:
+        y = y + inner.bias
+    if isinstance(inner, SubPixelUpsample):
+        y = _depth_to_space(y, inner.stride)
+    return y
 
 
 def _depth_to_space(x, s: int):
@@ -91,4 +95,11 @@ def _depth_to_space(x, s: int):
     return ops.reshape(x, (-1, h * s, w * s, out))
 
 
-__all__ = ["ActivationQuant", "QuantKernel", "fake_quant", "fake_quant_kernel", "snap_kernel"]
+__all__ = [
+    "ActivationQuant",
+    "QuantKernel",
+    "conv_with_kernel",
+    "fake_quant",
+    "fake_quant_kernel",
+    "snap_kernel",
+]

@@ -506,13 +506,21 @@ def qat_run(
     student, quantizers = quantized_student(folded)
     start, history = load_checkpoint(out_dir, folded) if resume else (0, [])
     calibrate(student, quantizers, calib)
-    corrections = None
+    corrections = rounding = None
     if start:
         log.info("resuming after epoch %d of %d", start, cfg.epochs)
-    elif cfg.bias_correction:
+    else:
+        reference, _ = export_graph(model)
+    if not start and cfg.adaround:
+        from trainer.adaround import adaround
+
+        log.info("adaptive rounding: %d iterations per conv on %d calibration frames",
+                 cfg.adaround_iterations, len(calib))  # fmt: skip
+        rounding = adaround(reference, folded, student, quantizers, calib,
+                            iterations=cfg.adaround_iterations, seed=cfg.seed)  # fmt: skip
+    if not start and cfg.bias_correction:
         log.info("bias correction: %d sweeps over the convs on %d calibration frames",
                  cfg.bias_sweeps, len(calib))  # fmt: skip
-        reference, _ = export_graph(model)
         corrections = correct_biases(reference, folded, student, quantizers, calib,
                                      sweeps=cfg.bias_sweeps)  # fmt: skip
     history = distill(model, folded, student, quantizers, mars.images[train_idx], calib, cfg,
@@ -536,6 +544,7 @@ def qat_run(
     record = {
         "config": asdict(cfg),
         "history": history,
+        "adaptive_rounding": rounding,
         "bias_correction": corrections,
         "simulation_agreement": float((simulated == tflite).mean()),
         "simulation_frames": len(probe),
