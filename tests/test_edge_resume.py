@@ -37,6 +37,12 @@ def run(model: Path, cam: Path, out: Path, *extra: str):
     return json.loads((out / "summary.json").read_text())
 
 
+def resumed(summary: dict) -> tuple[str, int] | None:
+    """(the last frame recorded, frames skipped) of a resumed run's summary."""
+    r = summary["resumed"]
+    return None if r is None else (r["after"], r["skipped"])
+
+
 def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "telemetry.jsonl").read_text().splitlines()]
 
@@ -47,7 +53,7 @@ def test_a_restart_skips_the_frames_already_handled(band_models, tmp_path):
     first = run(band_models["int8"], cam, out, "--limit", "3")
     assert first["resumed"] is None and first["frames"] + first["errors"] == 3
     second = run(band_models["int8"], cam, out)
-    assert second["resumed"] == {"after": names[2], "skipped": 3}
+    assert resumed(second) == (names[2], 3)
     lines = records(out)
     assert [line["source"] for line in lines] == names  # each once, in order, the bad one too
     assert [line["frame_index"] for line in lines] == list(range(len(names)))
@@ -69,7 +75,7 @@ def test_a_frame_cut_off_before_its_line_is_done_once_more(band_models, tmp_path
     telemetry.write_bytes(b"".join(kept))
     assert (out / "masks" / f"{Path(names[3]).stem}.png").exists()
     summary = run(band_models["int8"], cam, out)
-    assert summary["resumed"] == {"after": names[2], "skipped": 3}
+    assert resumed(summary) == (names[2], 3)
     assert [line["source"] for line in records(out)] == names
 
 
@@ -82,7 +88,7 @@ def test_a_frame_rewritten_under_the_last_name_is_taken_again(band_models, tmp_p
     write_png(last, band_frame(np.random.default_rng(11))[0])
     os.utime(last, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new write, a new time
     summary = run(band_models["int8"], cam, out)
-    assert summary["resumed"] == {"after": "f01.png", "skipped": 1} and summary["frames"] == 1
+    assert resumed(summary) == ("f01.png", 1) and summary["frames"] == 1
     assert [line["source"] for line in records(out)] == ["f00.png", "f01.png", "f01.png"]
 
 
@@ -132,16 +138,68 @@ def test_kill_9_at_a_random_moment_loses_no_frame_and_repeats_none(band_models, 
     assert [line["source"] for line in records(out)] == names
 
 
-def test_a_resumed_listing_keeps_only_the_frames_after_the_mark(tmp_path):
+def test_a_resumed_listing_keeps_only_the_frames_after_the_floor(tmp_path):
     """A restart on a folder of a million handled frames must not hold a million names."""
     from edge.io.camera import CameraDir
+    from edge.run.resume import ResumePoint
 
     cam = tmp_path / "cam"
     names = make_camera(cam, 50)
     mark = names[30]
-    source = CameraDir(cam, resume_after=(mark, (cam / mark).stat().st_mtime_ns))
-    listed = source._listing(resume=mark)
-    assert [p.name for p, _ in listed] == names[30:]  # the mark itself: judged by its time
+    point = ResumePoint(mark, {mark: ((cam / mark).stat().st_mtime_ns, True)}, mark, 1)
+    source = CameraDir(cam)
+    listed = source._listing(resume=point)
+    assert [p.name for p, _ in listed] == names[30:]  # the floor itself: judged by its line
     assert source.skipped == 30
-    source = CameraDir(cam, resume_after=(mark, (cam / mark).stat().st_mtime_ns))
+    source = CameraDir(cam, resume=point)
     assert [f.path.name for f in source] == names[31:] and source.skipped == 31
+
+
+def write_lines(path: Path, cam: Path, sources: list[str], status: str = "ok") -> None:
+    folder = str(cam.resolve())
+    with open(path, "a") as handle:
+        for source in sources:
+            handle.write(json.dumps({"camera_dir": folder, "source": source, "status": status}))
+            handle.write("\n")
+
+
+def test_frames_taken_out_of_name_order_are_judged_by_the_lines_not_the_last_one(tmp_path):
+    """Following a folder, a half-written x1 waits while x2 goes ahead: killed after x2's line,
+    the restart must do x1 (not skip it as older than the last line) and skip x2."""
+    from edge.run.resume import resume_point
+
+    cam, telemetry = tmp_path / "cam", tmp_path / "telemetry.jsonl"
+    cam.mkdir()
+    write_lines(telemetry, cam, [f"a{i}" for i in range(10)] + ["x2"])
+    folder = str(cam.resolve())
+    point = resume_point(telemetry, folder, None, out_of_order=2)
+    assert point.last == "x2" and point.floor == "a0"  # from the lines settled long enough
+    assert point.done("x2", None) and not point.done("x1", None) and not point.before_floor("x1")
+    assert point.before_floor("a") and not point.disposable("x1")
+    # read from its end, the file is cut to its last lines; the floor leaves out both edges
+    point = resume_point(telemetry, folder, None, max_lines=8, out_of_order=2)
+    assert point.lines == 8 and point.floor == "a5" and point.done("a3", None)
+    # lines of another folder do not count, nor do old lines without a folder unless run.json
+    write_lines(telemetry, tmp_path / "elsewhere", ["z9"])
+    assert resume_point(telemetry, folder, None).last == "x2"
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"source": "b1", "status": "ok"}) + "\n")
+    assert resume_point(old, folder, None) is None
+    assert resume_point(old, folder, folder).done("b1", None)
+
+
+def test_an_empty_start_on_another_folder_does_not_borrow_the_first_ones_lines(
+    band_models, tmp_path
+):
+    """camA's lines must never make a later start on camB skip camB's frames, even after a
+    start on camB that wrote no line recorded camB in run.json."""
+    out = tmp_path / "out"
+    make_camera(tmp_path / "camA", 3)
+    run(band_models["int8"], tmp_path / "camA", out)
+    (tmp_path / "camB").mkdir()
+    result = CliRunner().invoke(main, ["run", "--camera-dir", str(tmp_path / "camB"),
+                                       "--model", str(band_models["int8"]), "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 3  # no frame
+    names = make_camera(tmp_path / "camB", 3, seed=9)
+    summary = run(band_models["int8"], tmp_path / "camB", out)
+    assert summary["resumed"] is None and summary["frames"] + summary["errors"] == len(names)

@@ -21,11 +21,9 @@ segment, the length an .npy or PGM header announces) waits; one that stops chang
 as soon as it changes, before it is reported as bad. Anything that is not a regular file (a
 FIFO, a device, a link to nothing) is reported as bad without being opened.
 
-A restart resumes: given the last frame a run on the same output folder recorded
-(``resume_after``), the files of the first listing up to it in name order are skipped, the same
-name only when the file has not been rewritten since (its modification time); cameras name
-frames by time or counter, so everything before the mark was handled (segmented, reported bad or
-dropped) by the earlier run.
+A restart resumes: given what an earlier run of the same output handled (``resume``, a
+:class:`edge.run.resume.ResumePoint`), the files of the first listing it names, unchanged since,
+and those named before all of them are skipped and counted; the names before are not even kept.
 
 Hidden files and temporary names are never taken. When the model is slower than the camera,
 only the newest ``max_queue`` live frames wait; older ones are dropped and counted (the files
@@ -105,11 +103,11 @@ class CameraDir:
         idle_timeout: stop following after this many seconds without a new frame (None: never).
         max_pixels: frames with more pixels are refused unread.
         notify: ``auto`` (inotify when available, else polling), ``inotify`` or ``poll``.
-        resume_after: ``(file name, mtime_ns or None)`` of the last frame an earlier run of the
-            same output recorded: frames of the first listing up to it are skipped (counted in
-            ``skipped``).
-        dispose: called with each skipped file (the run's ``--delete-consumed`` or
-            ``--move-consumed``, which a kill may have cut off after the frame's record).
+        resume: what an earlier run of the same output handled: those frames of the first
+            listing are skipped (counted in ``skipped``).
+        dispose: called with each skipped file the earlier run segmented (the run's
+            ``--delete-consumed`` or ``--move-consumed``, which a kill may have cut off after
+            the frame's line).
 
     Raises:
         ValueError: if ``directory`` is not a directory, or an option is out of range.
@@ -125,7 +123,7 @@ class CameraDir:
         idle_timeout: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         notify: str = "auto",
-        resume_after: tuple[str, int | None] | None = None,
+        resume=None,
         dispose: Callable[[Path], None] | None = None,
     ):
         self.directory = Path(directory)
@@ -144,7 +142,7 @@ class CameraDir:
         self.notify = notify
         self.mode = "listing"  # then "inotify" or "poll" while following
         self.dropped = 0
-        self.resume_after = resume_after
+        self.resume = resume
         self.dispose = dispose
         self.skipped = 0  # frames of the listing an earlier run had handled
         self.idle = False  # the idle timeout ended the stream
@@ -180,11 +178,11 @@ class CameraDir:
         try:
             if self.watch and self.mode == "inotify" and self._observer is None:
                 self._start_watching()  # iterated again: watch again before listing
-            resume = None if self.resume_after is None else self.resume_after[0]
+            resume, self.resume = self.resume, None  # the first listing only
             backlog = self._listing(resume=resume)
-            self._mark = backlog[-1][0].name if backlog else (resume or "")
+            self._mark = backlog[-1][0].name if backlog else (resume.floor if resume else "")
             known = {path.name: ident for path, ident in backlog}  # only while the backlog lasts
-            backlog = self._resume(backlog)
+            backlog = self._resume(backlog, resume)
             for path, ident in backlog:
                 if self._stop.is_set():
                     return
@@ -208,26 +206,23 @@ class CameraDir:
         finally:
             self._stop_watching()
 
-    def _resume(self, backlog: list[tuple[Path, Identity | None]]) -> list:
-        """The backlog without the frames up to ``resume_after`` (the first listing only)."""
-        if self.resume_after is None:
+    def _resume(self, backlog: list[tuple[Path, Identity | None]], resume) -> list:
+        """The backlog without the frames ``resume`` names (the listing left out those before)."""
+        if resume is None:
             return backlog
-        mark, mtime = self.resume_after
-        self.resume_after = None
         keep = []
-        for path, ident in backlog:  # the names before the mark were skipped by the listing
-            same = path.name == mark and (mtime is None or ident is None or ident[2] == mtime)
-            if not same:
+        for path, ident in backlog:
+            if not resume.done(path.name, None if ident is None else ident[2]):
                 keep.append((path, ident))
                 continue
             self.skipped += 1
-            if self.dispose is not None:
+            if self.dispose is not None and resume.disposable(path.name):
                 self.dispose(path)
         if self.skipped:
             log.info(
                 "resuming after %s: skipped the %d frames an earlier run of this output handled "
                 "(--reprocess to do them again)",
-                mark,
+                resume.last,
                 self.skipped,
             )
         return keep
@@ -373,15 +368,13 @@ class CameraDir:
 
     # -- listing and taking ----------------------------------------------------------------------
 
-    def _listing(
-        self, after: str = "", resume: str | None = None
-    ) -> list[tuple[Path, Identity | None]]:
+    def _listing(self, after: str = "", resume=None) -> list[tuple[Path, Identity | None]]:
         """Frame files in the directory (names after ``after`` only), in name order.
 
-        Names before ``resume`` (a restart's mark) are only counted in ``skipped`` (and given to
-        ``dispose``): a restart on a folder of a million handled frames holds none of them.
+        Names before ``resume.floor`` (handled by an earlier run, or left on purpose) are only
+        counted in ``skipped``: a restart on a folder of a million handled frames holds none.
         """
-        found, handled = [], []
+        found = []
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
@@ -394,17 +387,13 @@ class CameraDir:
                         folder = False  # a link loop or an unreadable target: reported once
                     if folder:
                         continue
-                    if resume is not None and name < resume:
+                    if resume is not None and resume.before_floor(name):
                         self.skipped += 1
-                        if self.dispose is not None:
-                            handled.append(Path(entry.path))
                         continue
                     found.append(Path(entry.path))  # files, and FIFOs or devices: bad frames
         except OSError as err:
             log.warning("cannot list %s: %s", self.directory, os_reason(err))
             return []
-        for path in handled:
-            self.dispose(path)
         found.sort(key=lambda p: p.name)
         return [(p, _identity(p)) for p in found]
 

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import time
 import zlib
 from collections import OrderedDict, deque
@@ -180,6 +181,7 @@ class Telemetry:
         self.path = Path(path)
         self.pending: deque[bytes] = deque(maxlen=pending_lines)
         self.lost = 0  # lines dropped from a full pending queue
+        self._lock = threading.Lock()  # the write-back thread writes, the run closes
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._repair()
         self.last_record = self._last_record()  # what an earlier run of this folder wrote last
@@ -225,16 +227,19 @@ class Telemetry:
     def write(self, record: dict) -> bool:
         """Append one record; False when the disk refused it (it waits in ``pending``)."""
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        if len(self.pending) == self.pending.maxlen:
-            self.lost += 1
-        self.pending.append(line)
-        while self.pending:
-            if not self._write_line(self.pending[0]):
-                return False
-            self.pending.popleft()
-        return True
+        with self._lock:
+            if len(self.pending) == self.pending.maxlen:
+                self.lost += 1
+            self.pending.append(line)
+            while self.pending:
+                if not self._write_line(self.pending[0]):
+                    return False
+                self.pending.popleft()
+            return True
 
     def _write_line(self, line: bytes) -> bool:
+        if self._fd is None:  # closed: the line stays pending (counted as unsaved)
+            return False
         try:
             before = os.fstat(self._fd).st_size
         except OSError:
@@ -252,14 +257,16 @@ class Telemetry:
         return False
 
     def close(self) -> None:
-        if self._fd is not None:
-            self.write_pending()
-            os.close(self._fd)
-            self._fd = None
+        self.write_pending()
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def write_pending(self) -> None:
-        while self.pending and self._write_line(self.pending[0]):
-            self.pending.popleft()
+        with self._lock:
+            while self.pending and self._write_line(self.pending[0]):
+                self.pending.popleft()
 
 
 class OutputWriter:

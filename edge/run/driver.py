@@ -174,15 +174,20 @@ class RoverRun:
         self.identity = RunIdentity(
             opts.out, last.get("frame_index") if last else None, opts.camera_dir
         )
-        self.resumed_after = self._resume_mark(last)
-        if self.resumed_after is not None:
-            self.source.resume_after = (self.resumed_after, last.get("source_mtime_ns"))
+        self.resume = None
+        if not opts.reprocess:
+            from edge.run.resume import resume_point
+
+            self.resume = resume_point(opts.out / "telemetry.jsonl", self.identity.camera_dir,
+                                       self.identity.previous_camera_dir)  # fmt: skip
+        if self.resume is not None:
+            self.source.resume = self.resume
             if opts.consumed is not None:
                 self.source.dispose = self._dispose
             say(
-                f"resuming run {self.identity.run_id} (restart {self.identity.restarts}): frames "
-                f"up to {self.resumed_after} were handled and are skipped (--reprocess: do them "
-                "again)"
+                f"resuming run {self.identity.run_id} (restart {self.identity.restarts}): the "
+                f"frames of {opts.camera_dir} its last {self.resume.lines} lines record (up to "
+                f"{self.resume.last}) are skipped (--reprocess: do them again)"
             )
         self.identity.save()
         meta = seg.metadata
@@ -191,7 +196,8 @@ class RoverRun:
             "sha256": file_sha256(self.model),
         }
         short = {**self.model_info, "sha256": self.model_info["sha256"][:16]}
-        self.context = RunContext(self.identity.run_id, short, self.identity, self.analyzer)
+        self.context = RunContext(self.identity.run_id, short, self.identity, self.analyzer,
+                                  self.identity.camera_dir)  # fmt: skip
         if self.untaught:
             log.warning(
                 "%s was trained without a background target (loss %s): it labels sky and rover "
@@ -202,21 +208,6 @@ class RoverRun:
                 if self.hazards
                 else "its hazard flags are off (give --regions with hazard rules to force them)",
             )
-
-    def _resume_mark(self, last: dict | None) -> str | None:
-        """The file name the earlier run of this output recorded last, when this start reads
-        the same camera folder (its telemetry is the durable record of what was handled: a frame
-        killed between its outputs and its line is done again, and only once)."""
-        if self.opts.reprocess or not last or not isinstance(last.get("source"), str):
-            return None
-        if self.identity.previous_camera_dir != self.identity.camera_dir:
-            log.info(
-                "%s was written from another camera folder (%s): nothing is skipped",
-                self.opts.out,
-                self.identity.previous_camera_dir or "not recorded",
-            )
-            return None
-        return last["source"]
 
     def _dispose(self, path: Path) -> None:
         """--delete-consumed/--move-consumed for a frame the earlier run handled."""
@@ -256,9 +247,12 @@ class RoverRun:
             beat = Heartbeat(opts.out / "status.json", lambda: self._beat(stats), opts.heartbeat)
             beat.start()
 
+        signalled = []
+
         def stop(signum, _frame):
-            if self.source.stopped:  # the second Ctrl-C: stop now, without the summary
+            if signalled:  # the second Ctrl-C: stop now, without the summary
                 raise KeyboardInterrupt
+            signalled.append(signum)
             stats.stopped_by = signal.Signals(signum).name
             self.source.stop()
 
@@ -311,8 +305,12 @@ class RoverRun:
             "run_id": self.identity.run_id,
             "restarts": self.identity.restarts,
             "resumed": None
-            if self.resumed_after is None
-            else {"after": self.resumed_after, "skipped": self.source.skipped},
+            if self.resume is None
+            else {
+                "after": self.resume.last,
+                "skipped": self.source.skipped,
+                "lines_read": self.resume.lines,
+            },
             "started_utc": self.started_utc,
             "ended_utc": utc_now(),
             "model": {

@@ -298,7 +298,10 @@ class RegionAnalyzer:
             low = float(weights[0][top < self.config.low_confidence].sum())
             low += float(outside[0]) * (0.0 < self.config.low_confidence)
             result["confidence"] = {
-                "mean_top_probability": round(float(weights[0] @ top / area[0]), 4),
+                # in float64: the sum of a frame's probabilities passes float32's 2**24
+                "mean_top_probability": round(
+                    float(weights[0].astype(np.float64) @ top / area[0]), 4
+                ),
                 "low_confidence_fraction": round(low / float(area[0]), 4),
             }
         return result

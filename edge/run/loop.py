@@ -47,12 +47,15 @@ class RunContext:
         model: ``{"name", "sha256"}`` of the model.
         identity: gives each frame its index, continued across restarts of the run.
         analyzer: region fractions, hazard flags and confidence for every frame.
+        camera_dir: the camera folder, resolved (each line names it: a restart resumes from the
+            lines of its own folder, :mod:`edge.run.resume`).
     """
 
     run_id: str = ""
     model: dict = field(default_factory=dict)
     identity: RunIdentity | None = None
     analyzer: RegionAnalyzer | None = None
+    camera_dir: str = ""
 
 
 def _histograms() -> dict[str, LogHistogram]:
@@ -256,6 +259,8 @@ def _header(frame: Frame, context: RunContext) -> dict:
     record["t_unix_s"] = round(time.time(), 3)
     record["frame"] = frame.name
     if frame.path is not None:
+        if context.camera_dir:
+            record["camera_dir"] = context.camera_dir
         record["source"] = frame.path.name
     if frame.mtime_ns is not None:
         record["source_mtime_ns"] = frame.mtime_ns  # a resumed run's mark (see CameraDir)

@@ -64,6 +64,7 @@ class Writeback:
         self._queue: queue.Queue | None = queue.Queue(maxsize=depth) if threaded else None
         self._thread = None
         self._failure: BaseException | None = None
+        self._abandon = threading.Event()
         if threaded:
             self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
             self._thread.start()
@@ -74,23 +75,38 @@ class Writeback:
         Raises:
             BaseException: what ended the thread (a bug; write failures are never raised).
         """
-        if self._failure is not None:
-            raise self._failure
         if self._queue is None:
             self._do(job)
         else:
-            self._queue.put(job)
+            self._put(job)
+
+    def _put(self, item) -> None:
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the write-back thread ended") from self._failure
 
     def close(self) -> None:
         """Write everything queued, then stop the thread."""
         if self._queue is not None and self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
+            self._put(None)
             self._thread.join()
         if self._failure is not None:
             raise self._failure
 
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while not self._abandon.is_set():
+            try:
+                job = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if job is None:
+                return
             try:
                 self._do(job)
             except BaseException as err:  # kept, raised in the loop at the next submit
@@ -118,9 +134,10 @@ class Writeback:
             record["timings_ms"]["write"] = round(write_us / 1e3, 3)
             record["timings_ms"]["total"] = round(timings["total"] / 1e3, 3)
             stats.add_timings(timings, ("write", "total"))  # the loop keeps the other stages
-        if writer is not None and not writer.log(record):
+        logged = writer is None or writer.log(record)
+        if not logged:  # the line waits in memory: the input stays until it is written
             stats.telemetry_failures += 1
-        if self.consumed is not None and job.source is not None:
+        if self.consumed is not None and job.source is not None and logged:
             try:
                 consume(job.source, self.move_to)
             except OSError as err:
@@ -132,6 +149,8 @@ class Writeback:
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is None:
             self.close()
-        elif self._queue is not None and self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)  # write what was queued; the loop's error goes on
+        elif self._thread is not None and self._thread.is_alive():
+            # stopped at once (a second Ctrl-C, an error): the frame being written finishes,
+            # the queued ones are left (done again by a restart: they have no line)
+            self._abandon.set()
             self._thread.join(timeout=30)
