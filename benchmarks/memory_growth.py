@@ -1,15 +1,17 @@
-"""Where a long run's memory goes: Python allocations (tracemalloc) against resident memory.
+"""Where a long run's memory goes: resident memory, what the C allocator would give back, and
+Python's own allocations.
 
-    python benchmarks/memory_growth.py --frames 200000 --out report/soak/memory_growth.md
+    python benchmarks/memory_growth.py --frames 70000 --out report/soak/memory_growth.md
+    python benchmarks/memory_growth.py --frames 70000 --trim-every 0 --trace ...
 
 Runs the rover loop of ``edge-seg run --watch`` in this process (the camera folder, inotify, the
 read-ahead and write-back threads, the telemetry) on a tiny model while a thread writes frames
-into the folder, and takes a tracemalloc snapshot after the warm-up and at the end. If resident
-memory grows and the Python allocations do not, the growth is native (the allocator, numpy, the
-interpreter); otherwise the snapshot's difference names the lines that hold the memory.
-
-tracemalloc slows Python code about twofold; the figures of ``benchmarks/soak.py`` are taken
-without it.
+into the folder, and samples resident memory every ``--every`` frames. At each sample the C
+allocator is asked to return its free memory to the system (glibc's ``malloc_trim``) and RSS is
+read before and after: memory that a trim gives back was free but kept (fragmentation), memory
+that stays is held. With ``--trace`` Python's allocations are traced from the start (tracemalloc,
+about twice as slow) and the difference between the first sample after the warm-up and the end
+names the lines that allocated what is still held.
 """
 
 from __future__ import annotations
@@ -32,14 +34,39 @@ from soak import frames_for, proc_sample
 from edge.io.sinks import atomic_write_bytes
 
 
+def malloc_trim():
+    """glibc's ``malloc_trim(0)`` (None where there is no glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc.malloc_trim if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 @click.command()
-@click.option("--frames", "n_frames", default=200_000, show_default=True)
-@click.option("--warmup", default=20_000, show_default=True, help="Frames before the baseline.")
+@click.option("--frames", "n_frames", default=70_000, show_default=True)
+@click.option("--warmup", default=10_000, show_default=True, help="Frames before the baseline.")
+@click.option("--every", default=10_000, show_default=True, help="Frames between samples.")
+@click.option("--trace", is_flag=True, help="Trace Python's allocations from the start.")
+@click.option("--loop-trim-every", default=None, type=int,
+              help="The loop's own trim period in frames (0: none) [default: the loop's].")  # fmt: skip
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("report/soak/memory_growth.md"), show_default=True)  # fmt: skip
-def main(n_frames: int, warmup: int, model: Path | None, out: Path) -> None:
-    """Trace a long in-process run's memory: tracemalloc and RSS after the warm-up and at the end."""
+def main(
+    n_frames: int,
+    warmup: int,
+    every: int,
+    trace: bool,
+    loop_trim_every: int | None,
+    model: Path | None,
+    out: Path,
+) -> None:
+    """Sample a long in-process run's memory: RSS, RSS after a trim, Python's allocations."""
     import os
 
     from edge.io.camera import CameraDir
@@ -60,8 +87,12 @@ def main(n_frames: int, warmup: int, model: Path | None, out: Path) -> None:
     payloads = frames_for(model)
     seg = Segmenter(model, threads=1)
     source = CameraDir(cam, watch=True, idle_timeout=5, max_queue=8)
-    points: dict[str, dict] = {}
+    trim = malloc_trim()
+    samples: list[dict] = []
+    snapshots = {}
     handled = [0]
+    if trace:
+        tracemalloc.start(8)
 
     def feed() -> None:
         for i in range(n_frames):
@@ -73,48 +104,52 @@ def main(n_frames: int, warmup: int, model: Path | None, out: Path) -> None:
 
     def on_frame(stats) -> None:
         handled[0] = stats.frames
-        if stats.frames == warmup:
-            tracemalloc.start(8)
-            points["warm"] = {"frames": stats.frames, **proc_sample(os.getpid()),
-                              "snapshot": tracemalloc.take_snapshot()}  # fmt: skip
-        elif stats.frames == n_frames:
-            points["end"] = {"frames": stats.frames, **proc_sample(os.getpid()),
-                             "snapshot": tracemalloc.take_snapshot()}  # fmt: skip
+        if stats.frames % every and stats.frames != warmup:
+            return
+        sample = {"frames": stats.frames, "rss_mib": proc_sample(os.getpid())["rss_mib"]}
+        if trim is not None:
+            trim(0)
+            sample["rss_after_trim_mib"] = proc_sample(os.getpid())["rss_mib"]
+        if trace:
+            sample["python_mib"] = tracemalloc.get_traced_memory()[0] / 2**20
+            if stats.frames in (warmup, n_frames):
+                snapshots[stats.frames] = tracemalloc.take_snapshot()
+        samples.append(sample)
+        click.echo(f"{stats.frames:>8} frames: {sample}", err=True)
 
-    writer_thread = threading.Thread(target=feed, daemon=True)
-    writer_thread.start()
+    threading.Thread(target=feed, daemon=True).start()
     with OutputWriter(work / "out", keep=100, label_set=seg.labels) as writer:
+        extra = {} if loop_trim_every is None else {"trim_every": loop_trim_every}
         run_stream(source, seg, writer, on_frame=on_frame, limit=n_frames,
-                   context=RunContext(analyzer=RegionAnalyzer(RegionConfig(), seg.labels)))  # fmt: skip
-    warm, end = points["warm"], points["end"]
-    growth = end["snapshot"].compare_to(warm["snapshot"], "traceback")
-    traced = sum(s.size_diff for s in growth)
-    frames = end["frames"] - warm["frames"]
+                   context=RunContext(analyzer=RegionAnalyzer(RegionConfig(), seg.labels)),
+                   **extra)  # fmt: skip
     lines = [
-        "# Memory of a long run: Python allocations against resident memory",
+        "# Memory of a long run: resident, given back by a trim, Python's",
         "",
-        f"`python benchmarks/memory_growth.py --frames {n_frames} --warmup {warmup}`: the loop of "
-        f"`edge-seg run --watch` in one process, {frames:,} frames after a warm-up of "
-        f"{warmup:,}, model {model.name}.",
+        f"`python benchmarks/memory_growth.py --frames {n_frames} --every {every}"
+        f"{' --trace' if trace else ''}"
+        f"{'' if loop_trim_every is None else f' --loop-trim-every {loop_trim_every}'}`: the loop of `edge-seg run --watch` in one process "
+        f"(camera folder with inotify, read-ahead, write-back, masks, telemetry), model "
+        f"{model.name}; after each sample glibc's `malloc_trim(0)`.",
         "",
-        "| | after warm-up | at the end | change |",
-        "|---|---:|---:|---:|",
-        f"| RSS (MiB) | {warm['rss_mib']:.2f} | {end['rss_mib']:.2f} | "
-        f"{end['rss_mib'] - warm['rss_mib']:+.2f} |",
-        f"| Python allocations traced (MiB) | - | - | {traced / 2**20:+.3f} |",
-        "",
-        f"Per 100,000 frames: RSS {100_000 * (end['rss_mib'] - warm['rss_mib']) / frames:+.2f} MiB, "
-        f"Python allocations {100_000 * traced / frames / 2**20:+.3f} MiB.",
-        "",
-        "Largest changes of Python allocations (by the line that allocated, innermost first):",
-        "",
-        "| change (KiB) | blocks | where |",
-        "|---:|---:|---|",
+        "| frames | RSS (MiB) | after the trim (MiB) |"
+        + (" Python traced (MiB) |" if trace else ""),
+        "|---:|---:|---:|" + ("---:|" if trace else ""),
     ]
-    for stat in growth[:12]:
-        innermost = list(stat.traceback)[::-1][:4]  # tracemalloc lists the oldest frame first
-        where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in innermost)
-        lines.append(f"| {stat.size_diff / 1024:+.1f} | {stat.count_diff:+d} | {where} |")
+    for sample in samples:
+        lines.append(
+            f"| {sample['frames']:,} | {sample['rss_mib']:.2f} | "
+            f"{sample.get('rss_after_trim_mib', float('nan')):.2f} |"
+            + (f" {sample['python_mib']:.2f} |" if trace else "")
+        )
+    if trace and len(snapshots) == 2:
+        growth = snapshots[n_frames].compare_to(snapshots[warmup], "traceback")
+        lines += ["", f"Python allocations held at the end that were not at {warmup:,} frames:",
+                  "", "| change (KiB) | blocks | where (innermost first) |", "|---:|---:|---|"]  # fmt: skip
+        for stat in growth[:10]:
+            innermost = list(stat.traceback)[::-1][:4]  # tracemalloc lists the oldest first
+            where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in innermost)
+            lines.append(f"| {stat.size_diff / 1024:+.1f} | {stat.count_diff:+d} | {where} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
     click.echo("\n".join(lines))

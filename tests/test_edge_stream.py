@@ -331,6 +331,30 @@ def test_bookkeeping_is_bounded():
     assert len(writer._stems) <= 4096
 
 
+def test_freed_memory_goes_back_to_the_system_every_thousand_frames():
+    """glibc keeps freed memory for later; the loop trims it (edge/run/memory.py). On glibc a
+    trim returns what a burst of freed allocations left (RSS drops); elsewhere it is off."""
+    from edge.run.memory import AllocatorTrim
+
+    trim = AllocatorTrim(every=1000)
+    if trim._trim is None:
+        pytest.skip("not glibc: no malloc_trim")
+
+    def rss_kib() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
+
+    held = [np.ones(10_000, np.float64) for _ in range(2000)]  # 160 MB, 80 KB blocks: heap
+    del held[1::2]  # every other one freed: holes glibc keeps, not returned at the top
+    before = rss_kib()
+    for _ in range(999):
+        trim.frame()
+    assert trim.trims == 0 and rss_kib() > before - 10_000
+    trim.frame()
+    assert trim.trims == 1 and rss_kib() < before - 40_000  # the holes went back
+    del held
+
+
 def test_log_histogram_quantiles_are_within_one_percent():
     values = np.random.default_rng(1).lognormal(0.0, 1.0, 50000) + 0.01
     hist = LogHistogram(0.01)

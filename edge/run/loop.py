@@ -27,6 +27,7 @@ from edge.io.decode import BadFrame, Frame
 from edge.io.labels import LabelReader
 from edge.io.sinks import OutputWriter
 from edge.run.hazards import RegionAnalyzer
+from edge.run.memory import TRIM_EVERY, AllocatorTrim
 from edge.run.prefetch import Prefetch
 from edge.run.quantiles import LogHistogram
 from edge.run.telemetry import TELEMETRY_SCHEMA, RunIdentity
@@ -170,6 +171,7 @@ def run_stream(
     consumed: str | Path | None = None,
     context: RunContext | None = None,
     overlap: bool = True,
+    trim_every: int = TRIM_EVERY,
 ) -> RunStats:
     """Segment every frame of ``frames``, write the outputs, keep the statistics.
 
@@ -191,6 +193,8 @@ def run_stream(
         overlap: read the next frame and write the last one in threads while this one is
             segmented (:class:`edge.run.prefetch.Prefetch`, :class:`edge.run.writeback.Writeback`);
             off, each frame is read, segmented and written in turn.
+        trim_every: give the C allocator's free memory back every this many frames (0: never;
+            :mod:`edge.run.memory`).
 
     Returns:
         The statistics; ``stats.summary()`` is the report.
@@ -204,6 +208,7 @@ def run_stream(
     # the next frame is read and the last one written while this one is segmented (the source
     # itself stays the one whose drop count and pacing the loop reads)
     reading = Prefetch(frames) if overlap else contextlib.nullcontext(frames)
+    trim = AllocatorTrim(trim_every)
     with Writeback(writer, stats, consumed, threaded=overlap) as outputs, reading as stream:
         for frame in stream:
             taken += 1
@@ -221,6 +226,7 @@ def run_stream(
             if frame.image is not None:  # an unreadable frame stays, for a rewrite
                 job.source = frame.path
             outputs.submit(job)  # files, then the line, then the input's disposal
+            trim.frame()
             if on_frame:
                 on_frame(stats)
             if limit is not None and taken >= limit:
