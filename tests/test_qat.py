@@ -196,7 +196,9 @@ def test_adaptive_rounding_lowers_the_output_error_and_keeps_the_int8_grid(rng):
 
     originals = {c.name: c.kernel.numpy().copy() for c in qat.kernel_layers(folded)}
     before = student_error()
-    record = adaround(reference, folded, student, quantizers, frames, iterations=60)
+    record = adaround(reference, qat.kernel_layers(folded), student, frames, iterations=60,
+                      calibrate=lambda f: qat.calibrate(student, quantizers, f),
+                      activation_of=qat._activation_name)  # fmt: skip
     assert {r["conv"] for r in record} == set(originals)
     assert all(r["error_adaptive"] <= r["error_nearest"] for r in record)
     assert any(r["flipped"] > 0 for r in record)  # some weights went the other way

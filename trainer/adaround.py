@@ -141,42 +141,42 @@ def round_layer(
 
 
 def adaround(
-    reference: keras.Model, folded: keras.Model, student: keras.Model, quantizers, frames: np.ndarray,
-    *, iterations: int = 1000, seed: int = 0,
+    reference: keras.Model, convs: list, student: keras.Model, frames: np.ndarray, *,
+    calibrate, activation_of, iterations: int = 1000, seed: int = 0,
 ) -> list[dict]:  # fmt: skip
     """Round every kernel of ``folded`` adaptively (see the module), conv after conv in graph
     order; the activation ranges are calibrated again after each.
 
     Args:
         reference: the float folded graph (:func:`trainer.qat.export_graph` of the teacher).
-        folded: the graph whose kernels are rounded (the student's weights), in place.
-        student: :func:`trainer.qat.quantized_student` of ``folded``, with its ``quantizers``.
+        convs: the folded graph's convs (:func:`trainer.qat.kernel_layers`), rounded in place.
+        student: :func:`trainer.qat.quantized_student` of the folded graph.
         frames: calibration frames (N, H, W) in [0, 1].
+        calibrate: sets the student's activation ranges on frames (given by trainer.qat, which
+            imports this module).
+        activation_of: a conv's activation name.
 
     Returns:
         Per conv: output errors with rounding to nearest and adaptive, weights flipped.
     """
-    from trainer.qat import _activation_name, calibrate, kernel_layers
-
     by_inner = {
         layer.inner.name: layer for layer in student.layers if isinstance(layer, QuantKernel)
     }
     record = []
-    convs = kernel_layers(folded)
     for n, conv in enumerate(convs):
         t0 = time.perf_counter()
-        calibrate(student, quantizers, frames)  # the ranges of the kernels rounded so far
+        calibrate(frames)  # the ranges of the kernels rounded so far
         inputs = _collect(keras.Model(student.input, by_inner[conv.name].input), frames)
         targets = _collect(keras.Model(reference.input, reference.get_layer(conv.name).output),
                            frames)  # fmt: skip
-        entry = round_layer(conv, _activation_name(conv), inputs, targets, iterations=iterations,
+        entry = round_layer(conv, activation_of(conv), inputs, targets, iterations=iterations,
                             seed=seed + n)  # fmt: skip
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         record.append(entry)
         log.info("adaround %d/%d %s: output error %.3g -> %.3g (%.1f %% of weights flipped, %.0f s)",
                  n + 1, len(convs), conv.name, entry["error_nearest"], entry["error_adaptive"],
                  100 * entry["flipped"], entry["seconds"])  # fmt: skip
-    calibrate(student, quantizers, frames)
+    calibrate(frames)
     return record
 
 

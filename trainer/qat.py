@@ -516,8 +516,10 @@ def qat_run(
 
         log.info("adaptive rounding: %d iterations per conv on %d calibration frames",
                  cfg.adaround_iterations, len(calib))  # fmt: skip
-        rounding = adaround(reference, folded, student, quantizers, calib,
-                            iterations=cfg.adaround_iterations, seed=cfg.seed)  # fmt: skip
+        rounding = adaround(reference, kernel_layers(folded), student, calib,
+                            calibrate=lambda f: calibrate(student, quantizers, f),
+                            activation_of=_activation_name, iterations=cfg.adaround_iterations,
+                            seed=cfg.seed)  # fmt: skip
     if not start and cfg.bias_correction:
         log.info("bias correction: %d sweeps over the convs on %d calibration frames",
                  cfg.bias_sweeps, len(calib))  # fmt: skip
