@@ -330,6 +330,38 @@ def _cpu() -> str:
         return platform.processor() or "unknown"
 
 
+ENVELOPE_WINDOW = 100_000  # frames of the endurance run per row of the envelope table
+
+
+def _envelope(trace: list[dict]) -> list[str]:
+    """The samples per window of frames: a sample catches the allocator somewhere between two
+    trims, so single samples scatter by whole steps; a creep shows as a rising floor or peak."""
+    windows: dict[int, list[float]] = {}
+    for s in trace:
+        windows.setdefault(s["frames"] // ENVELOPE_WINDOW, []).append(s["rss_mib"])
+    if len(windows) < 2:
+        return []
+    rows = [(k, sorted(v)) for k, v in sorted(windows.items())]
+    full = [v for _, v in rows if len(v) >= 3] or [v for _, v in rows]  # not a last sample alone
+    peaks = [v[-1] for v in full]
+    floors = [v[0] for v in full]
+    return [
+        f"The same samples per {ENVELOPE_WINDOW:,} frames (a creep raises the floor or the peak "
+        "window after window; a sample that catches the allocator between two trims scatters "
+        "within the window):",
+        "",
+        "| its frames | samples | min | median | max (MiB) |",
+        "|---|---|---|---|---|",
+        *[f"| {k * ENVELOPE_WINDOW:,}-{(k + 1) * ENVELOPE_WINDOW:,} | {len(v)} | {v[0]:.2f} | "
+          f"{v[len(v) // 2]:.2f} | {v[-1]:.2f} |" for k, v in rows],
+        "",
+        f"Peak per window: first {peaks[0]:.2f}, then {min(peaks[1:]):.2f}-{max(peaks[1:]):.2f} "
+        f"(spread of the peaks {max(peaks) - min(peaks):.2f} MiB); floor per window "
+        f"{min(floors):.2f}-{max(floors):.2f} (windows of at least 3 samples).",
+        "",
+    ]  # fmt: skip
+
+
 def _write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "soak.json", report)
@@ -358,6 +390,7 @@ def _write(out: Path, report: dict) -> None:
         f"RSS sampled every {TRACE_EVERY:,} frames from {TRACE_EVERY:,} on: min {min(warm):.2f}, "
         f"max {max(warm):.2f}, spread **{max(warm) - min(warm):.2f} MiB** (goal: within 2 MiB).",
         "",
+        *_envelope(report["rss_trace"]),
         "| window | after frames | files in folder | loop CPU ms/frame (excl. invoke) | invoke ms/frame |",
         "|---|---|---|---|---|",
         *[

@@ -130,6 +130,9 @@ class Segmenter:
                 f"{name}: its metadata says output {self.output_kind!r}; "
                 f"valid: {', '.join(OUTPUT_KINDS)}"
             )
+        # the output's levels spent on the logits that decide a class (trainer/logit_window.py):
+        # it is relu6 of the logits mapped from [low, high] onto [0, 6]; None: the logits whole
+        self.logit_window = self._logit_window()
         # grey level -> input value, computed once: quantizing a frame is then one table lookup
         self._lut = self._input_table()
 
@@ -156,6 +159,27 @@ class Segmenter:
                 f"{self.num_classes} channels"
             )
         return meta
+
+    def _logit_window(self) -> tuple[float, float] | None:
+        window = self.metadata.info.get("logit_window")
+        if window is None:
+            return None
+        try:
+            low, high = float(window["low"]), float(window["high"])
+        except (TypeError, KeyError, ValueError):
+            low = high = float("nan")
+        if not high > low or self.output_kind != "logits":
+            raise ValueError(f"{self.model_path.name}: its metadata's logit_window {window!r} is "
+                             "not {low, high} with low < high on a logits output")  # fmt: skip
+        return low, high
+
+    @property
+    def _logit_gain(self) -> np.float32:
+        """Logits per unit of the dequantized output (the window's span over relu6's 6)."""
+        if self.logit_window is None:
+            return np.float32(1.0)
+        low, high = self.logit_window
+        return np.float32((high - low) / 6.0)
 
     def _input_table(self) -> np.ndarray:
         x = np.arange(256, dtype=np.float32) * np.float32(self.preprocessing.scale)
@@ -184,6 +208,7 @@ class Segmenter:
     def _exp_steps(self) -> np.ndarray:
         """exp(-k * scale) for k = 0..255: the softmax terms of int8 logits k steps below the top."""
         scale = np.float32(self.output_quant[0]) if self.output_quant else np.float32(1.0)
+        scale *= self._logit_gain
         return np.exp(-np.arange(256, dtype=np.float32) * scale).astype(np.float32)
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
@@ -194,11 +219,15 @@ class Segmenter:
         return self._lut[self.preprocessing.prepare(frame)][None, :, :, None]
 
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
-        """The output tensor as float32 (probabilities or logits, as the model gives them)."""
+        """The output tensor as float32 probabilities or logits (a windowed output's logits are
+        clipped to the window)."""
+        values = raw.astype(np.float32)
         if self.output_dtype.kind in "iu":
             scale, zero = self.output_quant
-            return (raw.astype(np.float32) - zero) * np.float32(scale)
-        return raw.astype(np.float32)
+            values = (values - zero) * np.float32(scale)
+        if self.logit_window is not None:
+            values = np.float32(self.logit_window[0]) + values * self._logit_gain
+        return values
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """The output (H, W, C) as float32 class probabilities."""

@@ -128,7 +128,9 @@ def test_a_qat_run_converts_checks_resumes_and_refuses_to_overwrite(small_npz, t
     _with_statistics(model, rng).save(teacher / "model.keras")
     out = tmp_path / "qat"
     cfg = QatConfig(teacher=str(teacher), epochs=1, steps_per_epoch=2, batch_size=4,
-                    calibration_frames=8)  # fmt: skip
+                    calibration_frames=8, logit_window=0.0)  # fmt: skip
+    with pytest.raises(ValueError, match="give --logit-window 0 with --epochs"):
+        qat.qat_run(teacher, out, QatConfig(**{**cfg.__dict__, "logit_window": 1e-3}))
     record = qat.qat_run(teacher, out, cfg)
     assert [h["epoch"] for h in record["history"]] == [1]
     assert "CONV_2D" in check_integer_only(out / "model_int8.tflite")
@@ -143,6 +145,39 @@ def test_a_qat_run_converts_checks_resumes_and_refuses_to_overwrite(small_npz, t
     assert result.exit_code == 2 and "add --resume to continue it" in result.output
     record = qat.qat_run(teacher, out, QatConfig(**{**cfg.__dict__, "epochs": 2}), resume=True)
     assert [h["epoch"] for h in record["history"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_windowed_int8_file_reads_back_as_the_float_models_logits(small_npz, tmp_path, rng):
+    """The logit window end to end: the int8 file records it, the rover maps its output back to
+    logits, and its probabilities are the float model's to the window's rounding."""
+    from edge.segmenter import Segmenter
+    from tests.test_convert import make_run
+    from trainer.data.npz import load_npz
+
+    teacher = make_run(tmp_path, small_npz)
+    model = keras.saving.load_model(teacher / "model.keras")
+    _with_statistics(model, rng).save(teacher / "model.keras")
+    out = tmp_path / "qat"
+    cfg = QatConfig(teacher=str(teacher), calibration_frames=8, bias_sweeps=1, logit_window=0.01)
+    record = qat.qat_run(teacher, out, cfg)
+    low, high = record["logit_window"]["low"], record["logit_window"]["high"]
+    assert high - low >= np.log(4 * 999) - 1e-6  # wide enough for a confidence of 0.999
+    int8 = Segmenter(out / "model_int8.tflite")
+    assert int8.logit_window == pytest.approx((low, high))
+    assert Segmenter(out / "model_float32.tflite").logit_window is None  # the teacher's, whole
+    images = load_npz(small_npz).images[:6]
+    frames = np.rint(images * 255).astype(np.uint8)
+    want = keras.ops.convert_to_numpy(model(images[..., None]))  # probabilities
+    diffs, agree = [], []
+    for frame, probs in zip(frames, want, strict=True):
+        result = int8.segment(frame, with_probabilities=True, with_confidence=True)
+        diffs.append(np.abs(result.probabilities - probs).mean())
+        agree.append((result.labels == probs.argmax(-1)).mean())
+        top = np.rint(result.probabilities.max(-1) * 255)
+        assert np.abs(top - result.model_top.astype(float)).max() <= 1  # the table, the softmax
+    # an untrained model: many near ties, yet the probabilities are the float model's
+    assert np.mean(diffs) < 0.01 and np.mean(agree) > 0.85
 
 
 def test_bias_correction_brings_the_rounded_means_back_to_the_float_ones(rng):

@@ -41,8 +41,8 @@ BETA = (20.0, 2.0)  # the rounding term's exponent, annealed from the first to t
 
 
 def _activate(name: str, y):
-    if name == "relu":
-        return ops.relu(y)
+    if name in ("relu", "relu6"):
+        return getattr(ops, name)(y)
     if name == "sigmoid":
         return ops.sigmoid(y)
     return y

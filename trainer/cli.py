@@ -335,13 +335,13 @@ def calibrate(run: Path, data: Path | None, frames: int, seed: int) -> None:
     help="First move each conv's bias so that its int8 output mean per channel is the float "
     "model's (calibration frames; no training).",
 )
-@click.option(
-    "--bias-sweeps",
-    type=click.IntRange(min=1),
-    default=QatConfig.bias_sweeps,
-    show_default=True,
-    help="Passes of the bias correction over the convs.",
-)
+@click.option("--bias-sweeps", type=click.IntRange(min=1), default=QatConfig.bias_sweeps,
+              show_default=True, help="Passes of the bias correction over the convs.")  # fmt: skip
+@click.option("--equalize/--no-equalize", default=QatConfig.equalize, show_default=True, help="First "
+              "scale each activation's channels to share its int8 grid fairly (exact in float).")  # fmt: skip
+@click.option("--logit-window", type=click.FloatRange(0, 0.5, max_open=True), show_default=True,
+              default=QatConfig.logit_window, help="Spend the int8 output's levels on the logits "
+              "that decide a class: the share of pixels whose top two may fall outside (0: off).")  # fmt: skip
 @click.option(
     "--adaround/--no-adaround",
     default=QatConfig.adaround,

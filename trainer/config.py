@@ -406,6 +406,11 @@ class QatConfig:
     # adaptive rounding of the kernels before the bias correction (trainer/adaround.py)
     adaround: bool = False
     adaround_iterations: int = 1000
+    # the head conv's int8 output spans only the logits that decide a class (trainer/logit_window.py):
+    # the share of pixels whose top logit may fall below it or second above it; 0: the full range
+    logit_window: float = 1e-4
+    # cross-layer equalization of the activations' channels first (trainer/equalize.py)
+    equalize: bool = False
     epochs: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the training split
     batch_size: int = 16

@@ -13,15 +13,17 @@ Toolkit does not support Keras 3, and Keras' own int8 path does not cover convol
    every tensor the int8 graph holds, asymmetric over its calibrated ``[min, max]`` (conv outputs
    after their fused ReLU, sums, products, concatenations, means, the sigmoid's fixed 1/256 grid,
    the logits). Ops that keep their input's scale (max pool, nearest resize) add none.
-3. **Bias correction** (the default, no training): each conv's bias moves by the float model's
+3. **The logit window** (the default): the head conv's int8 output spans only the logits that
+   decide a pixel's class (:mod:`trainer.logit_window`), chosen before anything is rounded.
+4. **Bias correction** (the default, no training): each conv's bias moves by the float model's
    output mean minus the simulated int8 model's, per channel, conv after conv
    (:func:`correct_biases`).
-4. **Distillation** (``--epochs N``, off by default: on the rover model it did not generalise):
+5. **Distillation** (``--epochs N``, off by default: on the rover model it did not generalise):
    the fake-quantized logits learn the float model's decisions on the training split
    (straight-through gradients; ``--target margin`` adds a hinge that keeps the float model's
    class ahead by a margin, since soft targets alone teach the student the float model's ties,
    which the rounding flips).
-5. **Export**: the kernels are snapped to their int8 grid (the converter's per-channel rounding
+6. **Export**: the kernels are snapped to their int8 grid (the converter's per-channel rounding
    then changes nothing) and the converter calibrates on the same frames with the same min/max
    rule, so the int8 file has the simulated grid; ``simulation_agreement`` in ``qat.json`` says
    how often the simulated Keras model and the TFLite file agree.
@@ -51,6 +53,7 @@ from trainer.fake_quant import (
     fake_quant_kernel,
     snap_kernel,
 )
+from trainer.logit_window import apply_window, choose_window, head_conv
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +208,8 @@ def quantized_student(folded: keras.Model) -> tuple[keras.Model, list[Activation
             activation = _activation_name(layer)
             if activation == "linear":
                 return y if _fuses_relu(layer.name, readers) else quant(y, layer.name)
-            if activation == "relu":
-                return quant(ops.relu(y), layer.name)
+            if activation in ("relu", "relu6"):  # both fused into the conv by TFLite
+                return quant(getattr(ops, activation)(y), layer.name)
             if activation == "sigmoid":  # CONV_2D, then LOGISTIC on its fixed grid
                 y = layers.Activation("sigmoid", name=f"{layer.name}_sigmoid")(
                     quant(y, f"{layer.name}_pre")
@@ -487,6 +490,9 @@ def qat_run(
     from trainer.evaluate import load_model, run_split
     from trainer.rundir import RunDir
 
+    if cfg.epochs and cfg.logit_window:
+        raise ValueError("the distillation (--epochs) learns the logits, which the logit window "
+                         "clips: give --logit-window 0 with --epochs")  # fmt: skip
     out_dir = Path(out_dir)
     started = (out_dir / "qat.json").is_file()
     if started and not resume:
@@ -503,14 +509,28 @@ def qat_run(
     calib = calibration_frames(mars.images[train_idx], mars.labels[train_idx],
                                cfg.calibration_frames, 0.25, cfg.seed, label_set=mars.label_set)  # fmt: skip
     folded, rewrites = export_graph(model)
+    reference, _ = export_graph(model)  # stays float: what the rounding steps aim at
+    # before anything is rounded, exact in float, the same on both graphs
+    equalized = window = None
+    if cfg.equalize:
+        from trainer.equalize import equalize
+
+        equalized = equalize([folded, reference], calib, readers=_consumers(folded),
+                             passthrough=(FoldedNorm, layers.ReLU, layers.UpSampling2D),
+                             kernels=KERNEL_LAYERS)  # fmt: skip
+        log.info("equalized %d activations", len(equalized))
+    if cfg.logit_window:
+        window = choose_window(predict_logits(folded, calib), cfg.logit_window)
+        for graph in (folded, reference):
+            apply_window(head_conv(graph), *window)
+        log.info("logit window [%.3f, %.3f]: int8 output steps of %.4f", *window,
+                 (window[1] - window[0]) / 255)  # fmt: skip
     student, quantizers = quantized_student(folded)
     start, history = load_checkpoint(out_dir, folded) if resume else (0, [])
     calibrate(student, quantizers, calib)
     corrections = rounding = None
     if start:
         log.info("resuming after epoch %d of %d", start, cfg.epochs)
-    else:
-        reference, _ = export_graph(model)
     if not start and cfg.adaround:
         from trainer.adaround import adaround
 
@@ -533,6 +553,8 @@ def qat_run(
     produced = convert_model(model, out_dir, ("float32",), None, mars.label_set,
                              mars.preprocessing, info)  # fmt: skip
     qat_info = {**info, "quantization_aware": {**asdict(cfg), "epochs_done": len(history)}}
+    if window:  # how the rover reads the output back as logits (edge.segmenter)
+        qat_info["logit_window"] = {"low": window[0], "high": window[1]}
     produced |= convert_model(folded, out_dir, ("int8",), calib, mars.label_set,
                               mars.preprocessing, qat_info, rewrites=rewrites)  # fmt: skip
     images, labels = mars.images[val_idx], mars.labels[val_idx]
@@ -548,6 +570,8 @@ def qat_run(
         "history": history,
         "adaptive_rounding": rounding,
         "bias_correction": corrections,
+        "logit_window": qat_info.get("logit_window"),
+        "equalization": equalized,
         "simulation_agreement": float((simulated == tflite).mean()),
         "simulation_frames": len(probe),
         "parity": {p: {k: m[k] for k in ("pixel_agreement", "miou_change_vs_keras", "mean_iou")}
