@@ -177,7 +177,7 @@ def equalize(
             "tensor": group.tensor,
             "sources": [x.name for x in group.sources],
             "reader": group.reader.name,
-            "channels": int(len(s)),
+            "channels": len(s),
             "median_share_before": float(np.median(ranges) / max(ranges.max(), 1e-12)),
             "median_share_after": float(np.median(after) / max(after.max(), 1e-12)),
         })  # fmt: skip
