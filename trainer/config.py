@@ -410,7 +410,7 @@ class QatConfig:
     # the share of pixels whose top logit may fall below it or second above it; 0: the full range
     logit_window: float = 1e-4
     # cross-layer equalization of the activations' channels first (trainer/equalize.py)
-    equalize: bool = False
+    equalize: bool = True
     epochs: int = 0
     steps_per_epoch: int | None = None  # None: one pass over the training split
     batch_size: int = 16
