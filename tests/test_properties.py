@@ -119,11 +119,36 @@ def test_int8_quantization_round_trips_within_half_a_step(scale, zero, values):
     quantized = np.clip(np.round(values / scale + zero), -128, 127).astype(np.int8)
     segmenter = Segmenter.__new__(Segmenter)  # only the dequantization under test
     segmenter.output_dtype, segmenter.output_quant = np.dtype(np.int8), (scale, zero)
-    segmenter.output_kind = "probabilities"
+    segmenter.output_kind, segmenter.logit_window = "probabilities", None
     restored = segmenter.probabilities(quantized)
     assert np.array_equal(segmenter.dequantize(quantized), restored)
     representable = (values / scale + zero >= -128.5) & (values / scale + zero <= 127.5)
     assert np.all(np.abs(restored - values)[representable] <= scale / 2 + 1e-6)
+
+
+@FAST
+@given(
+    low=st.floats(-6, 2),
+    span=st.floats(1, 12),
+    raw=arrays(np.int8, (3, 4, 5), elements=st.integers(-128, 127)),
+)
+def test_a_windowed_int8_output_reads_back_as_logits_inside_its_window(low, span, raw):
+    """relu6 of the window (trainer/logit_window.py) on TFLite's [0, 6] grid: the rover's logits
+    are the window's, and the table's top probability is the softmax's."""
+    from edge.segmenter import Segmenter
+
+    segmenter = Segmenter.__new__(Segmenter)
+    segmenter.output_dtype, segmenter.output_quant = np.dtype(np.int8), (6.0 / 255, -128)
+    segmenter.output_kind, segmenter.logit_window = "logits", (low, low + span)
+    logits = segmenter.dequantize(raw)
+    want = low + (raw.astype(np.float64) + 128) * (6.0 / 255) * span / 6.0
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    assert logits.min() >= low - 1e-5 and logits.max() <= low + span + 1e-5
+    probs = segmenter.probabilities(raw)
+    np.testing.assert_allclose(segmenter.top_probability(raw), probs.max(-1), rtol=1e-4)
+    labels, top = segmenter.top_class(raw)
+    np.testing.assert_array_equal(labels, raw.argmax(-1))
+    np.testing.assert_allclose(top, probs.max(-1), rtol=1e-4)
 
 
 def test_int8_probabilities_match_the_float_model(band_models):
