@@ -47,6 +47,44 @@ def malloc_trim():
         return None
 
 
+def _arena_steps(samples: list[dict]) -> list[str]:
+    """How much of the RSS's scatter the count of Python's arenas explains (a least-squares line
+    of RSS on the count over the samples after the first)."""
+    import numpy as np
+
+    pairs = [(s["python_arenas"], s["rss_mib"]) for s in samples[1:] if s["python_arenas"]]
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2:
+        return []
+    arenas, rss = (np.array(v, float) for v in zip(*pairs, strict=True))
+    slope, intercept = np.polyfit(arenas, rss, 1)
+    left = rss - (slope * arenas + intercept)
+    return ["", f"Over {len(pairs)} samples: RSS spread {np.ptp(rss):.2f} MiB, Python's arenas "
+            f"{int(arenas.min())}-{int(arenas.max())}; RSS = {slope:.2f} MiB per arena + "
+            f"{intercept:.2f}, leaving a spread of {np.ptp(left):.2f} MiB "
+            f"(correlation {np.corrcoef(arenas, rss)[0, 1]:.2f})."]  # fmt: skip
+
+
+def obmalloc_arenas() -> int | None:
+    """How many 1 MiB arenas Python's small-object allocator holds now (from
+    ``sys._debugmallocstats``, which writes to the C stderr; None where it says nothing)."""
+    import os
+    import re
+
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode(errors="replace")
+    found = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
+    return int(found.group(1).replace(",", "")) if found else None
+
+
 @click.command()
 @click.option("--frames", "n_frames", default=70_000, show_default=True)
 @click.option("--warmup", default=10_000, show_default=True, help="Frames before the baseline.")
@@ -73,7 +111,11 @@ def main(
     from edge.io.sinks import OutputWriter
     from edge.run.hazards import RegionAnalyzer, RegionConfig
     from edge.run.loop import RunContext, run_stream
+    from edge.run.memory import limit_arenas
     from edge.segmenter import Segmenter
+
+    if loop_trim_every != 0:  # as `edge-seg run` does first; --loop-trim-every 0: glibc's own
+        limit_arenas()
 
     work = Path(tempfile.mkdtemp(prefix="memgrowth-"))
     cam = work / "cam"
@@ -106,7 +148,8 @@ def main(
         handled[0] = stats.frames
         if stats.frames % every and stats.frames != warmup:
             return
-        sample = {"frames": stats.frames, "rss_mib": proc_sample(os.getpid())["rss_mib"]}
+        sample = {"frames": stats.frames, "rss_mib": proc_sample(os.getpid())["rss_mib"],
+                  "python_arenas": obmalloc_arenas()}  # fmt: skip
         if trim is not None:
             trim(0)
             sample["rss_after_trim_mib"] = proc_sample(os.getpid())["rss_mib"]
@@ -132,16 +175,18 @@ def main(
         f"(camera folder with inotify, read-ahead, write-back, masks, telemetry), model "
         f"{model.name}; after each sample glibc's `malloc_trim(0)`.",
         "",
-        "| frames | RSS (MiB) | after the trim (MiB) |"
+        "| frames | RSS (MiB) | after the trim (MiB) | Python's 1 MiB arenas |"
         + (" Python traced (MiB) |" if trace else ""),
-        "|---:|---:|---:|" + ("---:|" if trace else ""),
+        "|---:|---:|---:|---:|" + ("---:|" if trace else ""),
     ]
     for sample in samples:
         lines.append(
             f"| {sample['frames']:,} | {sample['rss_mib']:.2f} | "
-            f"{sample.get('rss_after_trim_mib', float('nan')):.2f} |"
+            f"{sample.get('rss_after_trim_mib', float('nan')):.2f} | "
+            f"{sample['python_arenas'] if sample['python_arenas'] is not None else '-'} |"
             + (f" {sample['python_mib']:.2f} |" if trace else "")
         )
+    lines += _arena_steps(samples)
     if trace and len(snapshots) == 2:
         growth = snapshots[n_frames].compare_to(snapshots[warmup], "traceback")
         lines += ["", f"Python allocations held at the end that were not at {warmup:,} frames:",

@@ -299,7 +299,9 @@ def run(
     """
     from edge.run.driver import OutputError, RoverRun, RunOptions, StartError
     from edge.run.loop import format_summary, outcome
+    from edge.run.memory import limit_arenas
 
+    limit_arenas()  # before any thread (the model's, the watcher's) takes an arena of its own
     if delete_consumed and move_consumed is not None:
         raise Fatal("choose one of --delete-consumed and --move-consumed")
     opts = RunOptions(

@@ -355,6 +355,44 @@ def test_freed_memory_goes_back_to_the_system_every_thousand_frames():
     del held
 
 
+_ARENA_CHILD = """
+import sys, threading
+import numpy as np
+from edge.run.memory import limit_arenas, _libc_function
+if sys.argv[1] == "limit":
+    assert limit_arenas(1)
+
+def churn():
+    for _ in range(200):
+        blocks = [np.ones(20_000) for _ in range(8)]
+        del blocks
+
+threads = [threading.Thread(target=churn) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+_libc_function("malloc_stats", [])()  # one "Arena N:" section per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize("mode", ["limit", "default"])
+def test_the_loop_keeps_the_threads_on_one_allocator_arena(mode):
+    """Each thread would get an arena of its own, each a heap that stays resident
+    (edge/run/memory.py); after limit_arenas(1) four allocating threads share the one arena."""
+    import subprocess
+    import sys
+
+    from edge.run.memory import _libc_function
+
+    if _libc_function("mallopt", []) is None:
+        pytest.skip("not glibc: no arenas to limit")
+    done = subprocess.run([sys.executable, "-c", _ARENA_CHILD, mode], capture_output=True,
+                          text=True, timeout=120, check=True)  # fmt: skip
+    arenas = done.stderr.count("Arena ")
+    assert arenas == 1 if mode == "limit" else arenas > 1
+
+
 def test_log_histogram_quantiles_are_within_one_percent():
     values = np.random.default_rng(1).lognormal(0.0, 1.0, 50000) + 0.01
     hist = LogHistogram(0.01)

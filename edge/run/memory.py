@@ -1,14 +1,23 @@
-"""Keep an endless run's resident memory flat: give the C allocator's free memory back.
+"""Keep an endless run's resident memory flat: one allocator arena, its free memory given back.
 
 On a long run the Python objects the loop holds stay constant (traced with tracemalloc:
 3.87 MiB after 10,000 frames and 3.88 MiB after 20,000), yet resident memory crept by about
-1.5 MiB per 50,000 frames (``report/soak/``): glibc's allocator keeps memory that was freed (numpy arrays, decoded
-frames, PNG buffers, made and freed by three threads, each with its own arena) for later use
-instead of returning it, and the pieces it keeps fragment. ``malloc_trim(0)`` returns every free
-page of every arena; called every :data:`TRIM_EVERY` frames (about a millisecond) it bounds the
-footprint: over a million frames the peak per 100,000 frames stays within 0.84 MiB instead of
-growing about 30 (``benchmarks/soak.py``); single samples scatter over ~2.6 MiB as they catch the
-allocator between two trims. Elsewhere than glibc (musl, macOS) it is a no-op.
+1.5 MiB per 50,000 frames (``report/soak/``). Two things of glibc's allocator, both seen in
+``/proc/self/smaps`` (``benchmarks/memory_growth.py``):
+
+- it keeps memory that was freed (numpy arrays, decoded frames, PNG buffers) for later use
+  instead of returning it, and the pieces it keeps fragment. ``malloc_trim(0)`` returns every
+  free page; called every :data:`TRIM_EVERY` frames (about a millisecond) it ended the creep of
+  about 30 MiB a million frames;
+- the read-ahead and write-back threads allocate while the loop's thread does, and glibc gives
+  a thread that finds an arena busy a new one (up to 8 per core), each a 64 MiB-aligned heap
+  whose first ~0.9 MiB becomes resident and stays: the steps of about 0.9 MiB, now and then, that
+  were left after the trims. ``edge-seg run`` asks for one arena (``mallopt(M_ARENA_MAX, 1)``)
+  before any thread starts, and the loop asks again (a caller's threads made earlier keep theirs):
+  the threads allocate a few buffers a frame, so they share one lock, and the freed buffers are
+  reused instead of spread over new heaps.
+
+Elsewhere than glibc (musl, macOS) both are no-ops.
 """
 
 from __future__ import annotations
@@ -19,29 +28,44 @@ import logging
 
 log = logging.getLogger(__name__)
 TRIM_EVERY = 1000  # frames between trims
+ARENA_MAX = 1  # glibc arenas for the whole process (see the module)
+M_ARENA_MAX = -8  # mallopt's parameter number for it (malloc.h)
+
+
+def _libc_function(name: str, argtypes: list):
+    try:
+        found = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(found) if found else None
+    except OSError:
+        return None
+    function = getattr(libc, name, None) if libc is not None else None
+    if function is not None:
+        function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
 
 
 def _malloc_trim():
-    try:
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    return _libc_function("malloc_trim", [ctypes.c_size_t])
+
+
+def limit_arenas(arenas: int = ARENA_MAX) -> bool:
+    """Ask glibc for at most ``arenas`` allocator arenas from now on (before the threads start);
+    False where there is no glibc."""
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    return bool(mallopt is not None and mallopt(M_ARENA_MAX, arenas))
 
 
 class AllocatorTrim:
     """Calls ``malloc_trim(0)`` every ``every`` frames (see the module).
 
     Args:
-        every: frames between trims (0: never).
+        every: frames between trims (0: never, and the arenas are left as glibc sets them).
+        arenas: the arena limit asked for when trimming (0: glibc's own).
     """
 
-    def __init__(self, every: int = TRIM_EVERY):
+    def __init__(self, every: int = TRIM_EVERY, arenas: int = ARENA_MAX):
         self.every = every
+        self.arenas_limited = bool(every and arenas) and limit_arenas(arenas)
         self._trim = _malloc_trim() if every else None
         self._count = 0
         self.trims = 0
@@ -57,4 +81,4 @@ class AllocatorTrim:
             self.trims += 1
 
 
-__all__ = ["TRIM_EVERY", "AllocatorTrim"]
+__all__ = ["ARENA_MAX", "TRIM_EVERY", "AllocatorTrim", "limit_arenas"]
