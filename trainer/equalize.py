@@ -44,7 +44,9 @@ class Group:
     tensor: str
 
 
-def find_groups(model: keras.Model, readers: dict[str, list], passthrough: tuple, kernels: tuple) -> list[Group]:  # fmt: skip
+def find_groups(
+    model: keras.Model, readers: dict[str, list], passthrough: tuple, kernels: tuple
+) -> list[Group]:
     """Every equalizable group of ``model``.
 
     Args:
@@ -78,7 +80,10 @@ def find_groups(model: keras.Model, readers: dict[str, list], passthrough: tuple
             tensor, reader = end_of(layer)
             inputs = [t._keras_history.operation for t in layer.input]
             chains = [_chain_back(x, passthrough) for x in inputs]
-            ok = all(c is not None and relu_source(c) and end_of(c)[1] is layer for c in chains)
+            ok = all(
+                relu_source(c) and end_of(c)[1] is layer and _relu_between(c, end_of(c)[0], readers)
+                for c in chains
+            )
             if ok and isinstance(reader, kernels) and tensor is layer and layer.axis in (-1, 3):
                 groups.append(Group(chains, reader, layer.name))
             continue
@@ -103,9 +108,9 @@ def _chain_back(layer, passthrough):
 
 
 def _relu_between(conv, tensor, readers) -> bool:
-    """A ReLU lies on the lone path from ``conv`` to ``tensor``: without it the activation has
-    negative values, and a positive scale still commutes, but the graph then has no fused
-    activation to equalize; only ReLU outputs are taken."""
+    """A ReLU lies on the lone path from ``conv`` to ``tensor``. Only ReLU outputs are taken:
+    their int8 grid starts at 0, so a channel's range is its maximum (a scale would commute
+    without the ReLU too, but the grid of a signed tensor is not what this rule balances)."""
     layer = conv
     while layer is not tensor:
         layer = readers[layer.name][0]
