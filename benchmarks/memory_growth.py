@@ -91,7 +91,8 @@ def obmalloc_arenas() -> int | None:
 @click.option("--every", default=10_000, show_default=True, help="Frames between samples.")
 @click.option("--trace", is_flag=True, help="Trace Python's allocations from the start.")
 @click.option("--loop-trim-every", default=None, type=int,
-              help="The loop's own trim period in frames (0: none) [default: the loop's].")  # fmt: skip
+              help="The loop's own trim period in frames (0: none, and glibc's own arenas) "
+                   "[default: the loop's].")  # fmt: skip
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("report/soak/memory_growth.md"), show_default=True)  # fmt: skip

@@ -15,7 +15,8 @@ On a long run the Python objects the loop holds stay constant (traced with trace
   were left after the trims. ``edge-seg run`` asks for one arena (``mallopt(M_ARENA_MAX, 1)``)
   before any thread starts, and the loop asks again (a caller's threads made earlier keep theirs):
   the threads allocate a few buffers a frame, so they share one lock, and the freed buffers are
-  reused instead of spread over new heaps.
+  reused instead of spread over new heaps. With both, a million frames after 20 restarts stayed
+  within 0.25 MiB from the 10,000th on (``benchmarks/soak.py``; 2.6 MiB with the trims alone).
 
 Elsewhere than glibc (musl, macOS) both are no-ops.
 """
