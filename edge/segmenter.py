@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +169,9 @@ class Segmenter:
             low, high = float(window["low"]), float(window["high"])
         except (TypeError, KeyError, ValueError):
             low = high = float("nan")
-        if not high > low or self.output_kind != "logits":
+        if not (math.isfinite(low) and math.isfinite(high) and high > low) or (
+            self.output_kind != "logits"
+        ):
             raise ValueError(f"{self.model_path.name}: its metadata's logit_window {window!r} is "
                              "not {low, high} with low < high on a logits output")  # fmt: skip
         return low, high

@@ -328,3 +328,25 @@ def test_the_int8_top_probability_table_equals_the_softmax(band_models, rng):
     softmax = np.exp(values - values.max(-1, keepdims=True))
     want = (softmax / softmax.sum(-1, keepdims=True)).max(-1)
     np.testing.assert_allclose(seg.top_probability(raw), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "window", [{"low": 2.0, "high": 1.0}, {"low": "-inf", "high": "inf"}, {"high": 3.0}, [0, 1]]
+)
+def test_a_logit_window_that_cannot_be_read_back_is_refused(band_models, tmp_path, window):
+    """trainer/logit_window.py records {low, high} of a relu6 head; anything else would turn
+    the int8 output into wrong logits, so the model is refused at load."""
+    import json
+    import shutil
+
+    from edge.contract.metadata import read_model_metadata
+
+    doc = read_model_metadata(band_models["logits"]).document()
+    model = tmp_path / "windowed.tflite"
+    shutil.copy(band_models["bare"], model)  # no embedded document: the sidecar speaks
+    model.with_suffix(".json").write_text(json.dumps({**doc, "logit_window": window}))
+    with pytest.raises(ValueError, match=r"logit_window .* is not \{low, high\}"):
+        Segmenter(model)
+    ok = {**doc, "logit_window": {"low": -1.0, "high": 5.0}}
+    model.with_suffix(".json").write_text(json.dumps(ok))
+    assert Segmenter(model).logit_window == (-1.0, 5.0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,24 @@ ARENA_MAX = 1  # glibc arenas for the whole process (see the module)
 M_ARENA_MAX = -8  # mallopt's parameter number for it (malloc.h)
 
 
-def _libc_function(name: str, argtypes: list):
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library, once (find_library runs ldconfig or a compiler, which a stripped image may
+    lack: the process's own symbols are then tried)."""
     try:
         found = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(found) if found else None
     except OSError:
-        return None
+        found = None
+    for name in (found, None):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def _libc_function(name: str, argtypes: list):
+    libc = _libc()
     function = getattr(libc, name, None) if libc is not None else None
     if function is not None:
         function.argtypes, function.restype = argtypes, ctypes.c_int
