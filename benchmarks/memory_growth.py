@@ -34,19 +34,6 @@ from soak import frames_for, proc_sample
 from edge.io.sinks import atomic_write_bytes
 
 
-def malloc_trim():
-    """glibc's ``malloc_trim(0)`` (None where there is no glibc)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc.malloc_trim if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
 def _arena_steps(samples: list[dict]) -> list[str]:
     """How much of the RSS's scatter the count of Python's arenas explains (a least-squares line
     of RSS on the count over the samples after the first)."""
@@ -112,7 +99,7 @@ def main(
     from edge.io.sinks import OutputWriter
     from edge.run.hazards import RegionAnalyzer, RegionConfig
     from edge.run.loop import RunContext, run_stream
-    from edge.run.memory import limit_arenas
+    from edge.run.memory import _malloc_trim, limit_arenas
     from edge.segmenter import Segmenter
 
     if loop_trim_every != 0:  # as `edge-seg run` does first; --loop-trim-every 0: glibc's own
@@ -130,7 +117,7 @@ def main(
     payloads = frames_for(model)
     seg = Segmenter(model, threads=1)
     source = CameraDir(cam, watch=True, idle_timeout=5, max_queue=8)
-    trim = malloc_trim()
+    trim = _malloc_trim()  # the loop's own (glibc's malloc_trim; None elsewhere)
     samples: list[dict] = []
     snapshots = {}
     handled = [0]
