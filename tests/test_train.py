@@ -28,6 +28,7 @@ RUN_FILES = (
     "curves.png",
     "metrics.json",
     "confusion.png",
+    "devices.json",
 )
 
 
@@ -71,6 +72,9 @@ def test_fit_leaves_a_complete_run(trained_run):
         "big_rock",
     }
     assert json.loads((run_dir / "config.json").read_text())["model"] == "marsseg"
+    devices = json.loads((run_dir / "devices.json").read_text())  # what it trained on
+    assert devices["backend"] == "tensorflow" and devices["kind"] == "cpu" and devices["devices"]
+    assert devices["precision"] == "float32" and "tensorflow" in devices["versions"]
     rows = _history_rows(run_dir)
     assert len(rows) == 2 and "val_miou" in rows[0] and "val_iou_big_rock" in rows[0]
     assert result.best_miou == pytest.approx(max(float(r["val_miou"]) for r in rows), abs=1e-6)

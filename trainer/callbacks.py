@@ -14,6 +14,7 @@ import numpy as np
 from edge.contract.labels import LabelSet
 from edge.io.sinks import atomic_path, atomic_write_json
 from trainer.class_bias import forget_calibration
+from trainer.jax_backend import retrace_after_weights_change
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,24 @@ log = logging.getLogger(__name__)
 def _atomic_save(model, path: Path) -> None:
     with atomic_path(path) as tmp:
         model.save(tmp)
+
+
+def _save_in_step(model, improved: bool) -> None:
+    """What a process that writes nothing does while the chief saves, under JAX on several
+    machines: the same saves, to a scratch folder. Saving gathers the weights with collectives,
+    which every process must join in the same order, or the next collective of each mismatches
+    (``device_put ... is not the same on each process``)."""
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in ("model.keras", "last.keras")[0 if improved else 1 :]:
+            model.save(Path(scratch) / name)
 
 
 class ScheduleResume(keras.callbacks.Callback):
@@ -166,6 +185,7 @@ class AdaptiveWeightsUpdate(keras.callbacks.Callback):
         for c in self.label_set.scored:
             ious[c] = logs.get(f"iou_{self.label_set.names[c]}", 0.0)
         weights = self.adaptive.update(ious)
+        retrace_after_weights_change(self.model)
         self.checkpoint.extra_state["afd_weights"] = weights.tolist()
         log.debug("afd weights: %s", np.round(weights, 3).tolist())
 
@@ -198,6 +218,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             self.best = float(score)
         self.epochs_done = epoch + 1
         if not self.write:
+            _save_in_step(self.model, improved)
             return
         if improved:
             _atomic_save(self.model, self.run_dir / "model.keras")

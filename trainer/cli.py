@@ -14,6 +14,7 @@ from trainer.config import QatConfig, TrainConfig
 
 # What `trainer` needs beyond the rover's packages: the [train] extra.
 TRAIN_MODULES = ("tensorflow", "keras", "albumentations", "matplotlib")
+JAX_MODULES = ("jax", "keras", "albumentations", "matplotlib")  # KERAS_BACKEND=jax
 
 
 class Fatal(click.ClickException):
@@ -50,7 +51,8 @@ def missing_train_modules() -> list[str]:
     """The [train] extra's modules that cannot be imported here."""
     import importlib.util
 
-    return [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
+    wanted = JAX_MODULES if os.environ.get("KERAS_BACKEND") == "jax" else TRAIN_MODULES
+    return [name for name in wanted if importlib.util.find_spec(name) is None]
 
 
 @click.group(cls=_ValueErrorsAsUsage)
@@ -78,6 +80,7 @@ def main(verbose: bool) -> None:
         format="%(levelname)s %(message)s",
         stream=_terminal(),
     )
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" at start-up
     if not verbose:  # TensorFlow's Python-side notes ("Assets written to ...")
         for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.WARNING)

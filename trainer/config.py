@@ -146,10 +146,16 @@ class TrainConfig:
         "Start from the weights of this run (its model.keras) or .keras file: fine-tuning, e.g. "
         "with another loss. The architecture and frame size must match.",
     )
+    device: str = setting(
+        "auto",
+        "Train on: auto (a GPU if the backend sees one), cpu, or gpu (exit 2 where there is none).",
+        choices=("auto", "cpu", "gpu"),
+        resume=True,
+    )
     strategy: str = setting(
         "auto",
-        "tf.distribute: auto (all GPUs if several), default (one device), mirrored (local GPUs, "
-        "or --replicas CPU devices), multiworker (TF_CONFIG).",
+        "auto (all GPUs if several), default (one device), mirrored (local GPUs, or --replicas "
+        "CPU devices), multiworker (TF_CONFIG; under JAX KERAS_DISTRIBUTION_*).",
         choices=("auto", "default", "mirrored", "multiworker"),
         resume=True,
     )

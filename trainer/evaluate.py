@@ -44,8 +44,22 @@ def resolve_model_path(run: str | Path) -> Path:
 
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, H, W, C) for float frames (N, H, W) in [0, 1]."""
-    return model.predict(images[..., None].astype(np.float32), batch_size=batch_size, verbose=0)
+    """Class probabilities (N, H, W, C) for float frames (N, H, W) in [0, 1].
+
+    Under a Keras distribution (JAX, several devices) every batch must split evenly over the
+    devices: the frames are padded to a multiple of their count (and the batch rounded to one),
+    and the padding's predictions dropped.
+    """
+    import keras
+
+    frames = images[..., None].astype(np.float32)
+    distribution = keras.distribution.distribution()
+    devices = len(distribution.device_mesh.devices.ravel()) if distribution is not None else 1
+    if devices > 1:
+        batch_size = max(devices, batch_size // devices * devices)
+        pad = -len(frames) % devices
+        frames = np.concatenate([frames, np.zeros((pad, *frames.shape[1:]), frames.dtype)])
+    return model.predict(frames, batch_size=batch_size, verbose=0)[: len(images)]
 
 
 def predict_labels(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

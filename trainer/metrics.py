@@ -13,6 +13,17 @@ from keras import ops
 from edge.contract.labels import MARS, LabelSet
 
 
+def _count_dtype() -> str:
+    """The confusion counts' type: float64 (float32 stops counting exactly past 2^24, ~2,000
+    frames), or int32 under JAX, which has no 64-bit types unless ``jax_enable_x64`` (exact up
+    to 2^31 pixels a cell: 32,768 frames of 256x256 all in one cell, per epoch)."""
+    if keras.backend.backend() != "jax":
+        return "float64"
+    import jax
+
+    return "float64" if jax.config.jax_enable_x64 else "int32"
+
+
 @keras.saving.register_keras_serializable(package="marsseg")
 class MeanIoU(keras.metrics.Metric):
     """Mean IoU over the scored classes from a running confusion matrix.
@@ -35,24 +46,27 @@ class MeanIoU(keras.metrics.Metric):
         self.num_classes = num_classes
         self.class_id = class_id
         self.ignore = ignore
-        # float64: counts pass 2^24 after ~2,000 frames, where float32 stops counting exactly
         self.confusion = self.add_variable(
-            shape=(num_classes, num_classes), initializer="zeros", dtype="float64", name="confusion"
+            shape=(num_classes, num_classes),
+            initializer="zeros",
+            dtype=_count_dtype(),
+            name="confusion",
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         predicted = ops.reshape(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), (-1,))
+        count = self.confusion.dtype
         if self.ignore is None:
-            scored = ops.ones_like(labels, dtype="float64")
+            scored = ops.ones_like(labels, dtype=count)
         else:
-            scored = ops.cast(labels != self.ignore, "float64")
+            scored = ops.cast(labels != self.ignore, count)
         index = labels * self.num_classes + predicted
         counts = ops.segment_sum(scored, index, num_segments=self.num_classes**2)
         self.confusion.assign_add(ops.reshape(counts, (self.num_classes, self.num_classes)))
 
     def iou(self):
-        cm = self.confusion
+        cm = ops.cast(self.confusion, "float64" if _count_dtype() == "float64" else "float32")
         tp = ops.diagonal(cm)
         union = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - tp
         return tp / ops.maximum(union, 1.0), union > 0
@@ -62,11 +76,11 @@ class MeanIoU(keras.metrics.Metric):
         if self.class_id is not None:
             return ops.cast(iou[self.class_id], "float32")
         keep = [c != self.ignore for c in range(self.num_classes)]
-        valid = ops.cast(valid, "float64") * ops.convert_to_tensor(keep, dtype="float64")
+        valid = ops.cast(valid, iou.dtype) * ops.convert_to_tensor(keep, dtype=iou.dtype)
         return ops.cast(ops.sum(iou * valid) / ops.maximum(ops.sum(valid), 1.0), "float32")
 
     def reset_state(self):
-        self.confusion.assign(ops.zeros_like(self.confusion))
+        self.confusion.assign(ops.zeros(self.confusion.shape, self.confusion.dtype))
 
     def get_config(self):
         return {

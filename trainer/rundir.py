@@ -29,6 +29,7 @@ class RunDir:
     HISTORY = "history.csv"
     METRICS = "metrics.json"
     PARITY = "parity.json"
+    DEVICES = "devices.json"  # what fit trained on (trainer.devices.Devices)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

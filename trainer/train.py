@@ -36,6 +36,8 @@ from trainer.callbacks import (
     ScheduleResume,
 )
 from trainer.config import TrainConfig, flat_fields, flatten, to_json, with_values
+from trainer.devices import Devices, backend, set_precision
+from trainer.devices import select as select_devices
 from trainer.distributed import (
     TrainingError,
     is_chief,
@@ -103,32 +105,23 @@ def fit(
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; valid names: {', '.join(sorted(MODELS))}")
     loss_terms = parse_loss_spec(cfg.loss)  # the one parse: fails before any data is loaded
-    strategy = select_strategy(cfg.strategy, cfg.replicas)  # first: before anything touches TF
-    chief = is_chief(strategy)
-    import tensorflow as tf
-
-    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if multiworker and cfg.loop == "fit":
-        raise ValueError("--loop fit cannot train multiworker (keras-team/keras#20585): use auto")
-    custom = cfg.loop == "custom" or (cfg.loop == "auto" and multiworker)
-    if custom and cfg.xla:
-        log.warning("--xla is not used by the custom training loop")
-    if custom and cfg.ema:
-        raise ValueError("--ema needs Keras' fit loop (--loop fit, one machine); use --ema 0")
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"--ema {cfg.ema}: a momentum in [0, 1), e.g. 0.999 (0: off)")
+    # first: the devices and the strategy, before anything starts the backend
+    found, strategy, chief, custom = _place(cfg)
     state = _run_state(run_dir, resume, cfg)  # every worker looks: it only reads
     _seed_everything(cfg.seed)
-    _set_precision(cfg.mixed_precision)
+    set_precision(found, cfg.mixed_precision)
+    log.info("%s", found.line())
     data = prepare_data(cfg)
     if cfg.data.size is None and data.info["layout"] != "npz":  # record the size used
         cfg.data.size = "{}x{}".format(*data.preprocessing.size)
     if chief:  # the other workers write nothing
-        _write_run_files(run_dir, cfg, data)
+        _write_run_files(run_dir, cfg, data, found)
     with strategy.scope():
         model, adaptive = build_training_model(cfg, data, loss_terms, state, run_dir)
-        if strategy.num_replicas_in_sync > 1:
-            synchronize_batch_norm(model)
+        if strategy.num_replicas_in_sync > 1 and found.backend == "tensorflow":
+            synchronize_batch_norm(model)  # (under JAX the step sees the global batch)
     log.info(
         "%s: %s parameters, %d replica(s)%s",
         cfg.model,
@@ -147,13 +140,15 @@ def fit(
                 model, data, cfg, strategy, state["epoch"], all_callbacks, chief
             )
         else:
-            interrupted = train_model(model, data, cfg, state["epoch"], all_callbacks)
+            interrupted = train_model(model, data, cfg, state["epoch"], all_callbacks, strategy)
     except Exception as err:
-        if isinstance(err, (tf.errors.OpError, RuntimeError)):
+        if isinstance(err, (*_backend_errors(), RuntimeError)):
             raise TrainingError(
                 f"training failed on {worker_name(strategy)}: {one_line(err)}"
             ) from err
         raise
+    if getattr(strategy, "process_count", 1) > 1:  # JAX, several machines: the chief scores
+        keras.distribution.set_distribution(None)  # alone, on its own device (no collectives)
     if chief:
         finish_run(run_dir, data.val_images, data.val_labels, data.label_set)
     return FitResult(
@@ -170,6 +165,42 @@ def fit(
 
 # ----------------------------------------------------------------------------------------------
 # The steps of fit().
+
+
+def _place(cfg: TrainConfig):
+    """The devices (:class:`trainer.devices.Devices`), the strategy (a ``tf.distribute`` one, or
+    JAX's :class:`trainer.jax_backend.Placement`), whether this process is the chief and whether
+    the custom loop trains."""
+    if backend() == "jax":
+        from trainer import jax_backend as J
+
+        J.check_loop(cfg)
+        cluster = J.join_cluster(cfg.strategy)
+        found = select_devices(cfg.device, cfg.replicas)
+        placement = J.select_distribution(cfg.strategy, found.kind, cfg.batch_size, cluster)
+        return found, placement, placement.process_index == 0, False
+    found = select_devices(cfg.device)
+    found.xla = cfg.xla
+    strategy = select_strategy(cfg.strategy, cfg.replicas)
+    import tensorflow as tf
+
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multiworker and cfg.loop == "fit":
+        raise ValueError("--loop fit cannot train multiworker (keras-team/keras#20585): use auto")
+    custom = cfg.loop == "custom" or (cfg.loop == "auto" and multiworker)
+    if custom and cfg.xla:
+        log.warning("--xla is not used by the custom training loop")
+    if custom and cfg.ema:
+        raise ValueError("--ema needs Keras' fit loop (--loop fit, one machine); use --ema 0")
+    return found, strategy, is_chief(strategy), custom
+
+
+def _backend_errors() -> tuple:
+    if backend() == "jax":
+        return ()
+    import tensorflow as tf
+
+    return (tf.errors.OpError,)
 
 
 def _run_state(run_dir: Path, resume: bool, cfg: TrainConfig) -> dict:
@@ -295,9 +326,10 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
     )
 
 
-def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared) -> None:
+def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared, found: Devices) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     to_json(cfg, run_dir / "config.json")
+    atomic_write_json(run_dir / RunDir.DEVICES, found.as_dict())
     # the path as given is relative to where fit ran; the absolute one finds it from anywhere
     absolute = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
     atomic_write_json(run_dir / "data.json", {**data.info, "path_absolute": absolute})
@@ -333,7 +365,9 @@ def build_training_model(cfg: TrainConfig, data: Prepared, loss_terms: dict, sta
         ),
         loss=per_frame(make_loss(loss_terms, weights, adaptive, ignore=data.label_set.ignore)),
         metrics=segmentation_metrics(data.label_set),
-        jit_compile=cfg.xla,
+        # under JAX the step is always compiled (XLA): uncompiled it runs op by op, several
+        # times slower, and a step split over devices then waits forever on its all-reduce
+        jit_compile=True if backend() == "jax" else cfg.xla,
     )
     return model, adaptive
 
@@ -401,19 +435,44 @@ def make_callbacks(
     return [*callbacks, *rate, stopping, ScheduleResume(checkpoint), checkpoint]
 
 
-def train_model(model, data: Prepared, cfg: TrainConfig, initial_epoch: int, callbacks) -> bool:
+def train_model(
+    model, data: Prepared, cfg: TrainConfig, initial_epoch: int, callbacks, strategy=None
+) -> bool:
     """Run ``model.fit``; returns whether Ctrl-C ended it (the checkpoints stay)."""
-    train_ds = make_dataset(
-        data.train_images, data.train_labels, cfg.batch_size, training=True, cfg=cfg
-    )
-    val_ds = make_dataset(data.val_images, data.val_labels, cfg.batch_size, training=False, cfg=cfg)
+    if backend() == "jax":  # Keras' PyDataset: no TensorFlow
+        from trainer.jax_backend import FramesDataset
+
+        processes, index = (
+            getattr(strategy, "process_count", 1),
+            getattr(strategy, "process_index", 0),
+        )
+        shard = (processes, index) if processes > 1 else None
+        batch = cfg.batch_size // processes  # this process's share of the global batch
+        train_ds = FramesDataset(
+            data.train_images, data.train_labels, batch, training=True, cfg=cfg,
+            steps=cfg.steps_per_epoch, shard=shard,
+        )  # fmt: skip
+        train_ds.epoch = initial_epoch  # the stream continues on --resume
+        val_ds = FramesDataset(
+            data.val_images, data.val_labels, batch, training=False, cfg=cfg, shard=shard,
+            multiple=strategy.num_replicas_in_sync // processes, pad_label=data.label_set.ignore,
+        )  # fmt: skip
+        steps = None  # the dataset's length is the epoch
+    else:
+        train_ds = make_dataset(
+            data.train_images, data.train_labels, cfg.batch_size, training=True, cfg=cfg
+        )
+        val_ds = make_dataset(
+            data.val_images, data.val_labels, cfg.batch_size, training=False, cfg=cfg
+        )
+        steps = cfg.steps_per_epoch
     try:
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=cfg.steps_per_epoch,
+            steps_per_epoch=steps,
             callbacks=callbacks,
             verbose=cfg.verbose,
             shuffle=False,  # tf.data shuffles
@@ -443,12 +502,18 @@ def finish_run(
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    keras.utils.set_random_seed(seed)  # also seeds numpy's legacy global generator and TensorFlow
-
-
-def _set_precision(mixed: bool) -> None:
-    import tensorflow as tf
-
-    if mixed:
-        policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
-        keras.mixed_precision.set_global_policy(policy)
+    if backend() != "jax":
+        keras.utils.set_random_seed(seed)  # also seeds numpy's legacy global generator and TF
+        return
+    # under JAX set_random_seed would import TensorFlow (when installed) only to seed it: seed
+    # what it seeds but that (numpy, and Keras' global seed, read by unseeded initializers)
+    np.random.seed(seed)  # noqa: NPY002  (the legacy global generator is what it seeds)
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+    except ImportError:  # another Keras layout: the public call, TensorFlow import and all
+        keras.utils.set_random_seed(seed)
+        return
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
