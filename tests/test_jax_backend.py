@@ -273,25 +273,25 @@ def test_the_jax_input_stream_covers_each_pass_once_in_a_new_order():
     from trainer.jax_backend import FramesDataset
 
     images, labels = _frames()
-    ds = FramesDataset(images, labels, 4, training=True, cfg=_cfg(False), steps=3, workers=1)
+    ds = FramesDataset(images, labels, 4, training=True, cfg=_cfg(False), steps=3)
     seen = []
-    for _epoch in range(5):  # 15 batches of 4 = 60 frames = 3 passes over 20
+    for epoch in range(5):  # 15 batches of 4 = 60 frames = 3 passes over 20
+        ds.epoch = epoch  # what StreamEpoch does before each epoch
         for i in range(len(ds)):
             x, y = ds[i]
             assert x.shape == (4, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
             seen += y[:, 4, 4].tolist()
-        ds.on_epoch_end()
     passes = [seen[k : k + 20] for k in range(0, 60, 20)]
     assert all(sorted(p) == list(range(20)) for p in passes)
     assert passes[0] != passes[1] != passes[2]
 
 
-def test_the_jax_input_is_the_same_whichever_thread_makes_a_batch():
+def test_the_jax_input_is_the_same_in_whichever_order_batches_are_made():
     from trainer.jax_backend import FramesDataset
 
     images, labels = _frames()
-    one = FramesDataset(images, labels, 4, training=True, cfg=_cfg(), workers=1)
-    other = FramesDataset(images, labels, 4, training=True, cfg=_cfg(), workers=1)
+    one = FramesDataset(images, labels, 4, training=True, cfg=_cfg())
+    other = FramesDataset(images, labels, 4, training=True, cfg=_cfg())
     backwards = [other[i] for i in reversed(range(len(other)))][::-1]
     for i, (x, y) in enumerate(backwards):
         np.testing.assert_array_equal(one[i][0], x)
@@ -299,18 +299,27 @@ def test_the_jax_input_is_the_same_whichever_thread_makes_a_batch():
     assert not np.array_equal(one[0][0][..., 0], images[one[0][1][:, 4, 4]])  # augmented
 
 
-def test_the_jax_input_shards_and_validation_are_whole():
+def test_the_jax_input_shards_are_disjoint_and_even():
+    """Every process must run as many steps on as many frames: an odd count is cut (training)
+    or padded with blanks (validation), never left to one process."""
     from trainer.jax_backend import FramesDataset
 
-    images, labels = _frames(n=22)
-    val = FramesDataset(images, labels, 4, training=False, cfg=_cfg(), workers=1)
-    assert len(val) == 6 and sum(len(val[i][1]) for i in range(len(val))) == 22
+    images, labels = _frames(n=23)
     shards = [
-        FramesDataset(images, labels, 2, training=True, cfg=_cfg(False), shard=(2, k), workers=1)
+        FramesDataset(images, labels, 2, training=True, cfg=_cfg(False), shard=(2, k))
         for k in (0, 1)
     ]
+    assert len(shards[0]) == len(shards[1]) == 5
     ids = [set(np.concatenate([s[i][1][:, 4, 4] for i in range(len(s))]).tolist()) for s in shards]
-    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 20  # each drops its partial batch
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 20
+    val = FramesDataset(images, labels, 4, training=False, cfg=_cfg())
+    assert len(val) == 6 and sum(len(val[i][1]) for i in range(len(val))) == 23
+    halves = [FramesDataset(images, labels + 1, 4, training=False, cfg=_cfg(), shard=(2, k))
+              for k in (0, 1)]  # fmt: skip
+    sizes = [[len(h[i][1]) for i in range(len(h))] for h in halves]
+    assert sizes[0] == sizes[1] == [4, 4, 4]
+    seen = np.concatenate([h[i][1][:, 4, 4] for h in halves for i in range(len(h))])
+    assert sorted(seen[seen > 0].tolist()) == list(range(1, 24)) and (seen == 0).sum() == 1
 
 
 def test_a_last_validation_batch_is_padded_to_split_over_the_devices():
@@ -318,10 +327,10 @@ def test_a_last_validation_batch_is_padded_to_split_over_the_devices():
 
     images, labels = _frames(n=13)
     labels = labels + 1  # no frame of the ignored label 0
-    val = FramesDataset(images, labels, 8, training=False, cfg=_cfg(), multiple=2, workers=1)
+    val = FramesDataset(images, labels, 8, training=False, cfg=_cfg(), multiple=2)
     x, y = val[1]  # frames 8-12 and one pad
     assert x.shape == (6, 8, 8, 1) and (y[5] == 0).all() and (x[5] == 0).all()
     np.testing.assert_array_equal(y[:5, 4, 4], np.arange(9, 14))
     bare = FramesDataset(images, labels, 8, training=False, cfg=_cfg(), multiple=2,
-                         pad_label=None, workers=1)  # fmt: skip
+                         pad_label=None)  # fmt: skip
     assert len(bare[1][1]) == 4

@@ -106,7 +106,7 @@ def _select_tensorflow(requested: str) -> Devices:
     if requested == "gpu" and not gpus:
         built = tf.test.is_built_with_cuda()
         hint = (
-            "this TensorFlow has CUDA, no GPU was found" if built else "tensorflow-cpu is installed"
+            "this TensorFlow has CUDA, no GPU was found" if built else "a TensorFlow without CUDA"
         )
         raise _no_gpu("TensorFlow", hint)
     if requested == "cpu" and gpus:
@@ -125,19 +125,25 @@ def _select_tensorflow(requested: str) -> Devices:
     )
 
 
-def _select_jax(requested: str, replicas: int) -> Devices:
-    import keras
-
+def configure_jax(requested: str, replicas: int) -> None:
+    """What JAX reads when it starts its devices: the CPU split and the platforms. Before
+    anything starts them (``jax.distributed`` does): afterwards they are silently ignored."""
     if replicas > 1:
         _split_jax_cpu(replicas)
-    import jax
-
     if requested == "cpu":
-        try:
-            jax.config.update("jax_platforms", "cpu")
-        except RuntimeError as err:  # the backend already started
-            raise DeviceError(f"--device cpu: JAX already started its devices ({err})") from err
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
+
+
+def _select_jax(requested: str, replicas: int) -> Devices:
+    import jax
+    import keras
+
+    configure_jax(requested, replicas)
     versions = {"keras": keras.__version__, "jax": jax.__version__}
+    if requested == "cpu" and jax.default_backend() != "cpu":
+        raise DeviceError(f"--device cpu: JAX already started on {jax.default_backend()}")
     try:
         gpus = [] if requested == "cpu" else jax.devices("gpu")
     except RuntimeError:
@@ -148,7 +154,7 @@ def _select_jax(requested: str, replicas: int) -> Devices:
         found = [Device("gpu", d.device_kind, _jax_memory(d)) for d in gpus]
         return Devices("jax", "gpu", found, xla=True, versions=versions)
     cpus = jax.devices("cpu")
-    if replicas > 1 and len(cpus) != replicas:
+    if replicas > 1 and len(cpus) != replicas * jax.process_count():
         raise DeviceError(
             f"--replicas {replicas}: JAX already started with {len(cpus)} CPU device(s) in this "
             "process (set XLA_FLAGS=--xla_force_host_platform_device_count=N before it starts)"

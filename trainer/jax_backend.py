@@ -1,9 +1,9 @@
 """Training under Keras' JAX backend (``KERAS_BACKEND=jax trainer fit ...``): no TensorFlow.
 
 - **Input**: :class:`FramesDataset`, a ``keras.utils.PyDataset`` that shuffles, augments with the
-  same albumentations recipe as the ``tf.data`` pipeline (``trainer.augment``) in worker threads,
-  and batches. Each batch's random draws are seeded by (seed, pass, batch), so a batch is the
-  same whichever thread makes it and a rerun sees the same frames.
+  same albumentations recipe as the ``tf.data`` pipeline (``trainer.augment``) and batches. A
+  batch's frames and random draws follow from the seed and its position in the stream, so a
+  rerun, or a ``--resume``, sees the same frames.
 - **Several devices**: ``keras.distribution.DataParallel`` over the GPUs, or over ``--replicas``
   CPU devices. The step is one program over the global batch (XLA splits it), so BatchNorm's
   statistics are the global batch's with nothing to synchronize.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from dataclasses import dataclass
 
 import keras
@@ -29,7 +28,11 @@ from trainer.config import TrainConfig
 from trainer.distributed import STRATEGIES
 
 log = logging.getLogger(__name__)
-CLUSTER_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES")
+CLUSTER_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 
 
 @dataclass
@@ -112,6 +115,12 @@ def check_loop(cfg: TrainConfig) -> None:
 class FramesDataset(keras.utils.PyDataset):
     """Batches of (frames (B, H, W, 1) float32, labels (B, H, W) int32), augmented when training.
 
+    Batches are made on the training thread, not by Keras' worker threads: its enqueuer keeps
+    the batches it prefetched across an epoch's end and serves them first in the next, so which
+    frames an epoch saw would depend on timing (a rerun or a ``--resume`` would differ, and so
+    would the processes of one global step). JAX dispatches the step asynchronously, so the
+    next batch is still made while the device computes.
+
     Args:
         images, labels: (N, H, W) frames in [0, 1] and their labels.
         batch_size: frames per batch of this process (the global batch / processes).
@@ -119,11 +128,13 @@ class FramesDataset(keras.utils.PyDataset):
         cfg: the seed and the online augmentation switches.
         steps: batches per epoch; the stream then runs on across passes over the frames, each
             pass in a new order (as ``tf.data``'s repeat with reshuffling).
-        shard: ``(processes, index)``: this process's share of every pass.
-        workers: threads that make batches ahead of the step.
+        shard: ``(processes, index)``: this process's share of every pass; every process gets
+            as many frames and batches (training drops the ``N % processes`` last frames of
+            a pass, validation pads).
         multiple: the devices a batch is split over; a last validation batch that does not
-            split evenly is padded with frames labelled ``pad_label`` (the ignored label: they
-            count nowhere), or, without one, loses its few leftover frames (a warning says so).
+            split evenly is padded with blank frames labelled ``pad_label`` (the ignored label:
+            they count in no IoU, only in ``val_loss``), or, without one, loses its few
+            leftover frames (a warning says so).
         pad_label: the label set's ignored label, or None.
     """
 
@@ -137,71 +148,92 @@ class FramesDataset(keras.utils.PyDataset):
         cfg: TrainConfig,
         steps: int | None = None,
         shard: tuple[int, int] | None = None,
-        workers: int = 2,
         multiple: int = 1,
         pad_label: int | None = 0,
     ):
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+        super().__init__(workers=1, use_multiprocessing=False)
         self.images, self.labels = images, labels
         self.batch_size, self.training, self.seed = batch_size, training, cfg.seed
-        self.shard = shard or (1, 0)
-        self.frames = len(range(self.shard[1], len(images), self.shard[0]))
-        per_pass = self.frames // batch_size if training else math.ceil(self.frames / batch_size)
+        self.processes, self.index = shard or (1, 0)
+        self.multiple, self.pad_label = multiple, pad_label
+        n = len(images)
+        if training:
+            self.frames = n // self.processes  # per process and pass
+            per_pass = self.frames // batch_size
+        else:  # -1: a blank frame (padding)
+            self._val = self._padded_validation(n)
+            per_pass = math.ceil(len(self._val) / batch_size)
+            self.frames = len(self._val)
         if per_pass == 0:
             raise ValueError(f"{self.frames} frames do not fill one batch of {batch_size}")
         self.steps = steps or per_pass
-        self.epoch = 0
-        self.multiple, self.pad_label = multiple, pad_label
-        leftover = self.frames % batch_size % multiple
-        if not training and leftover and pad_label is None:
-            log.warning("validation: %d frame(s) left out (no ignored label to pad with)", leftover)
+        self.epoch = 0  # set by StreamEpoch before each epoch
         self._geometric, self._pixel = cfg.data.online_geometric, cfg.data.online_pixel
-        self._local = threading.local()
+        self._pipeline = None
+
+    def _padded_validation(self, n: int) -> np.ndarray:
+        """This process's validation frames, as many on every process and in every batch a
+        multiple of the devices: padded with blanks (-1), or trimmed without a label for them."""
+        order = np.arange(n)
+        if self.pad_label is None:
+            keep = n - n % (self.processes * self.multiple)
+            if keep < n:
+                log.warning(
+                    "validation: %d frame(s) left out (no ignored label to pad with)", n - keep
+                )
+            order = order[:keep]
+        else:
+            order = np.concatenate([order, np.full(-n % self.processes, -1)])
+        mine = order[self.index :: self.processes]
+        tail = len(mine) % self.batch_size
+        if self.pad_label is not None and tail % self.multiple:
+            mine = np.concatenate([mine, np.full(-tail % self.multiple, -1)])
+        return mine
 
     def __len__(self) -> int:
         return self.steps
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-
-    def _order(self, rank: int) -> np.ndarray:
-        """This process's frames in pass ``rank``'s order (the same shuffle on every process)."""
-        order = np.random.default_rng((self.seed, rank)).permutation(len(self.images))
-        return order[self.shard[1] :: self.shard[0]]
-
-    def _indices(self, idx: int) -> np.ndarray:
+    def _indices(self, idx: int) -> tuple[np.ndarray, int]:
+        """The frames of batch ``idx`` of this epoch, and its position in the stream (the seed
+        of its random draws)."""
         if not self.training:
-            return np.arange(len(self.images))[self.shard[1] :: self.shard[0]][
-                idx * self.batch_size : (idx + 1) * self.batch_size
-            ]
+            return self._val[idx * self.batch_size : (idx + 1) * self.batch_size], idx
         start = (self.epoch * self.steps + idx) * self.batch_size  # position in the stream
         usable = self.frames - self.frames % self.batch_size  # a pass drops its partial batch
         rank, offset = divmod(start, usable)
-        return self._order(rank)[offset : offset + self.batch_size]
-
-    def _pipeline(self):
-        if not hasattr(self._local, "pipeline"):  # one per thread: Compose is not thread-safe
-            self._local.pipeline = online_pipeline(self._geometric, self._pixel, seed=self.seed)
-        return self._local.pipeline
+        order = np.random.default_rng((self.seed, rank)).permutation(len(self.images))
+        order = order[: self.frames * self.processes][self.index :: self.processes]
+        return order[offset : offset + self.batch_size], start
 
     def __getitem__(self, idx: int):
-        take = self._indices(idx)
-        images, labels = self.images[take], self.labels[take]
-        pipeline = self._pipeline() if self.training else None
-        if pipeline is not None:
-            pipeline.set_random_seed(hash((self.seed, self.epoch, idx)) % 2**31)
-            pairs = [augment_pair(pipeline, i, m) for i, m in zip(images, labels)]
+        take, position = self._indices(idx)
+        blank = take < 0
+        images, labels = (
+            self.images[np.where(blank, 0, take)],
+            self.labels[np.where(blank, 0, take)],
+        )
+        if self.training and (self._geometric or self._pixel):
+            if self._pipeline is None:
+                self._pipeline = online_pipeline(self._geometric, self._pixel, seed=self.seed)
+            self._pipeline.set_random_seed(hash((self.seed, position, self.index)) % 2**31)
+            pairs = [augment_pair(self._pipeline, i, m) for i, m in zip(images, labels)]
             images = np.stack([p[0] for p in pairs])
             labels = np.stack([p[1] for p in pairs])
-        short = -len(take) % self.multiple  # a last batch that does not split over the devices
-        if short and self.pad_label is not None:
-            images = np.concatenate([images, np.zeros((short, *images.shape[1:]), images.dtype)])
-            pad = np.full((short, *labels.shape[1:]), self.pad_label, labels.dtype)
-            labels = np.concatenate([labels, pad])
-        elif short:
-            keep = len(take) - len(take) % self.multiple
-            images, labels = images[:keep], labels[:keep]
+        if blank.any():
+            images, labels = images.copy(), labels.copy()
+            images[blank], labels[blank] = 0, self.pad_label
         return images.astype(np.float32)[..., None], labels.astype(np.int32)
+
+
+class StreamEpoch(keras.callbacks.Callback):
+    """Tells the training stream which epoch begins (also the first after ``--resume``)."""
+
+    def __init__(self, dataset: FramesDataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.epoch = epoch
 
 
 def retrace_after_weights_change(model) -> None:

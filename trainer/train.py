@@ -36,7 +36,7 @@ from trainer.callbacks import (
     ScheduleResume,
 )
 from trainer.config import TrainConfig, flat_fields, flatten, to_json, with_values
-from trainer.devices import Devices, backend, set_precision
+from trainer.devices import Devices, backend, configure_jax, set_precision
 from trainer.devices import select as select_devices
 from trainer.distributed import (
     TrainingError,
@@ -175,6 +175,10 @@ def _place(cfg: TrainConfig):
         from trainer import jax_backend as J
 
         J.check_loop(cfg)
+        # before jax.distributed starts the devices: the settings it reads, and Keras' seed (an
+        # unset one is agreed between the processes, which starts every backend)
+        configure_jax(cfg.device, cfg.replicas)
+        _seed_everything(cfg.seed)
         cluster = J.join_cluster(cfg.strategy)
         found = select_devices(cfg.device, cfg.replicas)
         placement = J.select_distribution(cfg.strategy, found.kind, cfg.batch_size, cluster)
@@ -440,7 +444,7 @@ def train_model(
 ) -> bool:
     """Run ``model.fit``; returns whether Ctrl-C ended it (the checkpoints stay)."""
     if backend() == "jax":  # Keras' PyDataset: no TensorFlow
-        from trainer.jax_backend import FramesDataset
+        from trainer.jax_backend import FramesDataset, StreamEpoch
 
         processes, index = (
             getattr(strategy, "process_count", 1),
@@ -452,7 +456,7 @@ def train_model(
             data.train_images, data.train_labels, batch, training=True, cfg=cfg,
             steps=cfg.steps_per_epoch, shard=shard,
         )  # fmt: skip
-        train_ds.epoch = initial_epoch  # the stream continues on --resume
+        callbacks = [StreamEpoch(train_ds), *callbacks]  # the stream continues on --resume
         val_ds = FramesDataset(
             data.val_images, data.val_labels, batch, training=False, cfg=cfg, shard=shard,
             multiple=strategy.num_replicas_in_sync // processes, pad_label=data.label_set.ignore,
