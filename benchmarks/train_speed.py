@@ -25,18 +25,10 @@ from pathlib import Path
 
 import click
 
+from trainer.devices import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("tensorflow", "tensorflow+xla", "jax", "tensorflow+mp", "jax+mp")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def run_config(name: str, data: str, work: Path, limit: int, epochs: int, steps: int) -> dict:

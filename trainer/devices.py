@@ -81,7 +81,8 @@ def select(requested: str, replicas: int = 0) -> Devices:
     raise DeviceError(f"KERAS_BACKEND={name}: trainer fit runs on tensorflow or jax")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the records that name the machine."""
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("model name"):
@@ -121,7 +122,7 @@ def _select_tensorflow(requested: str) -> Devices:
         return Devices("tensorflow", "gpu", found, versions=versions)
     cpus = tf.config.list_physical_devices("CPU")
     return Devices(
-        "tensorflow", "cpu", [Device("cpu", _cpu_name()) for _ in cpus], versions=versions
+        "tensorflow", "cpu", [Device("cpu", cpu_name()) for _ in cpus], versions=versions
     )
 
 
@@ -160,7 +161,7 @@ def _select_jax(requested: str, replicas: int) -> Devices:
             "process (set XLA_FLAGS=--xla_force_host_platform_device_count=N before it starts)"
         )
     return Devices(
-        "jax", "cpu", [Device("cpu", _cpu_name()) for _ in cpus], xla=True, versions=versions
+        "jax", "cpu", [Device("cpu", cpu_name()) for _ in cpus], xla=True, versions=versions
     )
 
 
