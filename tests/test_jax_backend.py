@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_distributed import free_ports
 from trainer.config import DataConfig, TrainConfig
 from trainer.convert import ConvertConfig, check_integer_only, convert_run
 
@@ -154,18 +155,6 @@ def test_two_jax_devices_train_as_one(small_npz, tmp_path):
     assert len(devices["devices"]) == 2
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_jax_processes_train_as_one(small_npz, tmp_path):
     """Two processes on localhost through jax.distributed (Keras' KERAS_DISTRIBUTION_*
@@ -183,7 +172,7 @@ def test_two_jax_processes_train_as_one(small_npz, tmp_path):
     """
     proc = run_jax(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ports = _free_ports(2)
+    ports = free_ports(2)
     procs = []
     for index in (0, 1):
         code = f"""
