@@ -36,6 +36,8 @@ class Segmentation:
     model_labels: np.ndarray | None = None  # (h, w) at the model's size
     model_top: np.ndarray | None = None  # (h, w) uint8: top probability x 255, rounded
     restore: object = None  # model-size map -> frame-size map (fill for a crop's margins)
+    # (h, w) uint8: the probability x 255 of the class asked for (segment's class_probability)
+    model_class_probability: np.ndarray | None = None
 
     @functools.cached_property
     def top_probability(self) -> np.ndarray | None:
@@ -253,7 +255,11 @@ class Segmenter:
         return 1.0 / np.exp(values - values.max(axis=-1, keepdims=True)).sum(axis=-1)
 
     def segment(
-        self, frame: np.ndarray, with_probabilities: bool = False, with_confidence: bool = False
+        self,
+        frame: np.ndarray,
+        with_probabilities: bool = False,
+        with_confidence: bool = False,
+        class_probability: int | None = None,
     ) -> Segmentation:
         """Segment one uint8 grayscale frame (any size); the class map has the frame's size.
 
@@ -262,6 +268,9 @@ class Segmenter:
             with_probabilities: also return the probabilities (at the model's size).
             with_confidence: also return each pixel's top probability (at the frame's size, to
                 1/255).
+            class_probability: also return this class's probability at the model's size, to
+                1/255 (the rover's rocks: a hazard detector takes a pixel as rock at a lower
+                probability than the arg max would).
         """
         frame = np.asarray(frame)
         t0 = time.perf_counter_ns()
@@ -271,8 +280,14 @@ class Segmenter:
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self._output["index"])[0]
         t2 = time.perf_counter_ns()
-        small, top = self.top_class(raw, with_confidence)
+        small, top = self.top_class(raw, with_confidence or class_probability is not None)
         probs = self.probabilities(raw) if with_probabilities else None
+        chosen = None
+        if class_probability is not None:
+            chosen = self._class_probability(raw, class_probability, top, probs)
+            chosen = np.clip(np.rint(chosen * 255.0), 0, 255).astype(np.uint8)
+        if top is not None and not with_confidence:
+            top = None
         if top is not None:  # in 1/255 steps
             top = np.clip(np.rint(top * 255.0), 0, 255).astype(np.uint8)
         restore = None
@@ -290,7 +305,7 @@ class Segmenter:
             "invoke": (t2 - t1) / 1e3,
             "postprocess": (t3 - t2) / 1e3,
         }
-        return Segmentation(labels, probs, timings, small, top, restore)
+        return Segmentation(labels, probs, timings, small, top, restore, chosen)
 
     def top_class(
         self, raw: np.ndarray, with_confidence: bool = True
@@ -319,6 +334,20 @@ class Segmenter:
         if not with_confidence:
             return labels, None
         return labels, self._top_from_steps(raw, best)
+
+    def _class_probability(self, raw, index: int, top, probs) -> np.ndarray:
+        """Class ``index``'s probability (H, W) float32; ``top`` (the top probability, from
+        :meth:`top_class`) saves the softmax's sum for int8 logits: p_k = exp(l_k - l_max) * top."""
+        if probs is not None:
+            return probs[..., index]
+        int8_logits = (
+            self.output_kind == "logits" and self.output_dtype.kind in "iu"
+            and raw.dtype.itemsize == 1 and top is not None
+        )  # fmt: skip
+        if int8_logits:
+            best = raw.max(axis=-1).astype(np.int16)
+            return self._exp_steps.take(best - raw[..., index]) * top
+        return self.probabilities(raw)[..., index]
 
     def _top_from_steps(self, raw: np.ndarray, best: np.ndarray) -> np.ndarray:
         """1 / sum_c exp(l_c - l_max) for int8 logits ``raw`` (H, W, C) and their maximum

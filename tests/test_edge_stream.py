@@ -601,10 +601,8 @@ def test_a_broken_fresh_file_is_retried_once_not_in_a_loop(cam, monkeypatch):
     broken = payload[:40] + b"\x00" * 30 + payload[-30:]  # a valid start and end, junk between
     (cam / "broken.png").write_bytes(broken)
     calls = []
-    real = decode.read_frame_reduced
-    monkeypatch.setattr(
-        cameradir, "read_frame_reduced", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
+    real = decode.decode_frame
+    monkeypatch.setattr(cameradir, "decode_frame", lambda *a, **k: calls.append(1) or real(*a, **k))
     frames = list(
         cameradir.CameraDir(cam, watch=True, grace_s=0.3, idle_timeout=0.5, notify="poll")
     )

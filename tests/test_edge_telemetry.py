@@ -15,7 +15,13 @@ from click.testing import CliRunner
 from edge.cli import main
 from edge.contract.labels import MARS
 from edge.contract.metrics import class_fractions
-from edge.run.hazards import DEFAULT_REGIONS, HazardRule, RegionAnalyzer, RegionConfig
+from edge.run.hazards import (
+    DEFAULT_HAZARD_AREA_PX,
+    DEFAULT_REGIONS,
+    HazardRule,
+    RegionAnalyzer,
+    RegionConfig,
+)
 from edge.run.loop import RunStats, StatusLine
 from tests.conftest import BAND_CENTRES
 from tests.test_edge_run import edge_seg, wait_for, write_png
@@ -39,7 +45,8 @@ def terrain(rock_box: tuple[int, int, int, int] | None = None, shape=(64, 128)) 
 
 
 def test_region_fractions_and_the_hazard_rule_have_known_answers():
-    analyzer = RegionAnalyzer(RegionConfig(), MARS)
+    # a rule on the share of the corridor (the default rule is on rocks: tests/test_rocks.py)
+    analyzer = RegionAnalyzer(RegionConfig(hazards=[HazardRule("big_rock", "corridor")]), MARS)
     corridor = analyzer.masks((64, 128))["corridor"]
     near = analyzer.masks((64, 128))["near_field"]
     assert near[48:].all() and not near[:47].any()  # the bottom quarter
@@ -84,13 +91,15 @@ def test_a_regions_file_sets_regions_thresholds_and_rules(tmp_path):
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=message):
             RegionAnalyzer(RegionConfig.load(path), MARS)
-    assert RegionConfig().rules(MARS) == [HazardRule("big_rock", "corridor")]
+    assert RegionConfig().rules(MARS) == [
+        HazardRule("big_rock", "corridor", None, DEFAULT_HAZARD_AREA_PX)
+    ]
     assert set(DEFAULT_REGIONS) == {"near_field", "corridor"}
 
 
 def band_terrain(rock: bool) -> tuple[np.ndarray, np.ndarray]:
     """A frame the band model segments exactly: soil grey, with a big-rock-grey patch ahead."""
-    labels = terrain((52, 64, 52, 76) if rock else None)
+    labels = terrain((48, 64, 48, 80) if rock else None)  # 512 px: over the default rock size
     values = np.round(np.array(BAND_CENTRES) * 255).astype(np.uint8)
     return values[labels], labels
 
@@ -122,8 +131,13 @@ def test_telemetry_and_summary_follow_their_schemas(run_out):
     ok = [line for line in lines if line["status"] == "ok"]
     assert [line["hazard"] for line in ok] == [False, True, False, True, True]
     assert summary["hazard_frames"] == 3 and summary["model"]["classes"][4] == "big_rock"
-    rule = {"class": "big_rock", "region": "corridor", "min_fraction": 0.01}
+    rule = {"class": "big_rock", "region": "corridor", "min_area_px": DEFAULT_HAZARD_AREA_PX}
     assert summary["regions"]["hazards"] == [rule]  # the default rule, as applied
+    rocks = [line["rocks"] for line in ok]
+    assert [len(r) for r in rocks] == [0, 1, 0, 1, 1]
+    assert rocks[1][0]["box"] == [48, 48, 79, 63] and rocks[1][0]["area_px"] == 512
+    assert rocks[1][0]["regions"] == ["near_field", "corridor"]
+    assert ok[1]["hazards"][0]["rocks"] == [0]
     assert {line["run_id"] for line in lines} == {summary["run_id"]}
     assert [line["frame_index"] for line in lines] == list(range(6))
     assert all(line["model"]["sha256"] == summary["model"]["sha256"][:16] for line in lines)
@@ -226,8 +240,8 @@ def test_a_model_without_a_background_target_is_flagged(band_models, tmp_path, c
     assert "trained without a background target" in info.output
 
 
-def test_the_hazard_table_counts_frames_by_truth_and_flag(band_models, tmp_path):
-    from tools.hazard_table import hazard_table, markdown
+def test_the_hazard_table_finds_labelled_rocks_and_counts_the_flag(band_models, tmp_path):
+    from tools.hazard_table import markdown, measure, segment_all
 
     cam, labels = tmp_path / "cam", tmp_path / "labels"
     cam.mkdir()
@@ -236,19 +250,18 @@ def test_the_hazard_table_counts_frames_by_truth_and_flag(band_models, tmp_path)
         image, truth = band_terrain(rock)
         write_png(cam / f"f{i}.png", image)
         write_png(labels / f"f{i}.png", truth)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["run", "--camera-dir", str(cam), "--model",
-                                       str(band_models["int8"]), "--out", str(out)])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    table = hazard_table(out, labels)
-    assert table["frames"] == 4
-    assert table["rows"] == {
-        "rock": [2, 2],
-        "no rock": [2, 0],
-        "true hazard": [2, 2],
-        "no true hazard": [2, 0],
-    }
-    assert "| hold big rock (anywhere) | 2 | 2 | 100.0 % |" in markdown(table)
+    truth = band_terrain(False)[1]
+    truth[0:12, 0:12] = ROCK  # a labelled rock the model cannot see (the frame shows soil)
+    write_png(labels / "f0.png", truth)
+    _, label_set, segmented = segment_all(cam, labels, band_models["int8"], None)
+    row = measure(segmented, label_set, 0.2, 100, DEFAULT_HAZARD_AREA_PX)
+    assert row["frames"] == 4 and row["rock_free_frames"] == 1
+    assert row["recall_by_size"]["100-400 px"] == {"rocks": 1, "found": 0, "recall": 0.0}
+    assert row["recall_by_size"]["400-up px"] == {"rocks": 2, "found": 2, "recall": 1.0}
+    assert row["false_rocks_per_frame_any"] == 0.0
+    assert row["true_hazard_frames"] == 2 and row["hazard_recall"] == 1.0
+    assert row["false_alarm_rate"] == 0.0
+    assert "| p(rock) >= 0.2 | 100 | 300 | - | 0.0 % | 100.0 % |" in markdown([row], "")
 
 
 @pytest.mark.parametrize("crop", ["none", "centre"])

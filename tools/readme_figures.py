@@ -108,11 +108,16 @@ def regions_picture(frame_path: Path, model: Path | None = None, scale: int = 2)
         rgb = overlay(frame, seg.labels, label_set=segmenter.labels)
         result = RegionAnalyzer(config, segmenter.labels).analyze(seg.labels, seg.top_probability)
         rule = result["hazards"][0] if result["hazards"] else None
-        if rule:
+        if rule and "fraction" in rule:
             caption += (
                 f"; {rule['class']} covers {100 * rule['fraction']:.1f} % of the {rule['region']}"
                 f" (hazard at >= {100 * rule['min_fraction']:g} %): "
                 + ("HAZARD" if result["hazard"] else "clear")
+            )
+        elif rule:  # a rule on rocks
+            caption += (
+                f"; {len(rule['rocks'])} {rule['class']} of >= {rule['min_area_px']} px in the "
+                f"{rule['region']}: " + ("HAZARD" if result["hazard"] else "clear")
             )
     image = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
     draw = ImageDraw.Draw(image)

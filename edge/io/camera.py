@@ -42,14 +42,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.io.capture import capture_record
 from edge.io.decode import (
     DEFAULT_MAX_PIXELS,
     BadFrame,
     Frame,
+    decode_frame,
     is_candidate,
     looks_complete,
     os_reason,
-    read_frame_reduced,
 )
 
 log = logging.getLogger(__name__)
@@ -409,11 +410,11 @@ class CameraDir:
             self._hand(path, ident)
         index = self._index
         t0 = time.perf_counter_ns()
-        reduced = 1
+        reduced, exif = 1, None
         try:
             if ident is None and path.is_symlink():
                 raise BadFrame(f"{path.name}: a link to nothing readable (loop or missing target)")
-            image, reduced = read_frame_reduced(path, self.max_pixels)
+            image, reduced, exif = decode_frame(path, self.max_pixels)
             error = None
         except BadFrame as err:
             image, error = None, str(err)
@@ -440,7 +441,9 @@ class CameraDir:
             reduced=reduced,
             mtime_ns=None if ident is None else ident[2],
             dropped_before=self.dropped,
-        )
+            capture=None if image is None else capture_record(path.name, exif,
+                                                              None if ident is None else ident[2]),
+        )  # fmt: skip
 
     # -- inotify ---------------------------------------------------------------------------------
 

@@ -60,6 +60,8 @@ class Frame:
             name from the frame already handled when a run resumes), or None.
         dropped_before: how many frames the source had dropped when it took this one (read
             ahead, the source's own count may already be past it), or None.
+        capture: when and by which camera it was taken (:func:`edge.io.capture.capture_record`),
+            or None.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Frame:
     reduced: int = 1
     mtime_ns: int | None = None
     dropped_before: int | None = None
+    capture: dict | None = None
 
 
 def is_candidate(name: str | Path) -> bool:
@@ -110,10 +113,17 @@ def read_frame(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 
 def read_frame_reduced(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """:func:`read_frame`, also returning the factor a very large frame was reduced by."""
+    image, reduced, _ = decode_frame(path, max_pixels)
+    return image, reduced
+
+
+def decode_frame(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, dict]:
+    """:func:`read_frame_reduced`, also returning what the file's EXIF says of its capture
+    (:func:`edge.io.capture.from_exif`: ``time_utc``, ``camera``; {} for none)."""
     if regular_file(path).st_size == 0:
         raise BadFrame(f"{path.name}: empty file")
     if path.suffix.lower() == ".npy":
-        return _read_npy(path, max_pixels)
+        return (*_read_npy(path, max_pixels), {})
     return _read_image(path, max_pixels)
 
 
@@ -152,8 +162,10 @@ def check_pixels(name: str, width: int, height: int, max_pixels: int) -> int:
     return max(1, math.ceil(math.sqrt(pixels / FULL_DECODE_PIXELS)))
 
 
-def _read_image(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
+def _read_image(path: Path, max_pixels: int) -> tuple[np.ndarray, int, dict]:
     from PIL import Image, UnidentifiedImageError
+
+    from edge.io.capture import from_exif
 
     try:
         with warnings.catch_warnings():
@@ -171,11 +183,12 @@ def _read_image(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
                 elif factor > 1 and img.format == "JPEG":
                     img.draft(img.mode, (img.size[0] // factor, img.size[1] // factor))
                 img.load()  # decode now: a truncated file fails here, not later
+                exif = from_exif(img)
                 grey = _grey(img)
         rest = math.ceil(math.sqrt(grey.size / FULL_DECODE_PIXELS))
         if rest > 1:  # box-reduce the 8-bit frame (Pillow cannot reduce every mode)
             grey = np.asarray(Image.fromarray(grey).reduce(rest))
-        return grey, max(1, round(width / grey.shape[1]))
+        return grey, max(1, round(width / grey.shape[1])), exif
     except Image.DecompressionBombError as err:
         raise BadFrame(f"{path.name}: a decompression bomb ({err}); not decoded") from err
     except UnidentifiedImageError as err:

@@ -279,6 +279,8 @@ class OutputWriter:
         telemetry: the JSONL file name inside ``out_dir`` (None: no telemetry).
         keep: keep only the newest ``keep`` masks and overlays (None: all).
         label_set: colours of the overlays.
+        regions: the region polygons the overlays outline (None: a plain colour wash).
+        camera: the camera model whose horizon the overlays draw, or None.
 
     Raises:
         OSError: when ``out_dir`` or its folders cannot be created or the telemetry opened.
@@ -293,11 +295,16 @@ class OutputWriter:
         keep: int | None = None,
         *,
         label_set: LabelSet,
+        regions: dict | None = None,
+        camera=None,
     ):
         self.out_dir = Path(out_dir)
         self.mask_dir = self.out_dir / "masks" if masks else None
         self.overlay_dir = self.out_dir / "overlays" if overlays else None
+        # the bird's-eye grids, when a camera model and a grid make them (with the masks)
+        self.grid_dir = self.out_dir / "grid" if masks else None
         self.label_set = label_set
+        self.regions, self.camera = regions, camera
         self.keep = keep
         for folder in (self.out_dir, self.mask_dir, self.overlay_dir):
             if folder is not None:
@@ -322,8 +329,20 @@ class OutputWriter:
             self._stems.popitem(last=False)
         return short_stem(stem)
 
-    def write_images(self, name: str, image: np.ndarray, labels: np.ndarray) -> None:
-        """Write the mask and, if asked, the overlay for one frame.
+    def write_images(
+        self,
+        name: str,
+        image: np.ndarray,
+        labels: np.ndarray,
+        record: dict | None = None,
+        grid: np.ndarray | None = None,
+    ) -> None:
+        """Write the mask, the grid if any and, if asked, the overlay for one frame.
+
+        Args:
+            record: the frame's telemetry record: what the overlay draws (regions, rocks,
+                hazard state); None: a plain colour wash.
+            grid: the frame's bird's-eye grid (uint8 cells), written with the mask.
 
         Raises:
             OSError: when a file cannot be written (e.g. a full disk); nothing half-written
@@ -331,8 +350,17 @@ class OutputWriter:
         """
         if self.mask_dir is not None:
             atomic_write_bytes(self.mask_dir / f"{name}.png", png_bytes(labels))
+            if grid is not None:
+                if not self.grid_dir.is_dir():  # made with the first grid: most runs have none
+                    self.grid_dir.mkdir()
+                atomic_write_bytes(self.grid_dir / f"{name}.png", png_bytes(grid))
         if self.overlay_dir is not None:
             tinted = overlay(image, labels, label_set=self.label_set)
+            if record is not None and self.regions is not None and "hazard" in record:
+                from edge.io.annotate import annotate
+
+                horizon = None if self.camera is None else self.camera.horizon_row(labels.shape)
+                tinted = annotate(tinted, record, self.regions, self.label_set, horizon)
             atomic_write_bytes(self.overlay_dir / f"{name}.png", png_bytes(tinted))
         if self.keep is not None and (self.mask_dir or self.overlay_dir):
             self._written[name] = None
@@ -341,7 +369,7 @@ class OutputWriter:
                 self._forget(self._written.popitem(last=False)[0])
 
     def _forget(self, name: str) -> None:
-        for folder in (self.mask_dir, self.overlay_dir):
+        for folder in (self.mask_dir, self.overlay_dir, self.grid_dir):
             if folder is not None:
                 try:
                     (folder / f"{name}.png").unlink(missing_ok=True)

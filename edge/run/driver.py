@@ -165,7 +165,7 @@ class RoverRun:
                 opts.consumed.mkdir(parents=True, exist_ok=True)
             self.writer = OutputWriter(
                 opts.out, overlays=opts.overlay, masks=opts.masks, keep=opts.keep,
-                label_set=seg.labels,
+                label_set=seg.labels, regions=self.regions.regions, camera=self.regions.camera,
             )  # fmt: skip
         except OSError as err:
             raise OutputError(f"cannot write to --out {opts.out}: {err.strerror or err}") from err
@@ -328,7 +328,7 @@ class RoverRun:
             "execution": {**seg.execution, "precision": self.precision.record()},
             **stats.summary(),
         }
-        summary["regions"] = self.regions.as_dict(self.analyzer.rules)  # the rules applied
+        summary["regions"] = self.analyzer.settings()  # the rules applied
         summary["config"] = {
             "model": str(self.model),
             "camera_dir": str(opts.camera_dir),

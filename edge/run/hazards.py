@@ -1,4 +1,4 @@
-"""What a navigation stack reads off a class map: regions, hazards and confidence.
+"""What a navigation stack reads off a class map: regions, rocks, hazards and confidence.
 
 Regions are polygons in frame coordinates scaled to [0, 1] (x to the right, y down), so one
 definition fits any frame size. The defaults (see the README's picture) suit a forward-looking
@@ -9,10 +9,22 @@ towards the middle of the frame. A hazard is declared when a hazard class covers
 ``min_confidence`` is "unknown", never a hazard), and the ignored label (background: sky, rover
 parts) is never a hazard.
 
-A regions file is JSON::
+Rocks are objects (:mod:`edge.run.rocks`): the connected components of confident pixels of the
+rock class, each with its box, centroid, base point, area and confidence in the input frame's
+pixels. A hazard rule is either on *objects* (a rock of at least ``min_area_px`` frame pixels, or
+``min_size_m`` metres wide with a camera model, touching the region) or on a *share* (the class
+over ``min_fraction`` of the region's pixels). With a camera model (:mod:`edge.run.ground`)
+each rock gets a range and bearing, regions end at the horizon (nothing above it is ever a
+hazard), and a bird's-eye traversability grid is made per frame.
+
+A regions file is JSON (every key optional)::
 
     {"regions": {"near_field": [[0, 0.75], [1, 0.75], [1, 1], [0, 1]], ...},
-     "hazards": [{"class": "big_rock", "region": "corridor", "min_fraction": 0.01}],
+     "hazards": [{"class": "big_rock", "region": "corridor", "min_area_px": 300},
+                 {"class": "big_rock", "region": "near_field", "min_fraction": 0.05}],
+     "rocks": {"min_probability": 0.2, "min_area_px": 100},
+     "camera": {"height_m": 1.9, "pitch_deg": 30, "hfov_deg": 45},
+     "grid": {"cell_m": 0.5, "forward_m": 10, "lateral_m": 5},
      "min_confidence": 0.5, "low_confidence": 0.5}
 """
 
@@ -25,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.contract.labels import LabelSet
+from edge.run.ground import Camera, GridSettings, GroundGrid, grid_png_values
+from edge.run.rocks import FrameGeometry, RockSettings, find_rocks
 
 DEFAULT_REGIONS: dict[str, list[list[float]]] = {
     "near_field": [[0.0, 0.75], [1.0, 0.75], [1.0, 1.0], [0.0, 1.0]],
@@ -32,13 +46,54 @@ DEFAULT_REGIONS: dict[str, list[list[float]]] = {
 }
 
 
+# the default rule's rock size (input-frame pixels), chosen by tools/hazard_table.py on the
+# real validation frames with the shipped model (docs/rover.md, "Rocks and hazards")
+DEFAULT_HAZARD_AREA_PX = 300
+MAX_ROCKS = 20  # rocks listed per telemetry line (largest first; rocks_total counts them all)
+
+
 @dataclass(frozen=True)
 class HazardRule:
-    """A hazard: ``cls`` covering at least ``min_fraction`` of ``region``."""
+    """A hazard: a rock of ``cls`` of at least ``min_area_px`` frame pixels (or ``min_size_m``
+    wide on the ground) touching ``region``; or, with neither, ``cls`` covering at least
+    ``min_fraction`` of ``region``."""
 
     cls: str
     region: str
-    min_fraction: float = 0.01
+    min_fraction: float | None = 0.01
+    min_area_px: int | None = None
+    min_size_m: float | None = None
+
+    @property
+    def on_objects(self) -> bool:
+        return self.min_area_px is not None or self.min_size_m is not None
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> HazardRule:
+        objects = {"min_area_px", "min_size_m"} & set(doc)
+        unknown = set(doc) - {"class", "region", "min_fraction", "min_area_px", "min_size_m"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} in a hazard rule")
+        if objects and "min_fraction" in doc:
+            raise ValueError(
+                "a hazard rule is on a share of the region (min_fraction) or on rocks "
+                "(min_area_px, min_size_m), not both"
+            )
+        if objects:
+            area, size = doc.get("min_area_px"), doc.get("min_size_m")
+            return cls(doc["class"], doc["region"], None,
+                       None if area is None else int(area), None if size is None else float(size))  # fmt: skip
+        return cls(doc["class"], doc["region"], float(doc.get("min_fraction", 0.01)))
+
+    def as_dict(self) -> dict:
+        doc = {"class": self.cls, "region": self.region}
+        if not self.on_objects:
+            return {**doc, "min_fraction": self.min_fraction}
+        if self.min_area_px is not None:
+            doc["min_area_px"] = self.min_area_px
+        if self.min_size_m is not None:
+            doc["min_size_m"] = self.min_size_m
+        return doc
 
 
 @dataclass
@@ -47,15 +102,23 @@ class RegionConfig:
 
     Attributes:
         regions: name -> polygon of (x, y) points in [0, 1].
-        hazards: the rules; by default one per hazard class of the model, in the corridor.
+        hazards: the rules; by default a rock of ``DEFAULT_HAZARD_AREA_PX`` frame pixels in
+            the corridor (the model's first hazard class; any further hazard class over 1 %
+            of the corridor).
         min_confidence: pixels whose top probability is below this are "unknown" for hazards.
         low_confidence: the threshold of the per-frame low-confidence share.
+        rocks: which pixels make rocks (class, confidence, smallest area reported).
+        camera: the camera model (range, bearing, horizon, grid), or None.
+        grid: the bird's-eye traversability grid (needs ``camera``), or None.
     """
 
     regions: dict[str, list[list[float]]] = field(default_factory=lambda: dict(DEFAULT_REGIONS))
     hazards: list[HazardRule] | None = None
     min_confidence: float = 0.5
     low_confidence: float = 0.5
+    rocks: RockSettings = field(default_factory=RockSettings)
+    camera: Camera | None = None
+    grid: GridSettings | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> RegionConfig:
@@ -70,27 +133,43 @@ class RegionConfig:
             raise ValueError(f"cannot read the regions file {path}: {err}") from err
         if not isinstance(doc, dict):
             raise ValueError(f"{path}: expected a JSON object with 'regions' and 'hazards'")
-        unknown = set(doc) - {"regions", "hazards", "min_confidence", "low_confidence"}
+        keys = {"regions", "hazards", "min_confidence", "low_confidence", "rocks", "camera", "grid"}
+        unknown = set(doc) - keys
         if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(keys)}")
         if not isinstance(doc.get("hazards") or [], list):
             raise ValueError(f"{path}: 'hazards' must be a list of rules")
+        for key in ("rocks", "camera", "grid"):
+            if not isinstance(doc.get(key) or {}, dict):
+                raise ValueError(f"{path}: '{key}' must be an object")
         try:
             hazards = doc.get("hazards")
+            rules = None if hazards is None else [HazardRule.from_dict(h) for h in hazards]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: malformed hazard rule ({err}); see docs/rover.md") from err
+        try:
+            rocks = doc.get("rocks") or {}
+            unknown = set(rocks) - {"class", "min_probability", "min_confidence", "min_area_px"}
+            if unknown:
+                raise ValueError(f"rocks: unknown keys {sorted(unknown)}")
+            probability = rocks.get("min_probability", RockSettings.min_probability)
             config = cls(
                 regions=doc.get("regions", dict(DEFAULT_REGIONS)),
-                hazards=None
-                if hazards is None
-                else [
-                    HazardRule(h["class"], h["region"], float(h.get("min_fraction", 0.01)))
-                    for h in hazards
-                ],
+                hazards=rules,
                 min_confidence=float(doc.get("min_confidence", 0.5)),
                 low_confidence=float(doc.get("low_confidence", 0.5)),
+                rocks=RockSettings(
+                    rocks.get("class"),
+                    None if probability is None else float(probability),
+                    float(rocks.get("min_confidence", RockSettings.min_confidence)),
+                    int(rocks.get("min_area_px", RockSettings.min_area_px)),
+                ),
+                camera=None if doc.get("camera") is None else Camera.from_dict(doc["camera"]),
+                grid=None if doc.get("grid") is None else GridSettings.from_dict(doc["grid"]),
             )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: malformed hazard rule ({err}); see the README") from err
-        config.validate()
+            config.validate()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
         return config
 
     def validate(self, labels: LabelSet | None = None) -> None:
@@ -104,48 +183,96 @@ class RegionConfig:
                 raise ValueError(f"region {name!r}: a polygon needs 3 or more [x, y] points")
             if points.min() < 0 or points.max() > 1:
                 raise ValueError(f"region {name!r}: coordinates are fractions of the frame (0..1)")
+        self.rocks.validate()
+        if self.grid is not None and self.camera is None:
+            raise ValueError(
+                "a grid needs a camera model ('camera': height_m, pitch_deg, hfov_deg)"
+            )
         for rule in self.hazards or []:
             if rule.region not in self.regions:
                 raise ValueError(
                     f"hazard on unknown region {rule.region!r}; regions: {', '.join(self.regions)}"
                 )
-            if not 0.0 < rule.min_fraction <= 1.0:  # NaN fails too
+            if rule.on_objects:
+                if rule.min_area_px is not None and not rule.min_area_px >= 1:
+                    raise ValueError(f"hazard on {rule.cls}: min_area_px must be at least 1")
+                if rule.min_size_m is not None and not rule.min_size_m > 0:
+                    raise ValueError(f"hazard on {rule.cls}: min_size_m must be above 0")
+                if rule.min_size_m is not None and self.camera is None:
+                    raise ValueError(
+                        f"hazard on {rule.cls}: min_size_m needs a camera model ('camera')"
+                    )
+            elif not 0.0 < rule.min_fraction <= 1.0:  # NaN fails too
                 raise ValueError(
                     f"hazard on {rule.cls}: min_fraction must be in (0, 1], got "
                     f"{rule.min_fraction} (0 would fire on frames without any {rule.cls})"
                 )
             if labels is None:
                 continue
+            if rule.on_objects and rule.cls != self.rock_class(labels):
+                raise ValueError(
+                    f"a rule on rocks names {rule.cls!r}, but rocks are made of "
+                    f"{self.rock_class(labels)!r} (set rocks.class)"
+                )
             if rule.cls not in labels.names:
                 raise ValueError(
                     f"hazard class {rule.cls!r} is not a class of the model: {', '.join(labels.names)}"
                 )
             if labels.ignore is not None and rule.cls == labels.names[labels.ignore]:
                 raise ValueError(f"{rule.cls!r} means 'no knowledge here': it cannot be a hazard")
+        if labels is not None and self.rocks.cls is not None:
+            if self.rocks.cls not in labels.names:
+                raise ValueError(
+                    f"rocks.class {self.rocks.cls!r} is not a class of the model: "
+                    f"{', '.join(labels.names)}"
+                )
         for name in ("min_confidence", "low_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
 
+    def rock_class(self, labels: LabelSet) -> str | None:
+        """The class rocks are made of: ``rocks.class``, else the model's first hazard class."""
+        if self.rocks.cls is not None:
+            return self.rocks.cls
+        return labels.hazards[0] if labels.hazards else None
+
     def rules(self, labels: LabelSet) -> list[HazardRule]:
-        """The hazard rules for a model's label set (the defaults use its hazard classes)."""
+        """The hazard rules for a model's label set (the defaults use its hazard classes: a
+        rock of ``DEFAULT_HAZARD_AREA_PX`` in the corridor for the rock class, a 1 % share for
+        any other)."""
         if self.hazards is not None:
             return self.hazards
+        if "corridor" not in self.regions:
+            return []
+        rock = self.rock_class(labels)
         return [
-            HazardRule(name, "corridor") for name in labels.hazards if "corridor" in self.regions
+            HazardRule(name, "corridor", None, DEFAULT_HAZARD_AREA_PX)
+            if name == rock
+            else HazardRule(name, "corridor")
+            for name in labels.hazards
         ]
 
     def as_dict(self, rules: list[HazardRule] | None = None) -> dict:
         """The configuration, with ``rules`` as its hazard rules (default: the file's own), e.g.
         the ones a :class:`RegionAnalyzer` applies."""
         rules = (self.hazards or []) if rules is None else rules
-        return {
+        doc = {
             "regions": self.regions,
-            "hazards": [
-                {"class": r.cls, "region": r.region, "min_fraction": r.min_fraction} for r in rules
-            ],
+            "hazards": [r.as_dict() for r in rules],
+            "rocks": {
+                "class": self.rocks.cls,
+                "min_probability": self.rocks.min_probability,
+                "min_confidence": self.rocks.min_confidence,
+                "min_area_px": self.rocks.min_area_px,
+            },
             "min_confidence": self.min_confidence,
             "low_confidence": self.low_confidence,
         }
+        if self.camera is not None:
+            doc["camera"] = self.camera.as_dict()
+        if self.grid is not None:
+            doc["grid"] = self.grid.as_dict()
+        return doc
 
 
 class RegionAnalyzer:
@@ -164,11 +291,22 @@ class RegionAnalyzer:
         self.config = config
         self.labels = labels
         self.rules = config.rules(labels) if hazards else []
+        rock = config.rock_class(labels) if hazards else None
+        self.rock_index = None if rock is None else labels.index(rock)
         self._masks: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self._geometries: dict[tuple[int, int, int], tuple] = {}
+        self._frames: dict[tuple, tuple] = {}  # (frame shape, model shape) -> geometry, grid
         self._eye = np.eye(labels.num_classes, dtype=np.float32)
         self._levels = np.arange(256, dtype=np.float32) / 255.0  # what a 1/255 step stands for
         self._one_hot: np.ndarray | None = None
+
+    def settings(self) -> dict:
+        """The configuration as applied (rules and rock class resolved), for ``summary.json``."""
+        doc = self.config.as_dict(self.rules)
+        doc["rocks"]["class"] = (
+            None if self.rock_index is None else self.labels.names[self.rock_index]
+        )
+        return doc
 
     def masks(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         """name -> bool mask of each region for frames of ``shape`` (cached)."""
@@ -185,7 +323,11 @@ class RegionAnalyzer:
                 ImageDraw.Draw(canvas).polygon(
                     [(x * (w - 1), y * (h - 1)) for x, y in polygon], fill=1
                 )
-                made[name] = np.asarray(canvas, dtype=bool)
+                made[name] = np.array(canvas, dtype=bool)
+                if self.config.camera is not None:  # nothing above the horizon is ground
+                    self.config.camera.check_frame(shape)
+                    above = int(np.floor(self.config.camera.horizon_row(shape))) + 1
+                    made[name][: max(0, min(h, above))] = False
             self._masks[shape] = made
         return self._masks[shape]
 
@@ -203,11 +345,20 @@ class RegionAnalyzer:
         """
         top = None if top_probability is None else np.asarray(top_probability, np.float32)
         geometry = self._geometry(class_map.shape, None)
-        return self._analyze(np.asarray(class_map).ravel(), None if top is None else top.ravel(),
-                             geometry)  # fmt: skip
+        result = self._analyze(np.asarray(class_map).ravel(), None if top is None else top.ravel(),
+                               geometry)  # fmt: skip
+        if self.rock_index is not None:
+            identity = np.arange(class_map.size, dtype=np.int64).reshape(class_map.shape)
+            top_u8 = None if top is None else np.round(np.clip(top, 0, 1) * 255).astype(np.uint8)
+            self._objects(result, np.asarray(class_map), top_u8, identity, geometry)
+        return result
 
     def analyze_mapped(
-        self, small_labels: np.ndarray, small_top: np.ndarray | None, pixel_map: np.ndarray
+        self,
+        small_labels: np.ndarray,
+        small_top: np.ndarray | None,
+        pixel_map: np.ndarray,
+        small_class: np.ndarray | None = None,
     ) -> dict:
         """:meth:`analyze` of the frame-size maps a nearest-neighbour restore would make, from
         the model-size maps, without making them.
@@ -222,10 +373,76 @@ class RegionAnalyzer:
             small_top: (h, w) uint8 top probability x 255 at the model's size, or None.
             pixel_map: (H, W) int: the model pixel of each frame pixel, -1 where a crop leaves
                 it out (there: the ignored label, probability 0).
+            small_class: (h, w) uint8 probability x 255 of the rock class (``rock_index``) at
+                the model's size, for ``rocks.min_probability``; None: rocks by arg max.
         """
         geometry = self._geometry(pixel_map.shape, pixel_map, small_labels.size)
         top = None if small_top is None else self._levels.take(small_top.ravel())
-        return self._analyze(small_labels.ravel(), top, geometry)
+        result = self._analyze(small_labels.ravel(), top, geometry)
+        if self.rock_index is not None:
+            self._objects(result, small_labels, small_top, pixel_map, geometry, small_class)
+        return result
+
+    def _frame(self, pixel_map: np.ndarray, model_shape: tuple[int, int]) -> tuple:
+        """``(FrameGeometry, GroundGrid or None)`` for this frame size and model size (the
+        last four kept)."""
+        key = (*pixel_map.shape, *model_shape)
+        if key not in self._frames:
+            if len(self._frames) >= 4:
+                self._frames.pop(next(iter(self._frames)))
+            frame = FrameGeometry(pixel_map, model_shape)
+            grid = None
+            cfg = self.config
+            if cfg.camera is not None and cfg.grid is not None:
+                costs = [
+                    float("nan") if i == self.labels.ignore
+                    else 1.0 if name in self.labels.hazards
+                    else cfg.grid.costs.get(name, 0.5)
+                    for i, name in enumerate(self.labels.names)
+                ]  # fmt: skip
+                grid = GroundGrid(cfg.camera, cfg.grid, costs, frame.col_mid, frame.row_mid,
+                                  pixel_map.shape)  # fmt: skip
+            self._frames[key] = (frame, grid)
+        return self._frames[key]
+
+    def _objects(self, result: dict, small_labels, small_top, pixel_map, geometry,
+                 small_class=None) -> None:  # fmt: skip
+        """Adds the rocks, the object rules' verdicts and the grid to ``result``."""
+        frame, grid = self._frame(pixel_map, small_labels.shape)
+        rocks = find_rocks(small_labels, small_top, frame, self.rock_index, self.config.rocks,
+                           small_class)  # fmt: skip
+        weights = geometry[0]
+        names = list(self.config.regions)
+        camera, shape = self.config.camera, pixel_map.shape
+        for i, rock in enumerate(rocks):
+            pixels = rock.pop("pixels")
+            rock["id"] = i
+            rock["regions"] = [n for n, row in zip(names, weights[1:]) if row[pixels].any()]
+            if camera is not None:
+                if rock["base"][1] <= camera.horizon_row(shape):
+                    rock["above_horizon"] = True  # never a hazard
+                else:
+                    distance, bearing = camera.range_bearing(*rock["base"], shape)
+                    rock["range_m"] = round(distance, 2)
+                    rock["bearing_deg"] = round(bearing, 1)
+                    rock["size_m"] = round(camera.size_m(rock, shape), 2)
+        for rule in self.rules:
+            if not rule.on_objects:
+                continue
+            hits = [
+                rock["id"] for rock in rocks
+                if rule.region in rock["regions"] and not rock.get("above_horizon")
+                and (rule.min_area_px is None or rock["area_px"] >= rule.min_area_px)
+                and (rule.min_size_m is None or rock.get("size_m", 0.0) >= rule.min_size_m)
+            ]  # fmt: skip
+            result["hazards"].append({**rule.as_dict(), "rocks": hits, "hazard": bool(hits)})
+        result["hazard"] = any(h["hazard"] for h in result["hazards"])
+        result["rocks"] = rocks[:MAX_ROCKS]
+        result["rocks_total"] = len(rocks)
+        if grid is not None:
+            made = grid.make(small_labels, rocks)
+            result["grid"] = grid.summary(made)
+            result["_grid"] = grid_png_values(made)  # the file; not a telemetry field
 
     def _geometry(self, shape, pixel_map: np.ndarray | None, sources: int = 0) -> tuple:
         """``(weights (1 + regions, sources), outside (1 + regions,), area (1 + regions,))``: row
@@ -271,6 +488,8 @@ class RegionAnalyzer:
         rows = {region: i + 1 for i, region in enumerate(self.config.regions)}
         hazards = []
         for rule in self.rules:
+            if rule.on_objects:  # decided on the rocks (_objects)
+                continue
             row, index = rows[rule.region], self.labels.index(rule.cls)
             hit = flat == index
             if confident is not None:

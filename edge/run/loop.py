@@ -270,6 +270,8 @@ def _header(frame: Frame, context: RunContext) -> dict:
         record["source"] = frame.path.name
     if frame.mtime_ns is not None:
         record["source_mtime_ns"] = frame.mtime_ns  # a resumed run's mark (see CameraDir)
+    if frame.capture is not None:
+        record["capture"] = frame.capture  # when and by which camera (edge.io.capture)
     return record
 
 
@@ -286,7 +288,9 @@ def _segment_one(
     try:
         if frame.image is None:
             raise BadFrame(frame.error or f"{frame.name}: unreadable")
-        seg = segmenter.segment(frame.image, with_confidence=analyzer is not None)
+        rock = None if analyzer is None else analyzer.rock_index
+        seg = segmenter.segment(frame.image, with_confidence=analyzer is not None,
+                                class_probability=rock)  # fmt: skip
         t1 = time.perf_counter_ns()
     except Exception as err:  # one bad frame must not end the run
         stats.errors += 1
@@ -298,7 +302,8 @@ def _segment_one(
     analysis = None
     if analyzer is not None:
         pixel_map = segmenter.pixel_map(frame.image.shape)
-        analysis = analyzer.analyze_mapped(seg.model_labels, seg.model_top, pixel_map)
+        analysis = analyzer.analyze_mapped(seg.model_labels, seg.model_top, pixel_map,
+                                           seg.model_class_probability)  # fmt: skip
     t2 = time.perf_counter_ns()
     name = frame.name if writer is None else writer.output_name(frame.name, frame.path)
 
@@ -323,12 +328,14 @@ def _segment_one(
         if analysis is None
         else analysis.pop("class_fractions"),
     }
+    grid = None
     if analysis is not None:
+        grid = analysis.pop("_grid", None)  # a file, not a telemetry field
         record.update(analysis)
         stats.hazard_frames += analysis["hazard"]
     if frame.reduced > 1:
         record["decoded_reduced_by"] = frame.reduced
-    return Job(record, name, frame.image, seg.labels, timings_us=timings)
+    return Job(record, name, frame.image, seg.labels, timings_us=timings, grid=grid)
 
 
 def _score(frame: Frame, predicted: np.ndarray, labels: LabelReader | None, stats: RunStats):

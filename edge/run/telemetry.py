@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edge.io.sinks import atomic_write_json
 
-TELEMETRY_SCHEMA = "marsseg-edge/telemetry/1"
+TELEMETRY_SCHEMA = "marsseg-edge/telemetry/2"  # 2: capture, rocks, grid, rules on rocks
 SUMMARY_SCHEMA = "marsseg-edge/summary/1"
 STATUS_SCHEMA = "marsseg-edge/status/1"
 

@@ -37,6 +37,7 @@ class Job:
     labels: np.ndarray | None = None
     source: Path | None = None  # the input file, to dispose of once its line is written
     timings_us: dict | None = None  # the frame's stage times, completed with ``write``
+    grid: np.ndarray | None = None  # the bird's-eye grid's uint8 cells (edge.run.ground)
 
 
 class Writeback:
@@ -119,7 +120,7 @@ class Writeback:
         if writer is not None and job.labels is not None:
             t0 = time.perf_counter_ns()
             try:
-                writer.write_images(job.name, job.image, job.labels)
+                writer.write_images(job.name, job.image, job.labels, record, job.grid)
                 record["written"] = True
             except OSError as err:
                 stats.unwritten += 1
