@@ -241,3 +241,24 @@ def test_the_annotated_overlay_boxes_rocks_and_says_the_state():
     assert (drawn[100, 40] == HAZARD_RED).all()  # the hazard rock's box edge
     clear = annotate(plain, {"hazard": False, "hazards": [], "rocks": []}, {}, MARS)
     assert not (clear == HAZARD_RED).all(axis=-1).any()  # no red anywhere when clear
+
+
+def test_files_that_are_not_frames_are_named_and_counted(band_models, tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import main
+    from tests.test_edge_run import write_png
+
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    write_png(cam / "f0.png", np.full((64, 128), 60, np.uint8))
+    for name in ("a.IMG", "b.img", "notes.txt", "README", ".hidden.xyz", "f1.png.part"):
+        (cam / name).write_bytes(b"x")
+    (cam / "sub.d").mkdir()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--camera-dir", str(cam), "--model",
+                                       str(band_models["int8"]), "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_files"] == {"(no suffix)": 1, ".img": 2, ".txt": 1}
+    assert "skipped 4 files that are not frames: 1 (no suffix), 2 .img, 1 .txt" in result.output

@@ -3,6 +3,7 @@ regions of the rover's hazard rule drawn over a frame, and the shipped model on 
 
 python tools/readme_figures.py demo --out docs [--regions-frame FRAME]
 python tools/readme_figures.py --shipped --out docs      # docs/shipped_overlays.png
+python tools/readme_figures.py --hazards --out docs      # docs/hazard_overlays.png
 """
 
 from __future__ import annotations
@@ -66,6 +67,32 @@ def shipped_grid(model: Path | None = None, frames: int = 4) -> Image.Image:
         rows.append(np.concatenate([grey, gap, predicted, gap, truth], axis=1))
         rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
     return _titled(np.concatenate(rows[:-1], axis=0), 1, "shipped int8 model")
+
+
+def hazard_grid(model: Path | None = None, frames: int = 4, scale: int = 2) -> Image.Image:
+    """The rover's annotated overlays (regions, rocks boxed, state, legend) of the shipped model
+    on the sample frames with the most predicted rock, as ``edge-seg run --overlay`` writes them."""
+    from edge.io.annotate import annotate
+    from edge.models import resolve_model
+
+    segmenter = Segmenter(resolve_model(model)[0])
+    analyzer = RegionAnalyzer(RegionConfig(), segmenter.labels)
+    drawn = []
+    for path in sorted((SAMPLES / "frames").glob("*.JPG")):
+        frame = read_frame(path)
+        seg = segmenter.segment(frame, with_confidence=True,
+                                class_probability=analyzer.rock_index)  # fmt: skip
+        record = analyzer.analyze_mapped(seg.model_labels, seg.model_top,
+                                         segmenter.pixel_map(frame.shape),
+                                         seg.model_class_probability)  # fmt: skip
+        picture = annotate(overlay(frame, seg.labels, segmenter.labels), record,
+                           analyzer.config.regions, segmenter.labels)  # fmt: skip
+        drawn.append((record["rocks_total"], path.name, picture))
+    drawn.sort(key=lambda d: (-d[0], d[1]))
+    pictures = [d[2] for d in drawn[:frames]]
+    gap = np.full((pictures[0].shape[0], 4, 3), 255, np.uint8)
+    row = np.concatenate([x for p in pictures for x in (p, gap)][:-1], axis=1)
+    return Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), Image.NEAREST)
 
 
 def _titled(grid: np.ndarray, scale: int, model_title: str) -> Image.Image:
@@ -150,21 +177,26 @@ def regions_picture(frame_path: Path, model: Path | None = None, scale: int = 2)
     help="Segment --regions-frame with this model under the regions.",
 )
 @click.option("--shipped", is_flag=True, help="Write OUT/shipped_overlays.png (no DEMO needed).")
+@click.option("--hazards", is_flag=True, help="Write OUT/hazard_overlays.png (no DEMO needed).")
 def main(
     demo: Path | None,
     out: Path,
     regions_frame: Path | None,
     regions_model: Path | None,
     shipped: bool,
+    hazards: bool,
 ) -> None:
     """Write OUT/overlays.png and OUT/report_table.png from the DEMO folder (and with --shipped
     the shipped model on the sample frames)."""
     out.mkdir(parents=True, exist_ok=True)
+    if hazards:
+        hazard_grid().save(out / "hazard_overlays.png")
+        click.echo(f"wrote {out}/hazard_overlays.png")
     if shipped:
         shipped_grid().save(out / "shipped_overlays.png")
         click.echo(f"wrote {out}/shipped_overlays.png")
-        if demo is None:
-            return
+    if demo is None and (shipped or hazards):
+        return
     if demo is None:
         raise click.UsageError("give DEMO (a finished demo folder), or --shipped")
     overlay_grid(demo).save(out / "overlays.png")

@@ -49,7 +49,8 @@ def annotate(
         colour = HAZARD_RED if rock["id"] in fired else ROCK_ORANGE
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=line + (rock["id"] in fired))
         text = f"{rock['range_m']:.1f} m" if "range_m" in rock else f"{rock['area_px']} px"
-        _label(draw, font, (x0, max(0, y0 - 11)), text, colour)
+        # above the box; below it when the banner's row would hide the text
+        _label(draw, font, (x0, y0 - 11 if y0 >= 26 else min(h - 11, y1 + 2)), text, colour)
     hazard = bool(record.get("hazard"))
     shares = [
         f"{rule['class']} in {rule['region']}"

@@ -45,10 +45,12 @@ from pathlib import Path
 from edge.io.capture import capture_record
 from edge.io.decode import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
     BadFrame,
     Frame,
     decode_frame,
     is_candidate,
+    is_transient,
     looks_complete,
     os_reason,
 )
@@ -139,6 +141,9 @@ class CameraDir:
         self.grace_s = grace_s
         self.max_queue = max_queue
         self.idle_timeout = idle_timeout
+        self.alive_at = time.monotonic()  # when it last looked for frames (systemd's watchdog)
+        self.unknown: dict[str, int] = {}  # files of a type that is not a frame: suffix -> count
+        self._unknown_names: OrderedDict[str, None] = OrderedDict()  # each counted once
         self.max_pixels = max_pixels
         self.notify = notify
         self.mode = "listing"  # then "inotify" or "poll" while following
@@ -235,6 +240,7 @@ class CameraDir:
         known.clear()  # events from now on are new files (or new writes of a name)
         last_new = time.monotonic()
         while not self._stop.is_set():
+            self.alive_at = time.monotonic()
             if self._collect(known):
                 last_new = time.monotonic()
             if self._live:
@@ -332,6 +338,8 @@ class CameraDir:
                     break
                 if item is not None and is_candidate(item[0].name):
                     news.append(item)
+                elif item is not None:
+                    self._not_a_frame(item[0].name)
             return news
         if self.mode == "poll":
             try:
@@ -380,7 +388,10 @@ class CameraDir:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
                     name = entry.name
-                    if name <= after or not is_candidate(name):
+                    if name <= after:
+                        continue
+                    if not is_candidate(name):
+                        self._not_a_frame(name)
                         continue
                     try:
                         folder = entry.is_dir(follow_symlinks=True)
@@ -398,6 +409,21 @@ class CameraDir:
         found.sort(key=lambda p: p.name)
         return [(p, _identity(p)) for p in found]
 
+    def _not_a_frame(self, name: str) -> None:
+        """Count a finished file of an unknown type once, and name its type once in the log."""
+        if is_transient(name) or name in self._unknown_names or (self.directory / name).is_dir():
+            return
+        self._unknown_names[name] = None
+        if len(self._unknown_names) > MAX_FAILED:
+            self._unknown_names.popitem(last=False)
+        suffix = Path(name).suffix.lower() or "(no suffix)"
+        if suffix not in self.unknown:
+            log.warning(
+                "skipping %s: %s files are not frames (frames: %s)",
+                name, suffix, ", ".join(sorted(IMAGE_SUFFIXES)),
+            )  # fmt: skip
+        self.unknown[suffix] = self.unknown.get(suffix, 0) + 1
+
     def _hand(self, path: Path, ident: Identity | None) -> None:
         """Remember that this version of ``path`` is queued or taken (late events ignore it)."""
         self._handed[path.name] = ident
@@ -406,6 +432,7 @@ class CameraDir:
             self._handed.popitem(last=False)
 
     def _take(self, path: Path, ident: Identity | None) -> Frame | None:
+        self.alive_at = time.monotonic()
         if self.watch:
             self._hand(path, ident)
         index = self._index

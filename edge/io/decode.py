@@ -80,12 +80,18 @@ class Frame:
 def is_candidate(name: str | Path) -> bool:
     """Whether a directory entry looks like a finished frame file (by its name only)."""
     name = Path(name).name
-    if name.startswith((".", "~")) or name.endswith("~"):
+    if is_transient(name):
         return False
     suffixes = [s.lower() for s in Path(name).suffixes]
-    if any(s in TEMP_SUFFIXES for s in suffixes):
-        return False
     return bool(suffixes) and suffixes[-1] in IMAGE_SUFFIXES
+
+
+def is_transient(name: str) -> bool:
+    """A hidden, backup or partly written file (a writer's temporary): passed over silently,
+    unlike a finished file of an unknown type, which the camera folder reports."""
+    if name.startswith((".", "~")) or name.endswith("~"):
+        return True
+    return any(s.lower() in TEMP_SUFFIXES for s in Path(name).suffixes)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -246,6 +246,11 @@ class RoverRun:
         if opts.heartbeat:
             beat = Heartbeat(opts.out / "status.json", lambda: self._beat(stats), opts.heartbeat)
             beat.start()
+        from edge.run.systemd import Notifier, Watchdog, loop_health
+
+        notifier = Notifier()  # systemd's Type=notify (nothing without NOTIFY_SOCKET)
+        watchdog = Watchdog(notifier, lambda: loop_health(stats, self.source, notifier.watchdog_s or 60.0),
+                            lambda: _status_text(stats))  # fmt: skip
 
         signalled = []
 
@@ -266,6 +271,8 @@ class RoverRun:
         if self.truth is not None:
             self.say(self.truth.describe())
         ended = None
+        notifier.send("READY=1", f"STATUS=segmenting {opts.camera_dir} with {self.model.name}")
+        watchdog.start()
         try:
             with self.writer:
                 run_stream(self.source, seg, self.writer, self.truth, status, stats, opts.limit,
@@ -288,6 +295,9 @@ class RoverRun:
             ended = f"failed: {type(err).__name__}"
             raise
         finally:
+            watchdog.stop()
+            notifier.send("STOPPING=1", f"STATUS={ended or 'stopped: ' + stats.stopped_by}")
+            notifier.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             root.handlers = handlers
@@ -328,6 +338,8 @@ class RoverRun:
             "execution": {**seg.execution, "precision": self.precision.record()},
             **stats.summary(),
         }
+        unknown = getattr(self.source, "unknown", None)
+        summary["skipped_files"] = dict(sorted(unknown.items())) if unknown else {}
         summary["regions"] = self.analyzer.settings()  # the rules applied
         summary["config"] = {
             "model": str(self.model),
@@ -368,3 +380,9 @@ class RoverRun:
             "last_frame_unix_s": stats.last_frame_unix_s,
             "last_frame_age_s": None if age is None else round(age, 1),
         }
+
+
+def _status_text(stats) -> str:
+    """systemd's STATUS= line: what `systemctl status` shows."""
+    return (f"{stats.frames} frames, {stats.errors} errors, {stats.dropped} dropped, "
+            f"{stats.hazard_frames} hazard frames, {stats.fps:.1f} fps")  # fmt: skip

@@ -89,6 +89,7 @@ class RunStats:
     telemetry_unsaved: int = 0  # lines still waiting at the end
     hazard_frames: int = 0  # frames whose hazard flag fired
     last_frame_unix_s: float | None = None
+    in_frame_since: float | None = None  # monotonic start of the frame in hand (None: between)
     warned_label_shape: bool = False
 
     @property
@@ -213,6 +214,7 @@ def run_stream(
         for frame in stream:
             taken += 1
             frame_start = time.perf_counter()
+            stats.in_frame_since = time.monotonic()  # systemd's watchdog reads it
             dropped_before = stats.dropped
             stats.dropped = (
                 getattr(frames, "dropped", 0)
@@ -226,6 +228,7 @@ def run_stream(
             if frame.image is not None:  # an unreadable frame stays, for a rewrite
                 job.source = frame.path
             outputs.submit(job)  # files, then the line, then the input's disposal
+            stats.in_frame_since = None
             trim.frame()
             if on_frame:
                 on_frame(stats)
@@ -461,6 +464,12 @@ def format_summary(summary: dict) -> str:
         )
         + (f"  peak RSS {summary['peak_rss_mb']:.0f} MiB" if summary.get("peak_rss_mb") else ""),
     ]
+    if summary.get("skipped_files"):
+        kinds = summary["skipped_files"]
+        lines.append(
+            f"skipped {sum(kinds.values())} files that are not frames: "
+            + ", ".join(f"{n} {suffix}" for suffix, n in kinds.items())
+        )
     if summary.get("resumed"):
         resumed = summary["resumed"]
         lines.append(
