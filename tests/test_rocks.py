@@ -252,7 +252,7 @@ def test_files_that_are_not_frames_are_named_and_counted(band_models, tmp_path):
     cam = tmp_path / "cam"
     cam.mkdir()
     write_png(cam / "f0.png", np.full((64, 128), 60, np.uint8))
-    for name in ("a.IMG", "b.img", "notes.txt", "README", ".hidden.xyz", "f1.png.part"):
+    for name in ("a.FITS", "b.fits", "notes.txt", "README", ".hidden.xyz", "f1.png.part", "x.LBL"):
         (cam / name).write_bytes(b"x")
     (cam / "sub.d").mkdir()
     out = tmp_path / "out"
@@ -260,5 +260,5 @@ def test_files_that_are_not_frames_are_named_and_counted(band_models, tmp_path):
                                        str(band_models["int8"]), "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["skipped_files"] == {"(no suffix)": 1, ".img": 2, ".txt": 1}
-    assert "skipped 4 files that are not frames: 1 (no suffix), 2 .img, 1 .txt" in result.output
+    assert summary["skipped_files"] == {"(no suffix)": 1, ".fits": 2, ".txt": 1}
+    assert "skipped 4 files that are not frames: 1 (no suffix), 2 .fits, 1 .txt" in result.output

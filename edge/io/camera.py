@@ -54,6 +54,7 @@ from edge.io.decode import (
     looks_complete,
     os_reason,
 )
+from edge.io.pds import LABEL_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +413,8 @@ class CameraDir:
     def _not_a_frame(self, name: str) -> None:
         """Count a finished file of an unknown type once, and name its type once in the log."""
         if is_transient(name) or name in self._unknown_names or (self.directory / name).is_dir():
+            return
+        if name.endswith(LABEL_SUFFIXES):  # a PDS label: read with the .IMG it describes
             return
         self._unknown_names[name] = None
         if len(self._unknown_names) > MAX_FAILED:

@@ -4,8 +4,9 @@ A navigation stack fuses a frame's hazards with the rover's pose *at capture*, n
 (``t_unix_s`` is when the run took the frame up, which after a backlog or a restart can be hours
 later). The capture time is taken, in this order, from:
 
-1. the image's EXIF ``DateTimeOriginal`` (with ``OffsetTimeOriginal`` when present; without it
-   the time is read as UTC, which is what flight cameras write): source ``"exif"``;
+1. the image's own metadata: EXIF ``DateTimeOriginal`` (with ``OffsetTimeOriginal`` when
+   present; without it the time is read as UTC, which is what flight cameras write), source
+   ``"exif"``; or a PDS label's ``START_TIME`` (:mod:`edge.io.pds`), source ``"pds"``;
 2. a Mars Science Laboratory product id in the file name (``NLA_397681586EDR_...``: camera
    letters, then the spacecraft clock, SCLK, in seconds): source ``"sclk"``. The SCLK is turned
    into UTC from its epoch (2000-01-01 11:58:55.816 UTC) without the SPICE clock kernel's drift
@@ -73,8 +74,8 @@ def capture_record(name: str, exif: dict | None, mtime_ns: int | None) -> dict |
     exif = exif or {}
     named = from_name(name)
     record: dict = {}
-    if "time_utc" in exif:
-        when, record["source"] = exif["time_utc"], "exif"
+    if "time_utc" in exif:  # the file's own metadata: EXIF, or a PDS label's START_TIME
+        when, record["source"] = exif["time_utc"], exif.get("source", "exif")
     elif "time_utc" in named:
         when, record["source"] = named["time_utc"], "sclk"
     elif mtime_ns is not None:

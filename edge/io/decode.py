@@ -27,7 +27,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pnm", ".npy"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pnm", ".npy", ".img"})
 # Names a writer uses before renaming a finished file into place.
 TEMP_SUFFIXES = frozenset(
     {".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", ".filepart"}
@@ -102,7 +102,7 @@ def read_frame(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """Read one frame file as uint8 grayscale (H, W).
 
     PNG, JPEG and PGM/PPM through Pillow (colour is converted to luminance, 16-bit scaled to
-    8-bit); ``.npy`` arrays of shape (H, W), (H, W, 1) or (H, W, 3), either uint8, uint16
+    8-bit); PDS3 and PDS4 ``.IMG`` (:mod:`edge.io.pds`); ``.npy`` arrays of shape (H, W), (H, W, 1) or (H, W, 3), either uint8, uint16
     (scaled), or float in [0, 1] or [0, 255].
 
     Args:
@@ -124,12 +124,24 @@ def read_frame_reduced(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tupl
 
 
 def decode_frame(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, dict]:
-    """:func:`read_frame_reduced`, also returning what the file's EXIF says of its capture
-    (:func:`edge.io.capture.from_exif`: ``time_utc``, ``camera``; {} for none)."""
+    """:func:`read_frame_reduced`, also returning what the file says of its capture (EXIF:
+    :func:`edge.io.capture.from_exif`; a PDS label: :func:`edge.io.pds.read_pds`): ``time_utc``,
+    ``camera``, ``source``; {} for none)."""
     if regular_file(path).st_size == 0:
         raise BadFrame(f"{path.name}: empty file")
-    if path.suffix.lower() == ".npy":
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         return (*_read_npy(path, max_pixels), {})
+    if suffix == ".img":
+        from edge.io.pds import PdsError, read_pds
+
+        try:
+            grey, meta = read_pds(path, max_pixels)
+        except PdsError as err:
+            raise BadFrame(str(err)) from err
+        except OSError as err:
+            raise BadFrame(f"{path.name}: cannot read ({os_reason(err)})") from err
+        return grey, 1, meta
     return _read_image(path, max_pixels)
 
 
