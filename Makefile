@@ -11,9 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
-	@echo "installing marsseg-edge[train,jax,edge,peers,dev] into $(VENV)"
+	@echo "installing marsseg-edge[train,jax,edge,peers,ros,dev] into $(VENV)"
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,jax,edge,peers,dev]'
+	$(BIN)/pip install --quiet -e '.[train,jax,edge,peers,ros,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

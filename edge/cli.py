@@ -231,8 +231,9 @@ def info(model: Path, tensors: bool) -> None:
     "regions_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="JSON regions and hazard rules [default: near field = bottom quarter, corridor = the "
-    "path ahead; big rock over 1 % of the corridor is a hazard; see the README].",
+    help="JSON regions, rocks, hazard rules and an optional camera model [default: near field "
+    "= bottom quarter, corridor = the path ahead; a big rock of 300 px or more touching the "
+    "corridor is a hazard; see docs/rover.md].",
 )
 @click.option(
     "--heartbeat",
@@ -243,6 +244,14 @@ def info(model: Path, tensors: bool) -> None:
 )
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Stop after this many frames."
+)
+@click.option(
+    "--mcap",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also record the run as MCAP for Foxglove: frames, class maps, rocks as image "
+    "annotations and telemetry, stamped with the capture time; split into FILE-0001.mcap ... "
+    "every 512 MiB (needs the [ros] extra).",
 )
 @click.option(
     "--reprocess",
@@ -275,6 +284,7 @@ def run(
     regions_file: Path | None,
     heartbeat: float,
     limit: int | None,
+    mcap: Path | None,
     reprocess: bool,
 ) -> None:
     """Segment the frames of --camera-dir with --model; write masks, overlays and telemetry.
@@ -311,6 +321,7 @@ def run(
         consumed="delete" if delete_consumed else move_consumed, threads=threads,
         runtime=runtime, kernels=kernels, labels=labels, label_format=label_format,
         regions_file=regions_file, heartbeat=heartbeat, limit=limit, reprocess=reprocess,
+        mcap=mcap,
     )  # fmt: skip
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:

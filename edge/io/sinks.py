@@ -305,6 +305,7 @@ class OutputWriter:
         self.grid_dir = self.out_dir / "grid" if masks else None
         self.label_set = label_set
         self.regions, self.camera = regions, camera
+        self.mcap = None  # an edge.io.mcap_sink.McapSink: the frames' messages too (--mcap)
         self.keep = keep
         for folder in (self.out_dir, self.mask_dir, self.overlay_dir):
             if folder is not None:
@@ -362,6 +363,8 @@ class OutputWriter:
                 horizon = None if self.camera is None else self.camera.horizon_row(labels.shape)
                 tinted = annotate(tinted, record, self.regions, self.label_set, horizon)
             atomic_write_bytes(self.overlay_dir / f"{name}.png", png_bytes(tinted))
+        if self.mcap is not None and record is not None:
+            self.mcap.write(record, image, labels)
         if self.keep is not None and (self.mask_dir or self.overlay_dir):
             self._written[name] = None
             self._written.move_to_end(name)  # a reused name is the newest, not the oldest
@@ -404,6 +407,12 @@ class OutputWriter:
         if self.telemetry is not None:
             self.telemetry.close()
             self.telemetry = None
+        if self.mcap is not None:
+            try:
+                self.mcap.close()
+            except OSError as err:
+                self.warn_write_failure("the end of the MCAP recording", err)
+            self.mcap = None
 
     def __enter__(self) -> OutputWriter:
         return self

@@ -57,6 +57,7 @@ class RunOptions:
     heartbeat: float = 5.0  # seconds between status.json writes; 0: none
     limit: int | None = None
     reprocess: bool = False  # a restart on the same --out does again the frames already handled
+    mcap: Path | None = None  # also record the run as MCAP (edge.io.mcap_sink)
 
     def check(self) -> None:
         """Refuse inconsistent options before anything is opened.
@@ -169,6 +170,17 @@ class RoverRun:
             )  # fmt: skip
         except OSError as err:
             raise OutputError(f"cannot write to --out {opts.out}: {err.strerror or err}") from err
+        if opts.mcap is not None:
+            from edge.io.mcap_sink import McapSink
+
+            try:
+                self.writer.mcap = self._mcap_sink = McapSink(opts.mcap, seg.labels)
+            except RuntimeError as err:
+                raise StartError(str(err)) from err
+            except OSError as err:
+                raise OutputError(
+                    f"cannot write --mcap {opts.mcap}: {err.strerror or err}"
+                ) from err
         self.started_utc = utc_now()
         last = self.writer.telemetry.last_record if self.writer.telemetry else None
         self.identity = RunIdentity(
@@ -355,6 +367,7 @@ class RoverRun:
             "labels": str(opts.labels) if opts.labels else None,
             "label_format": self.truth.format if self.truth else None,
             "reprocess": opts.reprocess,
+            "mcap": [str(p) for p in self._mcap_files] or None,
         }
         return summary
 
@@ -363,7 +376,15 @@ class RoverRun:
         parts = ["masks/"] if self.opts.masks else []
         parts += ["overlays/"] if self.opts.overlay else []
         parts += ["telemetry.jsonl"] + (["summary.json"] if written else [])
-        return f"outputs in {self.opts.out}/ ({', '.join(parts)})"
+        line = f"outputs in {self.opts.out}/ ({', '.join(parts)})"
+        if self._mcap_files:
+            line += "; MCAP: " + ", ".join(str(p) for p in self._mcap_files)
+        return line
+
+    @property
+    def _mcap_files(self) -> list:
+        sink = getattr(self, "_mcap_sink", None)
+        return list(sink.files) if sink is not None else []
 
     def _beat(self, stats) -> dict:
         age = None if stats.last_frame_unix_s is None else time.time() - stats.last_frame_unix_s
