@@ -93,9 +93,23 @@ def info(model: Path, tensors: bool) -> None:
 @main.command()
 @click.option(
     "--camera-dir",
-    required=True,
     type=click.Path(path_type=Path),
-    help="Folder the camera writes frames into (PNG, JPEG, PGM or .npy; taken in name order).",
+    default=None,
+    help="Folder the camera writes frames into (PNG, JPEG, PGM, .npy, PDS3/PDS4 .IMG; taken in "
+    "name order). Required unless --bag.",
+)
+@click.option(
+    "--bag",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Replay a recorded drive instead: a ROS 2 bag (mcap or sqlite3 storage) whose --topic "
+    "holds sensor_msgs Image or CompressedImage frames (needs the [ros] extra).",
+)
+@click.option(
+    "--topic",
+    default="/navcam/image",
+    show_default=True,
+    help="The image topic of --bag.",
 )
 @click.option(
     "--model",
@@ -260,7 +274,9 @@ def info(model: Path, tensors: bool) -> None:
     "last one in its telemetry are skipped (and counted). This does them all again.",
 )
 def run(
-    camera_dir: Path,
+    camera_dir: Path | None,
+    bag: Path | None,
+    topic: str,
     model: Path,
     precision: str,
     out: Path,
@@ -321,7 +337,7 @@ def run(
         consumed="delete" if delete_consumed else move_consumed, threads=threads,
         runtime=runtime, kernels=kernels, labels=labels, label_format=label_format,
         regions_file=regions_file, heartbeat=heartbeat, limit=limit, reprocess=reprocess,
-        mcap=mcap,
+        mcap=mcap, bag=bag, topic=topic,
     )  # fmt: skip
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:

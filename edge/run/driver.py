@@ -33,7 +33,7 @@ class OutputError(OSError):
 class RunOptions:
     """Everything a run takes; the defaults are ``edge-seg run``'s."""
 
-    camera_dir: Path
+    camera_dir: Path | None  # None: frames from --bag
     model: Path | None = None  # None: the shipped model set
     out: Path = Path("edge-seg-out")
     overlay: bool = False
@@ -58,6 +58,13 @@ class RunOptions:
     limit: int | None = None
     reprocess: bool = False  # a restart on the same --out does again the frames already handled
     mcap: Path | None = None  # also record the run as MCAP (edge.io.mcap_sink)
+    bag: Path | None = None  # frames from a ROS 2 bag instead of a camera folder
+    topic: str = "/navcam/image"  # the bag's image topic
+
+    @property
+    def input_name(self) -> str:
+        """The frames' source, for the start-up line and systemd's status."""
+        return str(self.camera_dir) if self.bag is None else f"{self.bag} {self.topic}"
 
     def check(self) -> None:
         """Refuse inconsistent options before anything is opened.
@@ -65,7 +72,15 @@ class RunOptions:
         Raises:
             StartError: naming the option and the fix.
         """
-        if not self.camera_dir.is_dir():
+        if (self.camera_dir is None) == (self.bag is None):
+            raise StartError("give --camera-dir (a folder of frames) or --bag (a ROS 2 bag)")
+        if self.bag is not None:
+            if not self.bag.exists():
+                raise StartError(f"--bag {self.bag} does not exist")
+            if self.watch or self.consumed is not None:
+                raise StartError("--watch, --delete-consumed and --move-consumed are for a "
+                                 "camera folder, not a --bag")  # fmt: skip
+        elif not self.camera_dir.is_dir():
             raise StartError(
                 f"camera directory {self.camera_dir} does not exist or is not a folder"
             )
@@ -140,15 +155,20 @@ class RoverRun:
                 else LabelReader(opts.labels, seg.num_classes, opts.label_format,
                                  opts.max_frame_pixels)
             )  # fmt: skip
-            self.source = CameraDir(
-                opts.camera_dir,
-                watch=opts.watch,
-                grace_s=opts.grace,
-                max_queue=opts.max_queue,
-                idle_timeout=opts.idle_timeout,
-                max_pixels=opts.max_frame_pixels,
-                notify=opts.notify,
-            )
+            if opts.bag is not None:
+                from edge.io.bag import BagFrames
+
+                self.source = BagFrames(opts.bag, opts.topic, opts.max_frame_pixels)
+            else:
+                self.source = CameraDir(
+                    opts.camera_dir,
+                    watch=opts.watch,
+                    grace_s=opts.grace,
+                    max_queue=opts.max_queue,
+                    idle_timeout=opts.idle_timeout,
+                    max_pixels=opts.max_frame_pixels,
+                    notify=opts.notify,
+                )
             self.regions = (
                 RegionConfig.load(opts.regions_file) if opts.regions_file else RegionConfig()
             )
@@ -184,10 +204,10 @@ class RoverRun:
         self.started_utc = utc_now()
         last = self.writer.telemetry.last_record if self.writer.telemetry else None
         self.identity = RunIdentity(
-            opts.out, last.get("frame_index") if last else None, opts.camera_dir
+            opts.out, last.get("frame_index") if last else None, opts.camera_dir or opts.bag
         )
         self.resume = None
-        if not opts.reprocess:
+        if not opts.reprocess and opts.bag is None:  # a bag is replayed whole
             from edge.run.resume import resume_point
 
             self.resume = resume_point(opts.out / "telemetry.jsonl", self.identity.camera_dir,
@@ -277,13 +297,13 @@ class RoverRun:
         size = "{}x{}".format(*seg.input_shape)
         self.say(
             f"{self.model.name} ({size} {seg.input_dtype.name} in, {seg.num_classes} classes, "
-            f"{seg.runtime}, {opts.threads} threads) on {opts.camera_dir}"
+            f"{seg.runtime}, {opts.threads} threads) on {opts.input_name}"
             f"{' (watching)' if opts.watch else ''} -> {opts.out}"
         )
         if self.truth is not None:
             self.say(self.truth.describe())
         ended = None
-        notifier.send("READY=1", f"STATUS=segmenting {opts.camera_dir} with {self.model.name}")
+        notifier.send("READY=1", f"STATUS=segmenting {opts.input_name} with {self.model.name}")
         watchdog.start()
         try:
             with self.writer:
@@ -355,7 +375,8 @@ class RoverRun:
         summary["regions"] = self.analyzer.settings()  # the rules applied
         summary["config"] = {
             "model": str(self.model),
-            "camera_dir": str(opts.camera_dir),
+            "camera_dir": None if opts.camera_dir is None else str(opts.camera_dir),
+            "bag": None if opts.bag is None else {"path": str(opts.bag), "topic": opts.topic},
             "runtime": seg.runtime,
             "threads": opts.threads,
             "kernels": opts.kernels,
@@ -391,7 +412,7 @@ class RoverRun:
         return {
             "run_id": self.identity.run_id,
             "model": self.model_info["name"],
-            "camera_dir": str(self.opts.camera_dir),
+            "camera_dir": self.opts.input_name,
             "frames": stats.frames,
             "errors": stats.errors,
             "dropped": stats.dropped,
