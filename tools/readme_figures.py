@@ -80,11 +80,7 @@ def hazard_grid(model: Path | None = None, frames: int = 4, scale: int = 2) -> I
     drawn = []
     for path in sorted((SAMPLES / "frames").glob("*.JPG")):
         frame = read_frame(path)
-        seg = segmenter.segment(frame, with_confidence=True,
-                                class_probability=analyzer.rock_index)  # fmt: skip
-        record = analyzer.analyze_mapped(seg.model_labels, seg.model_top,
-                                         segmenter.pixel_map(frame.shape),
-                                         seg.model_class_probability)  # fmt: skip
+        seg, record = analyzer.frame(segmenter, frame)
         picture = annotate(overlay(frame, seg.labels, segmenter.labels), record,
                            analyzer.config.regions, segmenter.labels)  # fmt: skip
         drawn.append((record["rocks_total"], path.name, picture))

@@ -383,6 +383,20 @@ class RegionAnalyzer:
             self._objects(result, small_labels, small_top, pixel_map, geometry, small_class)
         return result
 
+    def frame(self, segmenter, frame: np.ndarray) -> tuple:
+        """Segment one uint8 frame with ``segmenter`` and analyse it as ``edge-seg run`` does.
+
+        Returns:
+            ``(segmentation, analysis)``: the :class:`edge.segmenter.Segmentation` (the class
+            map at the frame's size) and the telemetry's analysis fields (regions, rocks,
+            hazards, confidence; ``_grid`` the grid's cells when a camera and grid are set).
+        """
+        seg = segmenter.segment(frame, with_confidence=True, class_probability=self.rock_index)
+        analysis = self.analyze_mapped(seg.model_labels, seg.model_top,
+                                       segmenter.pixel_map(frame.shape),
+                                       seg.model_class_probability)  # fmt: skip
+        return seg, analysis
+
     def _frame(self, pixel_map: np.ndarray, model_shape: tuple[int, int]) -> tuple:
         """``(FrameGeometry, GroundGrid or None)`` for this frame size and model size (the
         last four kept)."""
