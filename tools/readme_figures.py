@@ -4,6 +4,7 @@ regions of the rover's hazard rule drawn over a frame, and the shipped model on 
 python tools/readme_figures.py demo --out docs [--regions-frame FRAME]
 python tools/readme_figures.py --shipped --out docs      # docs/shipped_overlays.png
 python tools/readme_figures.py --hazards --out docs      # docs/hazard_overlays.png
+python tools/readme_figures.py --mcap RUN.mcap --out docs  # docs/mcap_readback.png
 """
 
 from __future__ import annotations
@@ -91,6 +92,48 @@ def hazard_grid(model: Path | None = None, frames: int = 4, scale: int = 2) -> I
     return Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), Image.NEAREST)
 
 
+def mcap_readback(recording: Path, frames: int = 3, scale: int = 2) -> Image.Image:
+    """Frames read back from an ``edge-seg run --mcap`` recording with the mcap reader: per row
+    the frame, the class map and the rock annotations drawn from their messages alone."""
+    import base64
+    import json
+
+    from mcap.reader import make_reader
+
+    by_time: dict[int, dict] = {}
+    with open(recording, "rb") as handle:
+        for _, channel, message in make_reader(handle).iter_messages():
+            by_time.setdefault(message.log_time, {})[channel.topic] = json.loads(message.data)
+    with_rocks = [
+        m for _, m in sorted(by_time.items()) if m.get("/segmentation/rocks", {}).get("points")
+    ]
+    rows = []
+    for msgs in with_rocks[:frames]:
+        image, classes = msgs["/navcam/image"], msgs["/segmentation/class_map"]
+        h, w = image["height"], image["width"]
+        grey = np.frombuffer(base64.b64decode(image["data"]), np.uint8).reshape(h, w)
+        colour = np.frombuffer(base64.b64decode(classes["data"]), np.uint8).reshape(h, w, 3)
+        boxed = Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+        draw = ImageDraw.Draw(boxed)
+        notes = msgs["/segmentation/rocks"]
+        for shape in notes["points"]:
+            c = shape["outline_color"]
+            draw.line([(p["x"], p["y"]) for p in shape["points"] + shape["points"][:1]],
+                      fill=tuple(int(255 * c[k]) for k in "rgb"), width=2)  # fmt: skip
+        for text in notes["texts"]:
+            draw.text((text["position"]["x"] + 2, text["position"]["y"] - 11), text["text"],
+                      fill="white")  # fmt: skip
+        gap = np.full((h, 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([np.asarray(boxed), gap, colour, gap], axis=1)[:, :-4])
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    if not rows:
+        raise click.ClickException(f"no frame with rocks in {recording}")
+    grid = np.concatenate(rows[:-1], axis=0)
+    return Image.fromarray(grid).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    )
+
+
 def _titled(grid: np.ndarray, scale: int, model_title: str) -> Image.Image:
     image = Image.fromarray(grid).resize(
         (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
@@ -174,6 +217,8 @@ def regions_picture(frame_path: Path, model: Path | None = None, scale: int = 2)
 )
 @click.option("--shipped", is_flag=True, help="Write OUT/shipped_overlays.png (no DEMO needed).")
 @click.option("--hazards", is_flag=True, help="Write OUT/hazard_overlays.png (no DEMO needed).")
+@click.option("--mcap", "recording", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Write OUT/mcap_readback.png from this recording.")  # fmt: skip
 def main(
     demo: Path | None,
     out: Path,
@@ -181,17 +226,21 @@ def main(
     regions_model: Path | None,
     shipped: bool,
     hazards: bool,
+    recording: Path | None,
 ) -> None:
     """Write OUT/overlays.png and OUT/report_table.png from the DEMO folder (and with --shipped
     the shipped model on the sample frames)."""
     out.mkdir(parents=True, exist_ok=True)
+    if recording is not None:
+        mcap_readback(recording).save(out / "mcap_readback.png")
+        click.echo(f"wrote {out}/mcap_readback.png")
     if hazards:
         hazard_grid().save(out / "hazard_overlays.png")
         click.echo(f"wrote {out}/hazard_overlays.png")
     if shipped:
         shipped_grid().save(out / "shipped_overlays.png")
         click.echo(f"wrote {out}/shipped_overlays.png")
-    if demo is None and (shipped or hazards):
+    if demo is None and (shipped or hazards or recording is not None):
         return
     if demo is None:
         raise click.UsageError("give DEMO (a finished demo folder), or --shipped")
