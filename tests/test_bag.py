@@ -77,7 +77,7 @@ def test_a_bag_replays_through_the_pipeline_with_header_stamps(band_models, tmp_
     assert lines[0]["capture"] == {"time_utc": "2023-11-14T22:13:20.000Z",
                                    "t_unix_s": 1_700_000_000.0, "source": "ros_header",
                                    "camera": "navcam_left"}  # fmt: skip
-    assert lines[0]["frame"] == "navcam_image_1700000000000000000"
+    assert lines[0]["frame"] == "navcam_image_000000_1700000000000000000"
     assert (
         json.loads((out / "summary.json").read_text())["config"]["bag"]["topic"] == "/navcam/image"
     )

@@ -110,3 +110,9 @@ def test_an_unfinished_recording_keeps_its_whole_chunks_and_a_long_one_splits(tm
     assert len(split.files) >= 2 and split.files[1].name == "split-0001.mcap"
     total = sum(len(messages(f)) for f in split.files)  # each file finished and indexed
     assert total == 120
+    again = McapSink(tmp_path / "split.mcap", MARS)  # a restart: the next file, never truncating
+    again.write({"t_unix_s": -5.0}, image, image % 5)  # a clock before 1970: stamped 0
+    again.close()
+    assert again.files == [tmp_path / f"split-{len(split.files):04d}.mcap"]
+    assert sum(len(messages(f)) for f in split.files) == 120
+    assert {t for _, _, t, _ in messages(again.files[0])} == {0}

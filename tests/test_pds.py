@@ -127,6 +127,10 @@ def test_a_bad_pds_file_is_a_bad_frame_that_says_why(tmp_path):
     write_attached(
         tmp_path / "real.IMG", values, 8, "IEEE_REAL".replace("IEEE_REAL", "UNSIGNED_INTEGER")
     )
+    odd = pds3_label(10, 10, 8, "UNSIGNED_INTEGER", 2, 512, extra="  LINE_PREFIX_BYTES = N/A\r\n")
+    (tmp_path / "odd.IMG").write_bytes(odd.encode().ljust(512) + bytes(100))
+    with pytest.raises(BadFrame, match="a label this reader cannot use"):
+        decode_frame(tmp_path / "odd.IMG")
     (tmp_path / "float.IMG").write_bytes(
         pds3_label(10, 10, 32, "IEEE_REAL", 2, 512).encode().ljust(512) + b"\0" * 400
     )

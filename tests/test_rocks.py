@@ -262,3 +262,50 @@ def test_files_that_are_not_frames_are_named_and_counted(band_models, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_files"] == {"(no suffix)": 1, ".fits": 2, ".txt": 1}
     assert "skipped 4 files that are not frames: 1 (no suffix), 2 .fits, 1 .txt" in result.output
+
+
+def test_every_rock_a_rule_fired_on_is_listed_and_background_is_never_rock():
+    from edge.run.hazards import MAX_ROCKS
+
+    config = RegionConfig(regions={"bottom": [[0, 0.9], [1, 0.9], [1, 1], [0, 1]]},
+                          hazards=[HazardRule("big_rock", "bottom", None, 4)],
+                          rocks=RockSettings(None, 0.2, 0.5, 4))  # fmt: skip
+    analyzer = RegionAnalyzer(config, MARS)
+    small = np.full((64, 128), SOIL, np.uint8)
+    rock_p = np.zeros(small.shape, np.uint8)
+    for k in range(MAX_ROCKS + 2):  # 22 rocks up top, larger ones first
+        rock_p[2 : 2 + 3 + (k < MAX_ROCKS), 5 * k : 5 * k + 3] = 200
+    rock_p[61:63, 60:62] = 200  # the smallest, low in the frame: the one the rule fires on
+    small[20:30, 0:10] = 0  # background ...
+    rock_p[20:30, 0:10] = 250  # ... however likely rock: sky or rover hardware, never a rock
+    identity = np.arange(small.size).reshape(small.shape)
+    result = analyzer.analyze_mapped(small, np.full(small.shape, 200, np.uint8), identity, rock_p)
+    assert result["rocks_total"] == MAX_ROCKS + 3
+    fired = result["hazards"][0]["rocks"]
+    assert result["hazard"] and len(fired) == 1 and fired[0] >= MAX_ROCKS
+    assert fired[0] in {r["id"] for r in result["rocks"]}  # listed although not among the largest
+    assert len(result["rocks"]) == MAX_ROCKS + 1
+    assert all(r["box"][1] != 20 for r in result["rocks"])  # nothing from the background patch
+
+
+def test_a_frame_the_camera_model_does_not_fit_is_one_bad_frame(band_models, tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import main
+    from tests.test_edge_run import write_png
+
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    write_png(cam / "a_wide.png", np.full((64, 128), 60, np.uint8))
+    write_png(cam / "b_square.png", np.full((64, 64), 60, np.uint8))
+    regions = tmp_path / "regions.json"
+    regions.write_text(json.dumps({"camera": {"height_m": 1.9, "pitch_deg": 30, "hfov_deg": 45,
+                                              "image_size": [128, 64]}}))  # fmt: skip
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--camera-dir", str(cam), "--model",
+                                       str(band_models["int8"]), "--out", str(out),
+                                       "--regions", str(regions)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (out / "telemetry.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in lines] == ["ok", "error"]
+    assert "aspect ratio" in lines[1]["error"]

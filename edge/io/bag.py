@@ -3,7 +3,8 @@
 ``edge-seg run --bag BAG --topic /navcam/image`` reads ``sensor_msgs/msg/Image`` (``mono8``,
 ``mono16``, ``rgb8``, ``bgr8``, ...) or ``sensor_msgs/msg/CompressedImage`` (JPEG, PNG) messages
 of one topic with ``rosbags`` (pure Python: no ROS install), in the bag's order. The header stamp
-is the capture time and the header's ``frame_id`` the camera. A message that cannot be decoded
+is the capture time (the bag's receive time where the header's is unset) and the header's
+``frame_id`` the camera; frames are named ``<topic>_<index>_<stamp ns>``. A message that cannot be decoded
 is a bad frame (logged and counted), never the end of the replay. Needs the ``[ros]`` extra.
 """
 
@@ -83,6 +84,7 @@ class BagFrames:
                 try:
                     msg = self._typestore.deserialize_cdr(raw, conn.msgtype)
                     stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                    stamp_ns = stamp_ns or timestamp  # unset header: the bag's receive time
                     image = decode_message(msg, self.max_pixels)
                     capture = _capture(stamp_ns, msg.header.frame_id)
                 except BadFrame as err:
@@ -90,7 +92,7 @@ class BagFrames:
                 except Exception as err:  # a corrupt message: a bad frame, never the end
                     error = f"message {index} of {self.topic}: cannot deserialize ({err})"
                 yield Frame(
-                    name=f"{stem}_{stamp_ns}",
+                    name=f"{stem}_{index:06d}_{stamp_ns}",  # unique even where stamps repeat
                     image=image,
                     error=error,
                     index=index,

@@ -178,8 +178,16 @@ class CameraDir:
         return self._stop.is_set()
 
     def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``, waking at once on :meth:`stop`; True when stopped."""
-        return self._stop.wait(max(0.0, seconds))
+        """Sleep up to ``seconds``, waking at once on :meth:`stop`; True when stopped. The loop
+        paces itself here (``--max-fps``): a deliberate wait that keeps ``alive_at`` fresh."""
+        end = time.monotonic() + max(0.0, seconds)
+        while True:
+            self.alive_at = time.monotonic()
+            left = end - self.alive_at
+            if left <= 0:
+                return self._stop.is_set()
+            if self._stop.wait(min(left, 1.0)):
+                return True
 
     def __iter__(self) -> Iterator[Frame]:
         try:

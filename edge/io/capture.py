@@ -10,7 +10,8 @@ later). The capture time is taken, in this order, from:
 2. a Mars Science Laboratory product id in the file name (``NLA_397681586EDR_...``: camera
    letters, then the spacecraft clock, SCLK, in seconds): source ``"sclk"``. The SCLK is turned
    into UTC from its epoch (2000-01-01 11:58:55.816 UTC) without the SPICE clock kernel's drift
-   correction, so the UTC is approximate (seconds); ``sclk`` itself is exact;
+   correction or the leap seconds since 2000 (five by 2017), so the UTC is approximate (seconds);
+   ``sclk`` itself is exact;
 3. the file's modification time (when it was written into the camera folder): source
    ``"file_mtime"``.
 
@@ -25,8 +26,8 @@ from datetime import datetime, timedelta, timezone
 
 MSL_SCLK_EPOCH = datetime(2000, 1, 1, 11, 58, 55, 816000, tzinfo=timezone.utc)
 # MSL product ids: instrument letter, eye or filter, compute element, "_", 9-10 digit SCLK
-_MSL_ID = re.compile(r"^([NFRM])([LR])([AB])_(\d{9,10})")
-_MSL_CAMERAS = {"N": "navcam", "F": "front_hazcam", "R": "rear_hazcam", "M": "mastcam"}
+_MSL_ID = re.compile(r"^([NFR])([LR])([AB])_(\d{9,10})")
+_MSL_CAMERAS = {"N": "navcam", "F": "front_hazcam", "R": "rear_hazcam"}
 _EXIF_IFD, _DATETIME_ORIGINAL, _OFFSET_ORIGINAL, _MODEL = 0x8769, 36867, 36881, 272
 
 
@@ -64,8 +65,8 @@ def from_exif(img) -> dict:
         if isinstance(model, str) and model.strip():
             found["camera"] = model.strip().replace("\x00", "")[:64]
         return found
-    except (ValueError, TypeError, KeyError, OSError, SyntaxError):
-        return {}  # a damaged EXIF block says nothing; the frame itself may be fine
+    except (ValueError, TypeError, KeyError, OSError, SyntaxError, OverflowError):
+        return {}  # a damaged EXIF block (or a date out of range) says nothing; the frame is fine
 
 
 def capture_record(name: str, exif: dict | None, mtime_ns: int | None) -> dict | None:
@@ -79,7 +80,10 @@ def capture_record(name: str, exif: dict | None, mtime_ns: int | None) -> dict |
     elif "time_utc" in named:
         when, record["source"] = named["time_utc"], "sclk"
     elif mtime_ns is not None:
-        when = datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc)
+        try:
+            when = datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None  # a clock far out of range says nothing
         record["source"] = "file_mtime"
     else:
         return None

@@ -123,15 +123,19 @@ class McapSink:
         self._open()
 
     def _open(self) -> None:
+        """The next file: ``path``, else the first free ``-NNNN`` name (a restart under systemd
+        writes the next file of the same recording instead of truncating the last)."""
         from mcap.writer import CompressionType, Writer
 
-        n = len(self.files)
-        path = (
-            self.path
-            if n == 0
-            else self.path.with_name(f"{self.path.stem}-{n:04d}{self.path.suffix}")
-        )
-        self._handle = open(path, "wb")
+        n = 0
+        while True:
+            path = self.path if n == 0 else self.path.with_name(
+                f"{self.path.stem}-{n:04d}{self.path.suffix}")  # fmt: skip
+            try:
+                self._handle = open(path, "xb")
+                break
+            except FileExistsError:
+                n += 1
         self._writer = Writer(
             self._handle, chunk_size=self.chunk_bytes, compression=CompressionType.ZSTD
         )
@@ -157,17 +161,24 @@ class McapSink:
         Raises:
             OSError: when the file cannot be written (e.g. a full disk).
         """
+        if self._writer is None:  # the last split could not open its file: try again
+            self._open()
         seconds = (record.get("capture") or {}).get("t_unix_s", record.get("t_unix_s", 0.0))
-        ns = round(float(seconds) * 1e9)
+        ns = max(0, round(float(seconds) * 1e9))  # MCAP times are unsigned (a reset clock)
         stamp = {"sec": ns // 1_000_000_000, "nsec": ns % 1_000_000_000}
         _h, w = image.shape
         colours = colourise(labels, self.label_set)
         if self.label_set.ignore is not None:
             colours[labels == self.label_set.ignore] = 0
-        self._send("/navcam/image", ns, _raw(stamp, image, "mono8", w))
-        self._send("/segmentation/class_map", ns, _raw(stamp, colours, "rgb8", 3 * w))
-        self._send("/segmentation/rocks", ns, _annotations(stamp, record))
-        self._send("/segmentation/telemetry", ns, record)
+        try:
+            self._send("/navcam/image", ns, _raw(stamp, image, "mono8", w))
+            self._send("/segmentation/class_map", ns, _raw(stamp, colours, "rgb8", 3 * w))
+            self._send("/segmentation/rocks", ns, _annotations(stamp, record))
+            self._send("/segmentation/telemetry", ns, record)
+        except OSError:
+            raise
+        except Exception as err:  # the writer's own errors: a write failure, not the run's end
+            raise OSError(f"MCAP write failed: {type(err).__name__}: {err}") from err
         if self._handle.tell() >= self.split_bytes:
             self._finish()
             self._open()

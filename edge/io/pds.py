@@ -16,7 +16,9 @@ but it brings pandas: too heavy for the rover's minimal install):
 
 The samples are scaled as the label says and then to 8 bits over the range the label allows
 (``SAMPLE_BIT_MASK``'s bits, else ``SAMPLE_BITS``). ``START_TIME`` (PDS3) or
-``start_date_time`` (PDS4) is the capture time; ``INSTRUMENT_ID`` names the camera.
+``start_date_time`` (PDS4) is the capture time; a PDS3 ``INSTRUMENT_ID`` names the camera. A
+label value of the wrong kind, band-interleaved data or a short file is a :class:`PdsError`
+(the frame is bad, the run goes on).
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def read_pds(path: Path, max_pixels: int) -> tuple[np.ndarray, dict]:
     Raises:
         PdsError: no label, an unsupported layout, or a file shorter than its label says.
     """
+    try:
+        return _read(path, max_pixels)
+    except PdsError:
+        raise
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, AttributeError) as err:
+        # a label value of the wrong kind ("N/A" where a count belongs, a unit on a factor)
+        raise PdsError(f"{path.name}: a label this reader cannot use ({type(err).__name__}: "
+                       f"{err})") from err  # fmt: skip
+
+
+def _read(path: Path, max_pixels: int) -> tuple[np.ndarray, dict]:
     with open(path, "rb") as handle:
         head = handle.read(64)
     if head.lstrip().startswith((b"PDS_VERSION_ID", b"ODL_VERSION_ID", b"CCSD")):
@@ -134,6 +147,9 @@ def _pds3(label_path: Path, data_path: Path, max_pixels: int) -> tuple[np.ndarra
     except (KeyError, TypeError, ValueError) as err:
         raise PdsError(f"{label_path.name}: IMAGE needs LINES, LINE_SAMPLES ({err})") from err
     kind = str(image.get("SAMPLE_TYPE", "UNSIGNED_INTEGER")).upper()
+    storage = str(image.get("BAND_STORAGE_TYPE", "BAND_SEQUENTIAL")).upper()
+    if int(image.get("BANDS", 1)) > 1 and storage != "BAND_SEQUENTIAL":
+        raise PdsError(f"{label_path.name}: {storage} bands (band-sequential images are read)")
     dtype = _pds3_dtype(kind, bits, label_path.name)
     prefix, suffix = int(image.get("LINE_PREFIX_BYTES", 0)), int(image.get("LINE_SUFFIX_BYTES", 0))
     if lines * samples > max_pixels:
@@ -148,7 +164,7 @@ def _pds3(label_path: Path, data_path: Path, max_pixels: int) -> tuple[np.ndarra
     values = rows.view(dtype).reshape(lines, samples)  # first band only
     mask = image.get("SAMPLE_BIT_MASK")
     valid_bits = bin(int(mask)).count("1") if isinstance(mask, int) and mask > 0 else bits
-    if isinstance(mask, int) and mask > 0 and dtype.kind in "iu":
+    if isinstance(mask, int) and 0 < mask < 2**bits - 1 and dtype.kind == "u":
         values = values & dtype.type(mask)
     grey = _to_uint8(values, float(image.get("SCALING_FACTOR", 1.0) or 1.0),
                      float(image.get("OFFSET", 0.0) or 0.0), valid_bits, dtype)  # fmt: skip
@@ -218,7 +234,8 @@ def _pds4(label_path: Path, data_path: Path, max_pixels: int) -> tuple[np.ndarra
         array = find(root, "Array_3D_Image")
     if array is None:
         raise PdsError(f"{label_path.name}: a PDS4 label without an Array_2D_Image")
-    file_name = text(find(root, "File"), "file_name")
+    area = find(root, "File_Area_Observational")
+    file_name = text(find(area if area is not None else root, "File"), "file_name")
     if file_name is not None:
         data_path = _sibling(label_path, file_name)
     kind = text(array, "data_type", "UnsignedByte")

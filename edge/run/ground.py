@@ -198,9 +198,11 @@ class GroundGrid:
         col_mid, row_mid: the frame coordinates of each model column and row (from
             :class:`edge.run.rocks.FrameGeometry`).
         frame_shape: (H, W) of the input frame.
+        seen: (h, w) bool, the model pixels that stand for some frame pixel (others are left
+            out), or None for all.
     """
 
-    def __init__(self, camera, settings, class_costs, col_mid, row_mid, frame_shape):
+    def __init__(self, camera, settings, class_costs, col_mid, row_mid, frame_shape, seen=None):
         self.settings = settings
         self.costs = np.asarray(class_costs, np.float64)
         xs, ys = np.meshgrid(col_mid, row_mid)
@@ -210,6 +212,8 @@ class GroundGrid:
             r = rows - 1 - np.floor(forward / settings.cell_m)
             c = np.floor(lateral / settings.cell_m) + cols // 2
             inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols) & np.isfinite(forward)
+        if seen is not None:  # model pixels no frame pixel stands for (a crop, a small frame)
+            inside &= np.asarray(seen, bool).ravel()
         self.cell = np.where(inside, r * cols + c, -1).astype(np.int64)  # per model pixel
         self.camera = camera
         self.frame_shape = frame_shape
@@ -233,8 +237,9 @@ class GroundGrid:
         return grid
 
     def summary(self, grid: np.ndarray) -> dict:
-        """The telemetry's view of a grid: size, how much is known, the nearest blocked cell
-        straight ahead (the two middle columns) and anywhere."""
+        """The telemetry's view of a grid: size, how much is known, and the forward distance
+        (along the ground ahead, not the range) to the nearest blocked cell straight ahead (the
+        two middle columns) and anywhere."""
         rows, cols = grid.shape
         known = np.isfinite(grid)
         blocked = known & (grid >= 1.0)

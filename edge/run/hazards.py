@@ -4,16 +4,20 @@ Regions are polygons in frame coordinates scaled to [0, 1] (x to the right, y do
 definition fits any frame size. The defaults (see the README's picture) suit a forward-looking
 NAVCAM: the *near field* is the bottom quarter of the frame, the ground the rover is about to
 drive over; the *corridor* is the path ahead in perspective, wide at the bottom and narrowing
-towards the middle of the frame. A hazard is declared when a hazard class covers at least
-``min_fraction`` of a region; only confident pixels count (a pixel whose top probability is under
-``min_confidence`` is "unknown", never a hazard), and the ignored label (background: sky, rover
-parts) is never a hazard.
+towards the middle of the frame. The ignored label (background: sky, rover parts) is never a
+hazard.
 
-Rocks are objects (:mod:`edge.run.rocks`): the connected components of confident pixels of the
-rock class, each with its box, centroid, base point, area and confidence in the input frame's
-pixels. A hazard rule is either on *objects* (a rock of at least ``min_area_px`` frame pixels, or
+Rocks are objects (:mod:`edge.run.rocks`): the connected components of the pixels the model gives
+the rock class at least ``rocks.min_probability`` (0.2: a hazard detector errs towards seeing
+rocks; pixels it calls background excluded), each with its box, centroid, base point, area and
+mean rock probability in the input frame's pixels. Where no class probability is at hand
+(:meth:`RegionAnalyzer.analyze` of a bare class map) the rock pixels are those whose arg max is
+rock with a top probability of at least ``rocks.min_confidence``. A hazard rule is either on *objects* (a rock of at least ``min_area_px`` frame pixels, or
 ``min_size_m`` metres wide with a camera model, touching the region) or on a *share* (the class
-over ``min_fraction`` of the region's pixels). With a camera model (:mod:`edge.run.ground`)
+over ``min_fraction`` of the region's pixels, counting only pixels whose top probability is at
+least ``min_confidence``: the others are "unknown", never a hazard). Rock sizes are in frame
+pixels: set ``min_area_px`` for the frame size the camera delivers (the defaults suit the
+256x256 AI4Mars frames they were measured on). With a camera model (:mod:`edge.run.ground`)
 each rock gets a range and bearing, regions end at the horizon (nothing above it is ever a
 hazard), and a bird's-eye traversability grid is made per frame.
 
@@ -81,6 +85,8 @@ class HazardRule:
             )
         if objects:
             area, size = doc.get("min_area_px"), doc.get("min_size_m")
+            if area is None and size is None:
+                raise ValueError("min_area_px or min_size_m must be a number, not null")
             return cls(doc["class"], doc["region"], None,
                        None if area is None else int(area), None if size is None else float(size))  # fmt: skip
         return cls(doc["class"], doc["region"], float(doc.get("min_fraction", 0.01)))
@@ -415,7 +421,7 @@ class RegionAnalyzer:
                     for i, name in enumerate(self.labels.names)
                 ]  # fmt: skip
                 grid = GroundGrid(cfg.camera, cfg.grid, costs, frame.col_mid, frame.row_mid,
-                                  pixel_map.shape)  # fmt: skip
+                                  pixel_map.shape, frame.weights > 0)  # fmt: skip
             self._frames[key] = (frame, grid)
         return self._frames[key]
 
@@ -424,7 +430,7 @@ class RegionAnalyzer:
         """Adds the rocks, the object rules' verdicts and the grid to ``result``."""
         frame, grid = self._frame(pixel_map, small_labels.shape)
         rocks = find_rocks(small_labels, small_top, frame, self.rock_index, self.config.rocks,
-                           small_class)  # fmt: skip
+                           small_class, self.labels.ignore)  # fmt: skip
         weights = geometry[0]
         names = list(self.config.regions)
         camera, shape = self.config.camera, pixel_map.shape
@@ -451,7 +457,9 @@ class RegionAnalyzer:
             ]  # fmt: skip
             result["hazards"].append({**rule.as_dict(), "rocks": hits, "hazard": bool(hits)})
         result["hazard"] = any(h["hazard"] for h in result["hazards"])
-        result["rocks"] = rocks[:MAX_ROCKS]
+        fired = {i for h in result["hazards"] for i in h.get("rocks", [])}
+        # the largest, and always every rock a rule fired on (its id must resolve)
+        result["rocks"] = [r for r in rocks if r["id"] < MAX_ROCKS or r["id"] in fired]
         result["rocks_total"] = len(rocks)
         if grid is not None:
             made = grid.make(small_labels, rocks)

@@ -288,6 +288,7 @@ def _segment_one(
 ) -> Job:
     """Segment, analyse and score one frame: its telemetry fields (status ok or error) and
     what to write, as a :class:`Job` for the write-back."""
+    analysis = None
     try:
         if frame.image is None:
             raise BadFrame(frame.error or f"{frame.name}: unreadable")
@@ -295,18 +296,18 @@ def _segment_one(
         seg = segmenter.segment(frame.image, with_confidence=analyzer is not None,
                                 class_probability=rock)  # fmt: skip
         t1 = time.perf_counter_ns()
+        # the analysis first: the navigation stack waits for it, the files can follow; it reads
+        # the model-size maps (the same figures as the frame-size ones, at a fraction of the
+        # pixels); it fails for this frame alone (e.g. a frame the camera model does not fit)
+        if analyzer is not None:
+            pixel_map = segmenter.pixel_map(frame.image.shape)
+            analysis = analyzer.analyze_mapped(seg.model_labels, seg.model_top, pixel_map,
+                                               seg.model_class_probability)  # fmt: skip
     except Exception as err:  # one bad frame must not end the run
         stats.errors += 1
         reason = str(err) if isinstance(err, BadFrame) else f"{type(err).__name__}: {err}"
         log.warning("skipped frame %s: %s", frame.name, reason)
         return Job({"status": "error", "error": reason})
-    # the analysis first: the navigation stack waits for it, the files can follow; it reads the
-    # model-size maps (the same figures as the frame-size ones, at a fraction of the pixels)
-    analysis = None
-    if analyzer is not None:
-        pixel_map = segmenter.pixel_map(frame.image.shape)
-        analysis = analyzer.analyze_mapped(seg.model_labels, seg.model_top, pixel_map,
-                                           seg.model_class_probability)  # fmt: skip
     t2 = time.perf_counter_ns()
     name = frame.name if writer is None else writer.output_name(frame.name, frame.path)
 

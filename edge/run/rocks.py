@@ -135,6 +135,7 @@ def find_rocks(
     class_index: int,
     settings: RockSettings,
     small_class: np.ndarray | None = None,
+    ignore: int | None = None,
 ) -> list[dict]:
     """The rocks of one frame, largest first.
 
@@ -147,6 +148,8 @@ def find_rocks(
         settings: probability or confidence, and minimum area.
         small_class: (h, w) uint8 probability x 255 of the rock class, for
             ``settings.min_probability`` (None: the arg max and ``min_confidence`` decide).
+        ignore: the ignored label: pixels the model calls that (sky, rover hardware) are never
+            rock, whatever their rock probability.
 
     Returns:
         One dict per rock: ``box`` [x0, y0, x1, y1] (inclusive frame pixels), ``centroid``
@@ -158,6 +161,8 @@ def find_rocks(
     by_probability = settings.min_probability is not None and small_class is not None
     if by_probability:
         mask = small_class >= int(np.ceil(settings.min_probability * 255 - 1e-9))
+        if ignore is not None:
+            mask &= small_labels != ignore
         small_top = small_class  # each rock's confidence: its mean probability of rock
     else:
         mask = small_labels == class_index

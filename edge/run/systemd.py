@@ -41,7 +41,8 @@ class Notifier:
         usec = environ.get("WATCHDOG_USEC")
         pid = environ.get("WATCHDOG_PID")
         mine = pid is None or pid == str(os.getpid())
-        self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() and mine else None
+        valid = bool(usec) and usec.isdigit() and int(usec) > 0
+        self.watchdog_s = int(usec) / 1e6 if valid and mine else None
         self._warned = False
 
     @property
