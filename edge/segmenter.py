@@ -249,7 +249,7 @@ class Segmenter:
         if self.output_dtype.kind in "iu" and raw.dtype.itemsize == 1:
             # int8 logits: exp of a step count is a 256-entry table, about 4x cheaper than exp
             # over every score of every pixel
-            return self._top_from_steps(raw, raw.max(axis=-1))
+            return self._top_from_steps(raw, raw.max(axis=-1))[0]
         values = self.dequantize(raw)
         # softmax at the argmax: 1 / sum_c exp(l_c - l_max), without the full softmax
         return 1.0 / np.exp(values - values.max(axis=-1, keepdims=True)).sum(axis=-1)
@@ -280,11 +280,14 @@ class Segmenter:
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self._output["index"])[0]
         t2 = time.perf_counter_ns()
-        small, top = self.top_class(raw, with_confidence or class_probability is not None)
+        wanted = with_confidence or class_probability is not None
+        small, top, chosen = self._classes(raw, wanted, class_probability)
         probs = self.probabilities(raw) if with_probabilities else None
-        chosen = None
         if class_probability is not None:
-            chosen = self._class_probability(raw, class_probability, top, probs)
+            if chosen is None:  # float outputs: from the softmax
+                chosen = (probs if probs is not None else self.probabilities(raw))[
+                    ..., class_probability
+                ]
             chosen = np.clip(np.rint(chosen * 255.0), 0, 255).astype(np.uint8)
         if top is not None and not with_confidence:
             top = None
@@ -318,13 +321,19 @@ class Segmenter:
         logits both come from one pass over the class planes: a running maximum with the class
         that set it, then the softmax's terms from a table (:meth:`top_probability`).
         """
+        labels, top, _ = self._classes(raw, with_confidence)
+        return labels, top
+
+    def _classes(self, raw: np.ndarray, with_confidence: bool, index: int | None = None):
+        """:meth:`top_class`, and for int8 logits class ``index``'s probability from the same
+        pass (its softmax term times the top probability); None otherwise."""
         int8_logits = (
             self.output_kind == "logits" and self.output_dtype.kind in "iu"
             and raw.dtype.itemsize == 1 and raw.shape[-1] <= 255
         )  # fmt: skip
         if not int8_logits:
             labels = raw.argmax(axis=-1).astype(np.uint8)
-            return labels, self.top_probability(raw) if with_confidence else None
+            return labels, self.top_probability(raw) if with_confidence else None, None
         best = raw[..., 0].copy()
         labels = np.zeros(best.shape, np.uint8)
         for c in range(1, raw.shape[-1]):
@@ -332,31 +341,23 @@ class Segmenter:
             np.putmask(labels, plane > best, c)  # strictly greater: the first maximum wins
             np.maximum(best, plane, out=best)
         if not with_confidence:
-            return labels, None
-        return labels, self._top_from_steps(raw, best)
+            return labels, None, None
+        top, term = self._top_from_steps(raw, best, index)
+        return labels, top, None if term is None else term * top
 
-    def _class_probability(self, raw, index: int, top, probs) -> np.ndarray:
-        """Class ``index``'s probability (H, W) float32; ``top`` (the top probability, from
-        :meth:`top_class`) saves the softmax's sum for int8 logits: p_k = exp(l_k - l_max) * top."""
-        if probs is not None:
-            return probs[..., index]
-        int8_logits = (
-            self.output_kind == "logits" and self.output_dtype.kind in "iu"
-            and raw.dtype.itemsize == 1 and top is not None
-        )  # fmt: skip
-        if int8_logits:
-            best = raw.max(axis=-1).astype(np.int16)
-            return self._exp_steps.take(best - raw[..., index]) * top
-        return self.probabilities(raw)[..., index]
-
-    def _top_from_steps(self, raw: np.ndarray, best: np.ndarray) -> np.ndarray:
-        """1 / sum_c exp(l_c - l_max) for int8 logits ``raw`` (H, W, C) and their maximum
-        ``best`` (H, W): l_max - l_c is a step count in 0..255, so each term is a lookup."""
+    def _top_from_steps(self, raw: np.ndarray, best: np.ndarray, index: int | None = None):
+        """``(1 / sum_c exp(l_c - l_max), exp(l_index - l_max) or None)`` for int8 logits
+        ``raw`` (H, W, C) and their maximum ``best`` (H, W): l_max - l_c is a step count in
+        0..255, so each term is a lookup."""
         best = best.astype(np.int16)
         total = np.zeros(best.shape, np.float32)
+        kept = None
         for c in range(raw.shape[-1]):
-            total += self._exp_steps.take(best - raw[..., c])
-        return 1.0 / total
+            term = self._exp_steps.take(best - raw[..., c])
+            total += term
+            if c == index:
+                kept = term
+        return 1.0 / total, kept
 
     def pixel_map(self, frame_shape: tuple[int, ...]) -> np.ndarray:
         """For each pixel of a frame of this shape, the model pixel (a flat index) whose class it

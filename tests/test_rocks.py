@@ -309,3 +309,15 @@ def test_a_frame_the_camera_model_does_not_fit_is_one_bad_frame(band_models, tmp
     lines = [json.loads(x) for x in (out / "telemetry.jsonl").read_text().splitlines()]
     assert [x["status"] for x in lines] == ["ok", "error"]
     assert "aspect ratio" in lines[1]["error"]
+
+
+def test_the_rock_probability_is_the_softmax_of_the_int8_logits(band_models):
+    from edge.segmenter import Segmenter
+
+    segmenter = Segmenter(band_models["logits"])
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (64, 128)).astype(np.uint8)
+    seg = segmenter.segment(frame, with_probabilities=True, class_probability=ROCK)
+    expected = np.rint(seg.probabilities[..., ROCK] * 255)
+    assert np.abs(seg.model_class_probability.astype(int) - expected).max() <= 1
+    assert 0 < seg.model_class_probability.max() and seg.model_top is None  # not asked for

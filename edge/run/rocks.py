@@ -171,15 +171,16 @@ def find_rocks(
     if not mask.any():
         return []
     components, count = label_components(mask)
-    flat = components.ravel()
+    inside = np.flatnonzero(components)  # the rock pixels only: a few of the map's
+    numbers = components.ravel()[inside]
     weights = geometry.weights.ravel()
-    area = np.bincount(flat, weights=weights, minlength=count + 1)[1:]
+    area = np.bincount(numbers, weights=weights[inside], minlength=count + 1)[1:]
     keep = np.nonzero(area >= settings.min_area_px)[0] + 1
     if not len(keep):
         return []
     w = small_labels.shape[1]
-    order = np.argsort(flat, kind="stable")
-    bounds = np.searchsorted(flat[order], np.arange(count + 2))
+    order = inside[np.argsort(numbers, kind="stable")]  # pixels grouped by component
+    bounds = np.searchsorted(np.sort(numbers, kind="stable"), np.arange(count + 2))
     rocks = []
     for n in keep:
         pixels = order[bounds[n] : bounds[n + 1]]
