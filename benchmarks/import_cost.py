@@ -21,7 +21,16 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-MODULES = ("edge", "edge.cli", "edge.io.pds", "edge.segmenter", "pdr", "mcap", "rosbags")
+MODULES = (
+    "edge",
+    "edge.cli",
+    "edge.io.pds",
+    "edge.segmenter",
+    "pdr",
+    "mcap.writer",
+    "rosbags.rosbag2",
+    "rosbags.typesys",
+)
 # a PDS3 frame read after the import: pdr loads pandas only when it reads
 READS = {
     "edge.io.pds": "from edge.io.pds import read_pds; read_pds(Path(FILE), 10**8)",

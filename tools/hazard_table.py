@@ -189,7 +189,7 @@ def markdown(rows: list[dict], header: str) -> str:
               help="Which file of a model folder.")  # fmt: skip
 @click.option(
     "--probability",
-    default=0.2,
+    default=0.1,
     show_default=True,
     help="A rock pixel's probability of rock (0: by arg max and --confidence).",
 )

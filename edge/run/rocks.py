@@ -81,7 +81,7 @@ class RockSettings:
     """
 
     cls: str | None = None
-    min_probability: float | None = 0.2
+    min_probability: float | None = 0.1
     min_confidence: float = 0.5
     min_area_px: int = 100
 
