@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_distributed import free_ports
+from tests.test_distributed import DATA, SETTINGS, free_ports
 from trainer.config import DataConfig, TrainConfig
 from trainer.convert import ConvertConfig, check_integer_only, convert_run
 
@@ -114,16 +114,9 @@ def test_a_jax_trained_model_converts_to_integer_only_int8(small_npz, tmp_path):
     assert json.loads((run_dir / "parity.json").read_text())["frames"] == report["frames"]
 
 
-# As tests/test_distributed.py: no augmentation, the same split and global batch, a loss that is
-# a mean over all pixels. Under JAX both runs are one program over the global batch (XLA splits
-# it across devices), so they differ only by the order of float additions.
-SETTINGS = dict(
-    model="marsseg", width=0.25, epochs=2, batch_size=8, learning_rate=1e-3, steps_per_epoch=3,
-    loss="plain_ce", verbose=0,
-)  # fmt: skip
-DATA = dict(
-    limit=64, flip=False, mask_dropout_fraction=0.0, big_rock_repeats=1, online_geometric=False
-)
+# tests/test_distributed.py's SETTINGS and DATA: no augmentation, the same split and global
+# batch, a loss that is a mean over all pixels. Under JAX both runs are one program over the
+# global batch (XLA splits it across devices), so they differ only by the order of float additions.
 
 
 @pytest.mark.slow
