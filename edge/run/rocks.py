@@ -179,8 +179,9 @@ def find_rocks(
     if not len(keep):
         return []
     w = small_labels.shape[1]
-    order = inside[np.argsort(numbers, kind="stable")]  # pixels grouped by component
-    bounds = np.searchsorted(np.sort(numbers, kind="stable"), np.arange(count + 2))
+    ranked = np.argsort(numbers, kind="stable")
+    order = inside[ranked]  # pixels grouped by component
+    bounds = np.searchsorted(numbers[ranked], np.arange(count + 2))
     rocks = []
     for n in keep:
         pixels = order[bounds[n] : bounds[n + 1]]
