@@ -368,3 +368,70 @@ def test_evaluate_scores_an_expert_test_only_folder_at_each_agreement(tmp_path):
     assert (min3["test_agreement"], min1["test_agreement"]) == (3, 1)
     # min1 labels the bottom rows big rock, min3 sand: the two scores read different labels
     assert min1["confusion"] != min3["confusion"]
+
+
+def _recorded_run(folder: Path, val_names: list[str], manifest: bool = False) -> Path:
+    """A run folder (data.json) or a shipped model folder (manifest.json) recording a split."""
+    import json
+
+    folder.mkdir(parents=True)
+    if manifest:
+        (folder / "manifest.json").write_text(json.dumps({"data": {"val_names": val_names}}))
+    else:
+        (folder / "data.json").write_text(json.dumps({"val_names": val_names}))
+    return folder
+
+
+@pytest.mark.parametrize("manifest", [False, True])
+def test_split_from_keeps_the_recorded_validation_frames(tmp_path, manifest):
+    root = make_ai4mars(tmp_path / "data", n_train=12, n_test=0)
+    data = D.load_dataset(root, size=(16, 16))
+    chosen = [data.names[i] for i in (9, 2, 3)]  # in any order
+    source = _recorded_run(tmp_path / "run", chosen, manifest)
+    _, train, val, _ = D.clean_and_split(data, DataConfig(path=str(root), split_from=str(source)))
+    assert val.tolist() == [2, 3, 9]
+    assert train.tolist() == [i for i in range(12) if i not in (2, 3, 9)]
+    # the split is the record's at any frame size, not the one the stratification would draw
+    other = D.load_dataset(root, size=(8, 8))
+    assert D.clean_and_split(other, DataConfig(split_from=str(source)))[2].tolist() == [2, 3, 9]
+
+
+def test_split_from_refuses_frames_the_data_lacks_or_a_folder_without_a_split(tmp_path):
+    root = make_ai4mars(tmp_path / "data", n_train=6, n_test=0)
+    data = D.load_dataset(root, size=(16, 16))
+    source = _recorded_run(tmp_path / "run", [data.names[0], "NLB_elsewhere"])
+    with pytest.raises(ValueError, match=r"1 of its 2 validation frames are not in .*NLB_else"):
+        D.clean_and_split(data, DataConfig(split_from=str(source)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no validation frames recorded"):
+        D.clean_and_split(data, DataConfig(split_from=str(tmp_path / "empty")))
+
+
+def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_path):
+    """Fine-tuning from a model (at another size, say) must not train on the frames that model
+    was validated on; the new run then validates on those frames wherever it is moved."""
+    import json
+
+    from trainer.evaluate import run_split
+    from trainer.train import _split_like_init
+
+    root = make_ai4mars(tmp_path / "data", n_train=12, n_test=0)
+    data = D.load_dataset(root, size=(16, 16))
+    init = _recorded_run(tmp_path / "init", [data.names[i] for i in (4, 5)])
+    cfg = TrainConfig(data=DataConfig(path=str(root), size="16x16"), init=str(init / "m.keras"))
+    _split_like_init(cfg, data)
+    assert cfg.data.split_from == str(init.resolve())
+    other = TrainConfig(data=DataConfig(path=str(root)), init=str(_recorded_run(
+        tmp_path / "npz-run", ["frame_of_other_data"])))  # fmt: skip
+    _split_like_init(other, data)
+    assert other.data.split_from is None  # another data set's split: split anew
+    # a run made with it, its init since deleted: evaluation reads its own data.json
+    from trainer.config import to_json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    to_json(cfg, run / "config.json")
+    (run / "data.json").write_text(json.dumps({"val_names": [data.names[i] for i in (4, 5)]}))
+    for file in init.iterdir():
+        file.unlink()
+    assert run_split(run, root)[2].tolist() == [4, 5]

@@ -56,6 +56,14 @@ class DataConfig:
         3, "AI4Mars expert test set: masked-gold-min<N>-100agree.", choices=(1, 2, 3)
     )
     val_fraction: float = setting(0.2, "Share of frames held out for validation.")
+    split_from: str | None = setting(
+        None,
+        "Validate on the frames another run (its data.json) or a shipped model folder (its "
+        "manifest.json) validated on, and train on the rest, instead of splitting anew: the "
+        "split is stratified on big rock as seen at the frame size, so a new size moves frames "
+        "across it. With --init, the init's split when it records one of this data [default: "
+        "split by --split-seed].",
+    )
     split_seed: int = setting(0, "Seed of the split (fixed when the training seed changes).")
     group_split: bool = setting(
         True, "Keep AI4Mars frames of one rover position (site/drive) on one side of the split."

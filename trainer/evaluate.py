@@ -109,6 +109,9 @@ def run_split(
             "pass the data path"
         )
     data_cfg = replace(cfg.data, path=path)
+    if data_cfg.split_from and RunDir(run_dir).data_record().get("val_names"):
+        # the run's own data.json holds the frames it was given: found wherever the run is now
+        data_cfg = replace(data_cfg, split_from=str(run_dir))
     mars, train_idx, val_idx, _ = D.clean_and_split(D.load_data(data_cfg), data_cfg)
     _check_split(run_dir, mars, val_idx)
     return mars, train_idx, val_idx

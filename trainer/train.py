@@ -277,6 +277,7 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
             f"{cfg.data.path} has no training labels, only {tests} expert test frames: nothing to "
             "train on (score a run on them with `trainer evaluate RUN DATA --split test`)"
         )
+    _split_like_init(cfg, loaded)
     mars, train_idx, val_idx, report = D.clean_and_split(loaded, cfg.data)
     if len(train_idx) * (2 if cfg.data.flip else 1) < cfg.batch_size:
         raise ValueError(
@@ -328,6 +329,18 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         mars.preprocessing,
         info,
     )
+
+
+def _split_like_init(cfg: TrainConfig, loaded: D.MarsData) -> None:
+    """With ``--init`` and no ``--split-from``: keep the init's validation frames when it
+    recorded some of this data (set in ``cfg``, so config.json and --resume keep them). A new
+    split would put some of the frames the init's weights were validated on into training."""
+    if not cfg.init or cfg.data.split_from or loaded.names is None:
+        return
+    names = D.recorded_val_names(cfg.init)
+    if names and not set(names).isdisjoint(loaded.names):
+        source = Path(cfg.init)
+        cfg.data.split_from = str((source if source.is_dir() else source.parent).resolve())
 
 
 def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared, found: Devices) -> None:

@@ -37,7 +37,9 @@ from trainer.data.split import (
     drop_outliers,
     find_outliers,
     has_hazard,
+    recorded_val_names,
     removes_outliers,
+    split_from_record,
     split_indices,
 )
 
@@ -93,5 +95,6 @@ __all__ = [
     "OutlierReport", "ai4mars_files", "clean_and_split", "default_min_repeats", "drop_outliers",
     "find_ai4mars", "find_outliers", "has_hazard", "is_course_file", "load_ai4mars", "load_data",
     "load_dataset", "load_npz", "native_labels", "read_ai4mars_label", "read_ai4mars_pair",
-    "removes_outliers", "split_indices", "validate_images", "validate_labels",
+    "recorded_val_names", "removes_outliers", "split_from_record", "split_indices",
+    "validate_images", "validate_labels",
 ]  # fmt: skip

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -194,11 +196,66 @@ def clean_and_split(
     if removes_outliers(mars, cfg.remove_outliers):
         report = find_outliers(mars.labels, cfg.outlier_min_repeats)
         mars = drop_outliers(mars, report)
+    if cfg.split_from:
+        train_idx, val_idx = split_from_record(mars, cfg.split_from)
+        return mars, train_idx, val_idx, report
     groups = mars.groups if cfg.group_split else None
     train_idx, val_idx = split_indices(
         mars.labels, cfg.val_fraction, cfg.split_seed, groups, label_set=mars.label_set
     )
     return mars, train_idx, val_idx, report
+
+
+def recorded_val_names(source: str | Path) -> list[str] | None:
+    """The validation frames a run folder (``data.json``) or a shipped model folder
+    (``manifest.json``'s ``data``) recorded, by name; ``source`` may be a file inside one.
+    None when neither records any."""
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    for name in ("data.json", "manifest.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            record = json.loads(file.read_text())
+        except ValueError as err:
+            raise ValueError(f"{file} is not valid JSON ({err})") from err
+        names = (record.get("data", {}) if name == "manifest.json" else record).get("val_names")
+        if names:
+            return list(names)
+    return None
+
+
+def split_from_record(mars: MarsData, source: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)`` with the validation frames ``source`` recorded, so that a model
+    fine-tuned from it (at another frame size, say) is never trained on the frames its weights
+    were scored on, and both are scored on the same frames.
+
+    Raises:
+        ValueError: when ``source`` records no split, the data has no frame names, or any of
+            the recorded frames is not in the data.
+    """
+    names = recorded_val_names(source)
+    if not names:
+        raise ValueError(
+            f"--split-from {source}: no validation frames recorded there (val_names in a "
+            "data.json or manifest.json)"
+        )
+    if mars.names is None:
+        raise ValueError(
+            f"--split-from {source}: {mars.source} has no frame names to match (an npz); "
+            "split it with --split-seed instead"
+        )
+    position = {n: i for i, n in enumerate(mars.names)}
+    missing = [n for n in names if n not in position]
+    if missing:
+        raise ValueError(
+            f"--split-from {source}: {len(missing)} of its {len(names)} validation frames are "
+            f"not in {mars.source} (e.g. {missing[0]}): another copy of the data, or --limit?"
+        )
+    val_idx = np.sort(np.array([position[n] for n in names], dtype=np.int64))
+    log.info("validation split: the %d frames %s validated on", len(val_idx), source)
+    return np.setdiff1d(np.arange(len(mars.names)), val_idx), val_idx
 
 
 def removes_outliers(mars: MarsData, setting: bool | None) -> bool:
