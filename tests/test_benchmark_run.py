@@ -53,6 +53,7 @@ def test_benchmark_reports_float_vs_int8_without_tensorflow(band_models, tmp_pat
                                                   "analyze", "write"}  # fmt: skip
                 invoke = mode["stages_ms"]["invoke"]
                 assert mode["outside_invoke_ms"] == pytest.approx(mode["wall_ms"] - invoke)
+                assert mode["cpu_ms"] > 0
             assert figures["peak_rss_mb"] > 0
             # what ran is recorded, and the model is set against the limit conv of this run
             assert figures["execution"]["kernels"] == entry["kernels"]

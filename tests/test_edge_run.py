@@ -87,7 +87,10 @@ def test_run_writes_complete_masks_overlays_and_telemetry(band_models, camera, t
     assert (summary["frames"], summary["errors"], summary["dropped"]) == (4, bad, 0)
     assert summary["miou"] == pytest.approx(1.0)
     assert summary["latency_ms"]["invoke"]["p99"] >= summary["latency_ms"]["invoke"]["p50"] > 0
-    assert "p99" in result.output and "mIoU 1.0000" in result.output
+    # the process's CPU, every thread, per segmented frame
+    assert summary["cpu_s"] > 0
+    assert summary["cpu_ms_per_frame"] == pytest.approx(summary["cpu_s"] * 1e3 / 4, abs=0.2)
+    assert "p99" in result.output and "mIoU 1.0000" in result.output and "ms/frame" in result.output
 
     for name, truth in truths.items():
         mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))

@@ -170,7 +170,8 @@ def _stage_lines(report: dict) -> list[str]:
         "## Where a frame's time goes",
         "",
         "Mean ms per frame of each stage (on whichever thread it ran), the wall time per frame, "
-        "and the frame's cost to the loop beyond `invoke` (wall minus invoke); *in turn*: read, "
+        "the frame's cost to the loop beyond `invoke` (wall minus invoke), and the CPU time of the "
+        "whole process per frame (every thread, any core); *in turn*: read, "
         "segment, write one after the other; *overlapped*: the next frame read and the last one "
         "written while the model runs (`edge-seg run`).",
         "",
@@ -190,6 +191,9 @@ def _stage_lines(report: dict) -> list[str]:
         )
         lines.append("| **beyond invoke** | " + " | ".join(
             f"**{m['outside_invoke_ms']:.2f}**" for m in modes) + " |")  # fmt: skip
+        if all("cpu_ms" in m for m in modes):
+            lines.append("| CPU per frame, all threads | " + " | ".join(
+                f"{m['cpu_ms']:.2f}" for m in modes) + " |")  # fmt: skip
         lines.append("")
     return lines
 

@@ -296,14 +296,16 @@ def measure(spec: dict) -> dict:
 
 
 def pipeline_stages(stats) -> dict:
-    """Mean time of each stage (ms, on whichever thread it ran), the wall time per frame, and
-    what the frame cost the loop beyond ``invoke`` (wall per frame minus the mean invoke)."""
+    """Mean time of each stage (ms, on whichever thread it ran), the wall time per frame, what
+    the frame cost the loop beyond ``invoke`` (wall per frame minus the mean invoke), and the
+    process's CPU time per frame."""
     stages = {s: h.mean for s, h in stats.latency.items() if h.count and s != "total"}
     wall = stats.wall_s * 1e3 / max(stats.frames, 1)
     return {
         "stages_ms": stages,
         "wall_ms": wall,
         "outside_invoke_ms": wall - stages.get("invoke", 0.0),
+        "cpu_ms": stats.cpu_s * 1e3 / max(stats.frames, 1),  # the process's: every thread
         "fps": stats.fps,
     }
 

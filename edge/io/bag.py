@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.io.decode import DEFAULT_MAX_PIXELS, BadFrame, Frame, _grey, _scale_16bit
+from edge.io.decode import (
+    DEFAULT_MAX_PIXELS,
+    BadFrame,
+    Frame,
+    _grey,
+    _scale_16bit,
+    float_luminance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +150,7 @@ def decode_message(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         return pixels[..., 0].copy()
     rgb = pixels[..., :3] if encoding.startswith("rgb") else pixels[..., 2::-1]
     # ITU-R 601 luminance, as Pillow converts colour frames
-    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = float_luminance(rgb)
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 

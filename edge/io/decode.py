@@ -312,9 +312,20 @@ def _luminance(rgb: np.ndarray, name: str) -> np.ndarray:
             raise BadFrame(f"{name}: colour values outside 0..65535")
         # fixed point, like Pillow's "L" conversion: (299 R + 587 G + 114 B) / 1000, rounded
         weights = np.array([299, 587, 114], np.uint32)  # 65535 * 1000 fits in 32 bits
-        grey = (rgb.astype(np.uint32) @ weights + 500) // 1000
+        grey = (rgb.astype(np.uint32) @ weights + 500) // 1000  # integer: numpy's own loop
         return grey.astype(np.uint16 if rgb.dtype.itemsize > 1 else np.uint8)
-    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return float_luminance(rgb)
+
+
+def float_luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luminance of an (H, W, 3) float array, as float32: channel by channel, not a
+    product with a vector, which numpy hands to OpenBLAS, whose threads then spin on the other
+    cores after the call."""
+    rgb = rgb.astype(np.float32, copy=False)
+    return (
+        rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587)
+        + rgb[..., 2] * np.float32(0.114)
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

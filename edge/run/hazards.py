@@ -302,9 +302,7 @@ class RegionAnalyzer:
         self._masks: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self._geometries: dict[tuple[int, int, int], tuple] = {}
         self._frames: dict[tuple, tuple] = {}  # (frame shape, model shape) -> geometry, grid
-        self._eye = np.eye(labels.num_classes, dtype=np.float32)
         self._levels = np.arange(256, dtype=np.float32) / 255.0  # what a 1/255 step stands for
-        self._one_hot: np.ndarray | None = None
 
     def settings(self) -> dict:
         """The configuration as applied (rules and rock class resolved), for ``summary.json``."""
@@ -476,16 +474,15 @@ class RegionAnalyzer:
             if len(self._geometries) >= 4:  # one camera, perhaps two: bounded either way
                 self._geometries.pop(next(iter(self._geometries)))
             masks = [np.ones(key[:2], bool), *self.masks(shape).values()]
-            # float32 sums of integer weights are exact below 2**24 frame pixels (decoding
-            # reduces any frame over 16 MP)
+            # float64, as np.bincount takes its weights (no conversion per frame)
             if pixel_map is None:  # the frame's own pixels: weight 1 inside the region
-                weights = np.stack([m.ravel() for m in masks]).astype(np.float32)
+                weights = np.stack([m.ravel() for m in masks]).astype(np.float64)
                 outside = np.zeros(len(masks))
             else:
                 seen = [m & (pixel_map >= 0) for m in masks]
                 weights = np.stack(
                     [np.bincount(pixel_map[v], minlength=sources) for v in seen]
-                ).astype(np.float32)
+                ).astype(np.float64)
                 outside = np.array([m.sum() - v.sum() for m, v in zip(masks, seen)], np.float64)
             area = np.maximum([m.sum() for m in masks], 1).astype(np.float64)
             self._geometries[key] = (weights, outside, area)
@@ -495,10 +492,10 @@ class RegionAnalyzer:
         weights, outside, area = geometry
         names = self.labels.names
         ignored = self.labels.ignore or 0  # the class of pixels outside the model's view
-        if self._one_hot is None or len(self._one_hot) != flat.size:  # reused: no page faults
-            self._one_hot = np.empty((flat.size, len(names)), np.float32)
-        one_hot = np.take(self._eye, flat, axis=0, out=self._one_hot)  # (sources, C)
-        counts = (weights @ one_hot).astype(np.float64)  # (1 + regions, C): one small product
+        # (1 + regions, C): a weighted histogram per row. Not a matrix product: numpy hands
+        # that to OpenBLAS, whose threads then spin on the other cores after every call (here
+        # they doubled the CPU time of a frame; benchmarks/frame_cpu.py, tests/test_frame_cpu.py)
+        counts = np.stack([np.bincount(flat, weights=row, minlength=len(names)) for row in weights])
         counts[:, ignored] += outside
         fractions = counts / area[:, None]
         out_regions = {
@@ -540,9 +537,7 @@ class RegionAnalyzer:
             low += float(outside[0]) * (0.0 < self.config.low_confidence)
             result["confidence"] = {
                 # in float64: the sum of a frame's probabilities passes float32's 2**24
-                "mean_top_probability": round(
-                    float(weights[0].astype(np.float64) @ top / area[0]), 4
-                ),
+                "mean_top_probability": round(float((weights[0] * top).sum() / area[0]), 4),
                 "low_confidence_fraction": round(low / float(area[0]), 4),
             }
         return result

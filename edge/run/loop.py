@@ -77,6 +77,8 @@ class RunStats:
     unwritten: int = 0  # segmented frames whose mask or overlay could not be written
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
+    cpu_started: float = field(default_factory=time.process_time)  # the process's, all threads
+    cpu_ended: float | None = None
     latency: dict[str, LogHistogram] = field(default_factory=_histograms)
     recent: dict[str, deque] = field(default_factory=_recent)  # for the status line
     label_set: LabelSet | None = None  # the model's, set by run_stream
@@ -95,6 +97,12 @@ class RunStats:
     @property
     def wall_s(self) -> float:
         return (self.ended or time.perf_counter()) - self.started
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds of the whole process since the run began (every thread: a pool that
+        spins on another core counts, though the wall time hides it)."""
+        return (self.cpu_ended or time.process_time()) - self.cpu_started
 
     @property
     def fps(self) -> float:
@@ -124,6 +132,8 @@ class RunStats:
             "stopped_by": self.stopped_by,
             "wall_s": round(self.wall_s, 3),
             "fps": round(self.fps, 2),
+            "cpu_s": round(self.cpu_s, 3),
+            "cpu_ms_per_frame": round(self.cpu_s * 1e3 / self.frames, 3) if self.frames else None,
             "invoke_only_fps": round(1e3 / invoke.mean, 2) if invoke.count else None,
             "latency_ms": latency,
             "latency_relative_error": PERCENTILE_ERROR,
@@ -244,7 +254,7 @@ def run_stream(
         writer.telemetry.write_pending()
         stats.telemetry_lost = writer.telemetry.lost
         stats.telemetry_unsaved = len(writer.telemetry.pending)
-    stats.ended = time.perf_counter()
+    stats.ended, stats.cpu_ended = time.perf_counter(), time.process_time()
     if labels is not None and stats.frames and not stats.scored_frames:
         log.warning(
             "no label in %s matched any of the %d frames (looked for NAME.png, NAME_merged.png "
@@ -461,6 +471,11 @@ def format_summary(summary: dict) -> str:
         + (
             f"  (invoke alone {summary['invoke_only_fps']:.1f} fps)"
             if summary.get("invoke_only_fps")
+            else ""
+        )
+        + (
+            f"  CPU {summary['cpu_ms_per_frame']:.1f} ms/frame"
+            if summary.get("cpu_ms_per_frame")
             else ""
         )
         + (f"  peak RSS {summary['peak_rss_mb']:.0f} MiB" if summary.get("peak_rss_mb") else ""),

@@ -201,8 +201,9 @@ def find_rocks(
                     int(geometry.row_hi[r.max()]),
                 ],
                 "centroid": [
-                    round(float(wt @ geometry.col_mid[c] / wt.sum()), 1),
-                    round(float(wt @ geometry.row_mid[r] / wt.sum()), 1),
+                    # sums of products, not `@`: no BLAS call (its threads spin after it)
+                    round(float((wt * geometry.col_mid[c]).sum() / wt.sum()), 1),
+                    round(float((wt * geometry.row_mid[r]).sum() / wt.sum()), 1),
                 ],
                 "base": [
                     round(float(geometry.col_mid[c[bottom]].mean()), 1),
