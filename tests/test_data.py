@@ -400,11 +400,20 @@ def test_split_from_refuses_frames_the_data_lacks_or_a_folder_without_a_split(tm
     root = make_ai4mars(tmp_path / "data", n_train=6, n_test=0)
     data = D.load_dataset(root, size=(16, 16))
     source = _recorded_run(tmp_path / "run", [data.names[0], "NLB_elsewhere"])
-    with pytest.raises(ValueError, match=r"1 of its 2 validation frames are not in .*NLB_else"):
+    with pytest.raises(ValueError, match=r"1 of the 2 validation frames of .* not in .*NLB_else"):
         D.clean_and_split(data, DataConfig(split_from=str(source)))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no validation frames recorded"):
+    with pytest.raises(ValueError, match="records no validation frames"):
         D.clean_and_split(data, DataConfig(split_from=str(tmp_path / "empty")))
+    with pytest.raises(ValueError, match="no such file or folder"):
+        D.clean_and_split(data, DataConfig(split_from=str(tmp_path / "gone")))
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "data.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="a JSON object expected, found list"):
+        D.clean_and_split(data, DataConfig(split_from=str(tmp_path / "list")))
+    # none: a split drawn by seed, as without the setting
+    anew = D.clean_and_split(data, DataConfig(split_from="none"))[2]
+    assert anew.tolist() == D.clean_and_split(data, DataConfig())[2].tolist()
 
 
 def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_path):
@@ -418,6 +427,7 @@ def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_
     root = make_ai4mars(tmp_path / "data", n_train=12, n_test=0)
     data = D.load_dataset(root, size=(16, 16))
     init = _recorded_run(tmp_path / "init", [data.names[i] for i in (4, 5)])
+    (init / "m.keras").touch()  # the weights, as far as the split is concerned
     cfg = TrainConfig(data=DataConfig(path=str(root), size="16x16"), init=str(init / "m.keras"))
     _split_like_init(cfg, data)
     assert cfg.data.split_from == str(init.resolve())
@@ -425,6 +435,17 @@ def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_
         tmp_path / "npz-run", ["frame_of_other_data"])))  # fmt: skip
     _split_like_init(other, data)
     assert other.data.split_from is None  # another data set's split: split anew
+    # --limit cut off one of the init's frames: split anew (with a warning), never fail
+    limited = TrainConfig(data=DataConfig(path=str(root), limit=5), init=str(init))
+    _split_like_init(limited, D.clean_frames(data, limited.data)[0])
+    assert limited.data.split_from is None
+    # --split-from none: split anew although the init recorded a split
+    refused = TrainConfig(data=DataConfig(path=str(root), split_from="none"), init=str(init))
+    _split_like_init(refused, data)
+    assert (
+        D.clean_and_split(data, refused.data)[2].tolist()
+        == D.clean_and_split(data, DataConfig())[2].tolist()
+    )
     # a run made with it, its init since deleted: evaluation reads its own data.json
     from trainer.config import to_json
 
@@ -435,3 +456,10 @@ def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_
     for file in init.iterdir():
         file.unlink()
     assert run_split(run, root)[2].tolist() == [4, 5]
+    # and --resume keeps the run's own split
+    from trainer.train import prepare_data
+
+    cfg.batch_size = 2
+    kept = prepare_data(cfg, own_split=run).info
+    assert kept["val_names"] == [data.names[i] for i in (4, 5)]
+    assert kept["split_from"] == str(init.resolve()) and not kept["grouped_split"]

@@ -61,8 +61,8 @@ class DataConfig:
         "Validate on the frames another run (its data.json) or a shipped model folder (its "
         "manifest.json) validated on, and train on the rest, instead of splitting anew: the "
         "split is stratified on big rock as seen at the frame size, so a new size moves frames "
-        "across it. With --init, the init's split when it records one of this data [default: "
-        "split by --split-seed].",
+        "across it; none: split by --split-seed. With --init, the init's split when it "
+        "recorded one of these frames [default: split by --split-seed].",
     )
     split_seed: int = setting(0, "Seed of the split (fixed when the training seed changes).")
     group_split: bool = setting(

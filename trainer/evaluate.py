@@ -109,11 +109,14 @@ def run_split(
             "pass the data path"
         )
     data_cfg = replace(cfg.data, path=path)
-    if data_cfg.split_from and RunDir(run_dir).data_record().get("val_names"):
+    own = D.split_source(data_cfg.split_from) is not None and run.data_record().get("val_names")
+    if own:
         # the run's own data.json holds the frames it was given: found wherever the run is now
+        # (a missing one is an error there); a recomputed split is checked against the record
         data_cfg = replace(data_cfg, split_from=str(run_dir))
     mars, train_idx, val_idx, _ = D.clean_and_split(D.load_data(data_cfg), data_cfg)
-    _check_split(run_dir, mars, val_idx)
+    if not own:
+        _check_split(run_dir, mars, val_idx)
     return mars, train_idx, val_idx
 
 

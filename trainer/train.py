@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -113,7 +113,7 @@ def fit(
     _seed_everything(cfg.seed)
     set_precision(found, cfg.mixed_precision)
     log.info("%s", found.line())
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, own_split=run_dir if resume else None)
     if cfg.data.size is None and data.info["layout"] != "npz":  # record the size used
         cfg.data.size = "{}x{}".format(*data.preprocessing.size)
     if chief:  # the other workers write nothing
@@ -268,8 +268,15 @@ def _saved_config(run_dir: Path) -> TrainConfig:
     return RunDir(run_dir).config()
 
 
-def prepare_data(cfg: TrainConfig) -> Prepared:
-    """Load, validate, drop outliers, split (stratified) and augment the training part offline."""
+def prepare_data(cfg: TrainConfig, own_split: Path | None = None) -> Prepared:
+    """Load, validate, drop outliers, split (stratified) and augment the training part offline.
+
+    Args:
+        cfg: the run's configuration; with ``--init`` and no ``--split-from``, the init's split
+            is adopted into ``cfg.data.split_from`` (see :func:`_split_like_init`).
+        own_split: a run being resumed: its ``data.json``'s validation frames are kept, wherever
+            the record the split first came from went since.
+    """
     loaded = D.load_data(cfg.data)
     if len(loaded.images) == 0:
         tests = 0 if loaded.test_images is None else len(loaded.test_images)
@@ -277,8 +284,14 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
             f"{cfg.data.path} has no training labels, only {tests} expert test frames: nothing to "
             "train on (score a run on them with `trainer evaluate RUN DATA --split test`)"
         )
-    _split_like_init(cfg, loaded)
-    mars, train_idx, val_idx, report = D.clean_and_split(loaded, cfg.data)
+    mars, report = D.clean_frames(loaded, cfg.data)
+    split_cfg = cfg.data
+    if own_split is not None:  # resuming: the run's split, never a new one
+        if mars.names is not None and RunDir(own_split).data_record().get("val_names"):
+            split_cfg = replace(cfg.data, split_from=str(own_split))
+    else:
+        _split_like_init(cfg, mars)
+    train_idx, val_idx = D.split_frames(mars, split_cfg)
     if len(train_idx) * (2 if cfg.data.flip else 1) < cfg.batch_size:
         raise ValueError(
             f"{len(train_idx)} training frames do not fill one batch of {cfg.batch_size}: lower "
@@ -293,6 +306,7 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         label_set=mars.label_set,
         seed=cfg.seed,
     )
+    recorded = D.split_source(cfg.data.split_from)
     info: dict = {
         "source": mars.source,
         "layout": mars.layout,
@@ -302,7 +316,8 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         "val_frames": len(val_idx),
         "train_after_augmentation": len(images),
         "mask_dropout": stats.mask_dropout,
-        "grouped_split": bool(cfg.data.group_split and mars.groups is not None),
+        "grouped_split": bool(cfg.data.group_split and mars.groups is not None and not recorded),
+        "split_from": recorded,
         "val_source_index": mars.index[val_idx].tolist(),
         "labels": mars.label_set.as_dict(),
         "preprocessing": mars.preprocessing.as_dict(),
@@ -317,7 +332,11 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         len(train_idx),
         len(images),
         len(val_idx),
-        " (split by rover position)" if info["grouped_split"] else "",
+        f" (the frames {recorded} validated on)"
+        if recorded
+        else " (split by rover position)"
+        if info["grouped_split"]
+        else "",
         *mars.frame_shape,
     )
     return Prepared(
@@ -331,16 +350,33 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
     )
 
 
-def _split_like_init(cfg: TrainConfig, loaded: D.MarsData) -> None:
+def _split_like_init(cfg: TrainConfig, mars: D.MarsData) -> None:
     """With ``--init`` and no ``--split-from``: keep the init's validation frames when it
-    recorded some of this data (set in ``cfg``, so config.json and --resume keep them). A new
-    split would put some of the frames the init's weights were validated on into training."""
-    if not cfg.init or cfg.data.split_from or loaded.names is None:
+    recorded a split of these (cleaned) frames, set in ``cfg`` so that config.json records it.
+    A new split would put some of the frames the init's weights were validated on into
+    training, and the new run's score would count them."""
+    if not cfg.init or cfg.data.split_from or mars.names is None:
         return
     names = D.recorded_val_names(cfg.init)
-    if names and not set(names).isdisjoint(loaded.names):
-        source = Path(cfg.init)
-        cfg.data.split_from = str((source if source.is_dir() else source.parent).resolve())
+    if not names:
+        return
+    present = set(mars.names)
+    inside = sum(n in present for n in names)
+    if inside == 0:
+        return  # another data set's split: nothing of it to keep
+    if inside < len(names):
+        log.warning(
+            "--init %s validated on %d frames, %d of them not in these frames (--limit?): "
+            "splitting anew, so validation may count frames the init was trained on "
+            "(--split-from to choose a split)",
+            cfg.init,
+            len(names),
+            len(names) - inside,
+        )
+        return
+    source = Path(cfg.init)
+    cfg.data.split_from = str((source if source.is_dir() else source.parent).resolve())
+    log.info("--init %s: validating on its %d validation frames", cfg.init, len(names))
 
 
 def _write_run_files(run_dir: Path, cfg: TrainConfig, data: Prepared, found: Devices) -> None:

@@ -31,16 +31,20 @@ from trainer.data.ai4mars import (
 from trainer.data.dataset import MarsData, validate_images, validate_labels
 from trainer.data.npz import is_course_file, load_npz
 from trainer.data.split import (
+    SPLIT_ANEW,
     OutlierReport,
     clean_and_split,
+    clean_frames,
     default_min_repeats,
     drop_outliers,
     find_outliers,
     has_hazard,
     recorded_val_names,
     removes_outliers,
+    split_frames,
     split_from_record,
     split_indices,
+    split_source,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -91,10 +95,34 @@ def load_data(cfg) -> MarsData:
 
 
 __all__ = [
-    "AI4MARS_AGREEMENTS", "AI4MARS_DEFAULT_SIZE", "AI4MarsLayout", "MarsData",
-    "OutlierReport", "ai4mars_files", "clean_and_split", "default_min_repeats", "drop_outliers",
-    "find_ai4mars", "find_outliers", "has_hazard", "is_course_file", "load_ai4mars", "load_data",
-    "load_dataset", "load_npz", "native_labels", "read_ai4mars_label", "read_ai4mars_pair",
-    "recorded_val_names", "removes_outliers", "split_from_record", "split_indices",
-    "validate_images", "validate_labels",
-]  # fmt: skip
+    "AI4MARS_AGREEMENTS",
+    "AI4MARS_DEFAULT_SIZE",
+    "SPLIT_ANEW",
+    "AI4MarsLayout",
+    "MarsData",
+    "OutlierReport",
+    "ai4mars_files",
+    "clean_and_split",
+    "clean_frames",
+    "default_min_repeats",
+    "drop_outliers",
+    "find_ai4mars",
+    "find_outliers",
+    "has_hazard",
+    "is_course_file",
+    "load_ai4mars",
+    "load_data",
+    "load_dataset",
+    "load_npz",
+    "native_labels",
+    "read_ai4mars_label",
+    "read_ai4mars_pair",
+    "recorded_val_names",
+    "removes_outliers",
+    "split_frames",
+    "split_from_record",
+    "split_indices",
+    "split_source",
+    "validate_images",
+    "validate_labels",
+]

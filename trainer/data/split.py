@@ -175,10 +175,45 @@ def split_indices(
     return train_idx, val_idx
 
 
+SPLIT_ANEW = "none"  # --split-from none: draw a split by --split-seed even with --init
+
+
+def split_source(setting: str | None) -> str | None:
+    """The record a ``split_from`` setting names, or None to draw a split anew."""
+    return None if setting is None or setting.strip().lower() == SPLIT_ANEW else setting
+
+
+def clean_frames(mars: MarsData, cfg) -> tuple[MarsData, OutlierReport | None]:
+    """A run's frames: the first ``limit``, less the outliers when they are removed.
+
+    Returns:
+        ``(clean_data, outlier_report)``; the report is None when outliers are kept.
+    """
+    if cfg.limit:
+        mars = mars.subset(np.arange(min(cfg.limit, len(mars.images))))
+    report = None
+    if removes_outliers(mars, cfg.remove_outliers):
+        report = find_outliers(mars.labels, cfg.outlier_min_repeats)
+        mars = drop_outliers(mars, report)
+    return mars, report
+
+
+def split_frames(mars: MarsData, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)`` of cleaned data: the frames ``split_from`` recorded, else a
+    stratified split by ``split_seed`` (by rover position with ``group_split``)."""
+    source = split_source(cfg.split_from)
+    if source:
+        return split_from_record(mars, source)
+    groups = mars.groups if cfg.group_split else None
+    return split_indices(
+        mars.labels, cfg.val_fraction, cfg.split_seed, groups, label_set=mars.label_set
+    )
+
+
 def clean_and_split(
     mars: MarsData, cfg
 ) -> tuple[MarsData, np.ndarray, np.ndarray, OutlierReport | None]:
-    """Apply a run's data settings: first ``limit`` frames, outlier removal, stratified split.
+    """Apply a run's data settings: :func:`clean_frames`, then :func:`split_frames`.
 
     Training, evaluation and conversion all call this, so they see the same validation frames.
 
@@ -190,27 +225,22 @@ def clean_and_split(
         ``(clean_data, train_idx, val_idx, outlier_report)``; the report is None when outliers
         are kept.
     """
-    if cfg.limit:
-        mars = mars.subset(np.arange(min(cfg.limit, len(mars.images))))
-    report = None
-    if removes_outliers(mars, cfg.remove_outliers):
-        report = find_outliers(mars.labels, cfg.outlier_min_repeats)
-        mars = drop_outliers(mars, report)
-    if cfg.split_from:
-        train_idx, val_idx = split_from_record(mars, cfg.split_from)
-        return mars, train_idx, val_idx, report
-    groups = mars.groups if cfg.group_split else None
-    train_idx, val_idx = split_indices(
-        mars.labels, cfg.val_fraction, cfg.split_seed, groups, label_set=mars.label_set
-    )
+    mars, report = clean_frames(mars, cfg)
+    train_idx, val_idx = split_frames(mars, cfg)
     return mars, train_idx, val_idx, report
 
 
 def recorded_val_names(source: str | Path) -> list[str] | None:
     """The validation frames a run folder (``data.json``) or a shipped model folder
     (``manifest.json``'s ``data``) recorded, by name; ``source`` may be a file inside one.
-    None when neither records any."""
+    None when neither records any.
+
+    Raises:
+        ValueError: when ``source`` does not exist, or its record is not a JSON object.
+    """
     path = Path(source)
+    if not path.exists():
+        raise ValueError(f"{source}: no such file or folder (a run or a shipped model folder)")
     folder = path if path.is_dir() else path.parent
     for name in ("data.json", "manifest.json"):
         file = folder / name
@@ -220,9 +250,13 @@ def recorded_val_names(source: str | Path) -> list[str] | None:
             record = json.loads(file.read_text())
         except ValueError as err:
             raise ValueError(f"{file} is not valid JSON ({err})") from err
-        names = (record.get("data", {}) if name == "manifest.json" else record).get("val_names")
+        if name == "manifest.json" and isinstance(record, dict):
+            record = record.get("data", {})
+        if not isinstance(record, dict):
+            raise ValueError(f"{file}: a JSON object expected, found {type(record).__name__}")
+        names = record.get("val_names")
         if names:
-            return list(names)
+            return [str(n) for n in names]
     return None
 
 
@@ -238,20 +272,21 @@ def split_from_record(mars: MarsData, source: str | Path) -> tuple[np.ndarray, n
     names = recorded_val_names(source)
     if not names:
         raise ValueError(
-            f"--split-from {source}: no validation frames recorded there (val_names in a "
-            "data.json or manifest.json)"
+            f"{source} records no validation frames (val_names in a data.json or "
+            "manifest.json): name a run or a shipped model folder, or none to split anew"
         )
     if mars.names is None:
         raise ValueError(
-            f"--split-from {source}: {mars.source} has no frame names to match (an npz); "
-            "split it with --split-seed instead"
+            f"{mars.source} has no frame names to match the validation frames of {source} "
+            "against (an npz): split it by seed instead"
         )
     position = {n: i for i, n in enumerate(mars.names)}
     missing = [n for n in names if n not in position]
     if missing:
         raise ValueError(
-            f"--split-from {source}: {len(missing)} of its {len(names)} validation frames are "
-            f"not in {mars.source} (e.g. {missing[0]}): another copy of the data, or --limit?"
+            f"{len(missing)} of the {len(names)} validation frames of {source} are not in "
+            f"{mars.source} (e.g. {missing[0]}): pass the data set it used, without a --limit "
+            "that cuts them off"
         )
     val_idx = np.sort(np.array([position[n] for n in names], dtype=np.int64))
     log.info("validation split: the %d frames %s validated on", len(val_idx), source)
