@@ -7,13 +7,16 @@ Wall time per frame hides work done on another core: a thread that spins after a
 the loop nothing on a two-core machine with a core to spare, but it takes that core from the
 rest of the rover. Here the loop of ``edge-seg run`` (the shipped int8 model by default, masks
 and telemetry written, the default region analysis) runs in this process on frame files, and
-each thread's CPU time (user + system, from ``/proc/self/task``; Linux) is read before and
-after, per frame: the loop's own thread, the read-ahead and write-back threads it starts when overlapped
-(those that ended: the rest of the process's time), and every other thread of the process (the interpreter's workers, a BLAS pool). With 1
-interpreter thread and the frames in turn, all the work is the loop's own: ``other_ms`` is
-what numpy or a library does behind its back. That was 5.9 ms per frame, as much as the loop
-itself, when the region counts were a matrix product, which numpy hands to OpenBLAS, whose
-threads then spin for a while after every call (``tests/test_frame_cpu.py`` keeps it at zero).
+each thread's CPU time (user + system, from ``/proc/self/task``, in clock ticks of 10 ms summed
+over the run; Linux) is read before and after: the loop's own thread, the read-ahead and
+write-back threads it starts when overlapped (``run's own``), and every thread alive before the
+run (``other``: the interpreter's workers, a BLAS pool). With 1 interpreter thread and the
+frames in turn, all the work is the loop's own: ``other`` is what numpy or a library does
+behind its back. It was 7.1 ms per frame (600 real frames, measured under a training's load),
+more than the loop itself, when the region counts were a matrix product, which numpy hands to
+OpenBLAS, whose threads then spin for a while after every call; ``tests/test_frame_cpu.py``
+keeps it near zero. ``cpu_ms`` here is the process's CPU per frame, as ``edge-seg run``'s
+``summary.json`` (``cpu_ms_per_frame``) and ``edge-seg bench`` (``cpu_ms``) report it.
 """
 
 from __future__ import annotations

@@ -115,3 +115,25 @@ def test_an_undecodable_message_is_a_bad_frame(tmp_path):
               data=np.zeros(4, np.uint8))  # fmt: skip
     with pytest.raises(BadFrame, match="bayer_rggb8"):
         decode_message(odd)
+
+
+def test_colour_messages_become_the_luminance_a_colour_file_gets():
+    from PIL import Image
+    from rosbags.typesys import Stores, get_typestore
+
+    from edge.io.bag import decode_message
+
+    store = get_typestore(Stores.LATEST)
+    Img = store.types["sensor_msgs/msg/Image"]
+    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    header = Header(stamp=Time(sec=0, nanosec=0), frame_id="")
+    rgb = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    as_rgb = Img(header=header, height=6, width=5, encoding="rgb8", is_bigendian=0, step=15,
+                 data=rgb.ravel())  # fmt: skip
+    as_bgr = Img(header=header, height=6, width=5, encoding="bgr8", is_bigendian=0, step=15,
+                 data=rgb[..., ::-1].ravel())  # fmt: skip
+    grey = decode_message(as_rgb)
+    assert grey.dtype == np.uint8 and grey.shape == (6, 5)
+    np.testing.assert_array_equal(decode_message(as_bgr), grey)
+    pillow = np.asarray(Image.fromarray(rgb).convert("L"), np.int16)
+    assert np.abs(grey.astype(np.int16) - pillow).max() <= 1  # Pillow's own fixed point

@@ -3,6 +3,7 @@ after a call (numpy's matrix products through OpenBLAS did) doubles what a frame
 rover's CPU while the wall time hides it (benchmarks/frame_cpu.py)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread CPU from /proc")
 def test_a_frame_in_turn_keeps_its_work_on_the_loop_thread():
-    # a fresh process: only the rover loop's own threads and pools (no pytest, no TensorFlow)
+    # a fresh process: only the rover loop's own threads and pools (no pytest, no TensorFlow);
+    # a BLAS pool of 2 threads on any machine, so that a call into it shows on a 1-core one too
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "frame_cpu.py"), "--mode", "in_turn",
          "--frames", "120", "--threads", "1", "--json", "-"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     run = json.loads(done.stdout)["modes"]["in_turn"]

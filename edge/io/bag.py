@@ -25,7 +25,7 @@ from edge.io.decode import (
     Frame,
     _grey,
     _scale_16bit,
-    float_luminance,
+    to_grayscale_uint8,
 )
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,8 @@ def decode_message(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if n == 1:
         return pixels[..., 0].copy()
     rgb = pixels[..., :3] if encoding.startswith("rgb") else pixels[..., 2::-1]
-    # ITU-R 601 luminance, as Pillow converts colour frames
-    grey = float_luminance(rgb)
-    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    # ITU-R 601 luminance in fixed point, rounded as a colour file decoded by Pillow would be
+    return to_grayscale_uint8(rgb, "image")
 
 
 def _capture(stamp_ns: int, frame_id: str) -> dict:

@@ -496,6 +496,11 @@ class RegionAnalyzer:
         # that to OpenBLAS, whose threads then spin on the other cores after every call (here
         # they doubled the CPU time of a frame; benchmarks/frame_cpu.py, tests/test_frame_cpu.py)
         counts = np.stack([np.bincount(flat, weights=row, minlength=len(names)) for row in weights])
+        if counts.shape[1] != len(names):  # bincount grows to the largest label: never drop it
+            raise ValueError(
+                f"class map holds label {counts.shape[1] - 1}; the label set has {len(names)} "
+                "classes (a model for another label set?)"
+            )
         counts[:, ignored] += outside
         fractions = counts / area[:, None]
         out_regions = {
