@@ -301,6 +301,15 @@ def test_the_analysis_of_model_size_maps_equals_that_of_the_restored_frame(
     assert 0.0 < whole["confidence"]["low_confidence_fraction"] < 1.0  # the test means something
 
 
+def test_a_label_past_the_label_set_is_refused_not_counted_elsewhere():
+    analyzer = RegionAnalyzer(RegionConfig(), MARS)
+    labels = np.zeros((16, 16), np.uint8)
+    assert analyzer.analyze(labels, None)["class_fractions"]["background"] == 1.0
+    labels[3, 4] = MARS.num_classes  # one past the last class
+    with pytest.raises(ValueError, match="holds label 5; the label set has 5 classes"):
+        analyzer.analyze(labels, None)
+
+
 def test_one_pass_over_int8_logits_gives_argmax_and_top_probability(band_models):
     """The rover's int8 path (running maximum, exp table) against argmax and the softmax, ties
     included (the lower class wins, as argmax)."""

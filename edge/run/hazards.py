@@ -465,10 +465,12 @@ class RegionAnalyzer:
             result["_grid"] = grid_png_values(made)  # the file; not a telemetry field
 
     def _geometry(self, shape, pixel_map: np.ndarray | None, sources: int = 0) -> tuple:
-        """``(weights (1 + regions, sources), outside (1 + regions,), area (1 + regions,))``: row
-        0 the whole frame, then each region; a source pixel's weight is how many frame pixels of
-        the row it stands for, ``outside`` the row's frame pixels outside the model's view. Made
-        once per frame size and model size."""
+        """``(weights (1 + regions, sources), outside (1 + regions,), area (1 + regions,),
+        columns (1 + regions, K), index (sources,))``: row 0 the whole frame, then each region;
+        a source pixel's weight is how many frame pixels of the row it stands for, ``outside``
+        the row's frame pixels outside the model's view; ``columns`` the K distinct weight
+        columns, ``index`` each source pixel's column times the class count. Made once per
+        frame size and model size."""
         key = (int(shape[0]), int(shape[1]), sources)
         if key not in self._geometries:
             if len(self._geometries) >= 4:  # one camera, perhaps two: bounded either way
@@ -485,22 +487,28 @@ class RegionAnalyzer:
                 ).astype(np.float64)
                 outside = np.array([m.sum() - v.sum() for m, v in zip(masks, seen)], np.float64)
             area = np.maximum([m.sum() for m in masks], 1).astype(np.float64)
-            self._geometries[key] = (weights, outside, area)
+            # the few distinct weight columns (a dozen for the default regions): a pixel's
+            # column code and its class make one histogram index (see _analyze)
+            columns, code = np.unique(weights.T, axis=0, return_inverse=True)
+            index = code.reshape(-1).astype(np.intp) * self.labels.num_classes
+            self._geometries[key] = (weights, outside, area, columns.T.copy(), index)
         return self._geometries[key]
 
     def _analyze(self, flat: np.ndarray, top: np.ndarray | None, geometry: tuple) -> dict:
-        weights, outside, area = geometry
+        weights, outside, area, columns, index = geometry
         names = self.labels.names
         ignored = self.labels.ignore or 0  # the class of pixels outside the model's view
-        # (1 + regions, C): a weighted histogram per row. Not a matrix product: numpy hands
-        # that to OpenBLAS, whose threads then spin on the other cores after every call (here
-        # they doubled the CPU time of a frame; benchmarks/frame_cpu.py, tests/test_frame_cpu.py)
-        counts = np.stack([np.bincount(flat, weights=row, minlength=len(names)) for row in weights])
-        if counts.shape[1] != len(names):  # bincount grows to the largest label: never drop it
+        if flat.size and int(flat.max()) >= len(names):  # it would count in the next column
             raise ValueError(
-                f"class map holds label {counts.shape[1] - 1}; the label set has {len(names)} "
+                f"class map holds label {int(flat.max())}; the label set has {len(names)} "
                 "classes (a model for another label set?)"
             )
+        # (1 + regions, C): pixels counted by (weight column, class) in one integer histogram,
+        # then each column's count times its weights. Not a matrix product: numpy hands that to
+        # OpenBLAS, whose threads then spin on the other cores after every call (here they
+        # doubled the CPU time of a frame; benchmarks/frame_cpu.py, tests/test_frame_cpu.py)
+        hist = np.bincount(index + flat, minlength=columns.shape[1] * len(names))
+        counts = (columns[:, :, None] * hist.reshape(-1, len(names))[None]).sum(axis=1)
         counts[:, ignored] += outside
         fractions = counts / area[:, None]
         out_regions = {
