@@ -85,3 +85,12 @@ def test_benchmark_reports_float_vs_int8_without_tensorflow(band_models, tmp_pat
     for png in ("iou_per_class.png", *charts):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(report["models"][columns[2]]["threads"]["1"]["invoke_fps"])
+
+
+def test_a_ratio_against_a_zero_reference_reads_n_a():
+    """A spread of two runs of a tiny model rounds to 0.0 ms: its ratio must not end the
+    report (it did, now and then, under load: ZeroDivisionError)."""
+    from edge.bench.report import _ratio
+
+    assert _ratio(0.5, 0.25) == "2.00x"
+    assert _ratio(0.5, 0.0) == _ratio(0.5, float("nan")) == "n/a"

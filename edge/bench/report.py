@@ -68,7 +68,7 @@ def write_markdown(report: dict) -> str:
             ]
         for label, get in rows:
             values = [get(report["models"][n]["threads"][str(threads)]) for n in names]
-            ratios = " | ".join(f"{v / values[0]:.2f}x" for v in values[1:])
+            ratios = " | ".join(_ratio(v, values[0]) for v in values[1:])
             lines.append(f"| {label} | {' | '.join(f'{v:.2f}' for v in values)} | {ratios} |")
         lines.append("")
     lines += _stage_lines(report)
@@ -82,7 +82,7 @@ def write_markdown(report: dict) -> str:
         f"| | {' | '.join(names)} | {ratio_head} |",
         rule,
         f"| size (KiB) | {' | '.join(f'{s / 1024:.0f}' for s in sizes)} | "
-        + " | ".join(f"{s / sizes[0]:.2f}x" for s in sizes[1:])
+        + " | ".join(_ratio(s, sizes[0]) for s in sizes[1:])
         + " |",
     ]
     accuracy = [report["models"][n].get("accuracy") for n in names]
@@ -157,6 +157,14 @@ def _execution_lines(report: dict) -> list[str]:
 
 
 STAGE_ROWS = ("read", "preprocess", "invoke", "postprocess", "analyze", "write")
+
+
+def _ratio(value: float, reference: float) -> str:
+    """``value / reference`` as "1.23x"; "n/a" against a zero reference (a spread of 0 ms over
+    a few runs that fell in one histogram bin) or a missing one."""
+    if not reference or reference != reference:  # 0, or NaN
+        return "n/a"
+    return f"{value / reference:.2f}x"
 
 
 def _stage_lines(report: dict) -> list[str]:
