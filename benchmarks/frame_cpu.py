@@ -66,11 +66,18 @@ def cpu_description() -> str:
 
 
 def measure(
-    model: Path, frame_dir: Path, frames: int, threads: int, overlap: bool, warmup: int = 20
+    model: Path,
+    frame_dir: Path,
+    frames: int,
+    threads: int,
+    overlap: bool,
+    warmup: int = 20,
+    outputs: Path | None = None,
 ) -> dict:
     """Run the loop on ``frames`` files of ``frame_dir`` and return ms per frame: wall, invoke,
     process CPU, and CPU by thread: ``loop`` (this one), ``other`` (threads alive before the run:
-    the interpreter's workers, a BLAS pool) and ``run's own`` (read-ahead, write-back)."""
+    the interpreter's workers, a BLAS pool) and ``run's own`` (read-ahead, write-back). The
+    masks and telemetry go to a temporary folder in ``outputs`` (None: the system's)."""
     from edge.io.camera import CameraDir
     from edge.io.sinks import OutputWriter
     from edge.run.hazards import RegionAnalyzer, RegionConfig
@@ -79,7 +86,7 @@ def measure(
 
     seg = Segmenter(model, threads)
     context = RunContext(analyzer=RegionAnalyzer(RegionConfig(), seg.labels))
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory(dir=outputs) as out:
         with OutputWriter(out, label_set=seg.labels) as writer:  # warm: caches, pages, pools
             run_stream(CameraDir(frame_dir), seg, writer, limit=warmup, context=context)
         before, cpu0, wall0 = thread_cpu_s(), time.process_time(), time.perf_counter()
@@ -109,6 +116,10 @@ def measure(
         "cpu_beyond_invoke_ms": round((cpu1 - cpu0) * 1e3 / n - invoke, 3),
         "cpu_by_thread_ms": {k: round(v, 3) for k, v in by_thread.items()},
         "other_ms": round(by_thread["other"], 3),
+        # each stage's mean, on whichever thread it ran (overlapped: read and write off the loop)
+        "stages_ms": {
+            k: round(h.mean, 3) for k, h in stats.latency.items() if h.count and k != "total"
+        },
     }
 
 
@@ -121,6 +132,21 @@ def synthetic_frames(folder: Path, n: int, size: int = 256) -> Path:
     for i, image in enumerate(made.images):
         (folder / f"f{i:05d}.png").write_bytes(png_bytes(image))
     return folder
+
+
+def _filesystem(folder: Path) -> str:
+    """``"/tmp (ext4)"``: the folder and the type of the file system it is on (from
+    /proc/mounts: the longest mount point that holds it)."""
+    folder = folder.resolve()
+    best, kind = "", "unknown"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            point, fs = line.split()[1:3]
+            if (folder == Path(point) or Path(point) in folder.parents) and len(point) > len(best):
+                best, kind = point, fs
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{folder} ({kind})"
 
 
 def _shown(path: Path) -> str:
@@ -137,7 +163,7 @@ def _markdown(report: dict) -> str:
         "",
         f"`{report['command']}` on {report['cpu']}; model `{report['model']}`, "
         f"{report['threads']} interpreter thread(s), {report['frames']} frames of "
-        f"`{report['frames_from']}`.",
+        f"`{report['frames_from']}`; masks and telemetry written to {report['outputs_on']}.",
         "",
         "| ms per frame | " + " | ".join(m.replace("_", " ") for m in report["modes"]) + " |",
         "|---" * (1 + len(report["modes"])) + "|",
@@ -147,6 +173,10 @@ def _markdown(report: dict) -> str:
     for row in rows:
         lines.append(f"| {row.replace('_ms', '').replace('_', ' ')} | "
                      + " | ".join(f"{m[row]:.2f}" for m in report["modes"].values()) + " |")  # fmt: skip
+    stages = [k for k in next(iter(report["modes"].values()))["stages_ms"] if k != "invoke"]
+    for stage in stages:
+        lines.append(f"| stage `{stage}` | " + " | ".join(
+            f"{m['stages_ms'].get(stage, 0.0):.2f}" for m in report["modes"].values()) + " |")  # fmt: skip
     for name in threads:
         lines.append(f"| CPU of thread `{name}` | " + " | ".join(
             f"{m['cpu_by_thread_ms'].get(name, 0.0):.2f}" for m in report["modes"].values()) + " |")  # fmt: skip
@@ -154,8 +184,9 @@ def _markdown(report: dict) -> str:
         "",
         "CPU is user + system time of the threads, in clock ticks (10 ms) summed over the run; "
         "*beyond invoke* subtracts the mean invoke once (1 interpreter thread: invoke runs on "
-        "the loop's thread). `other`: threads alive before the run (interpreter workers, a BLAS "
-        "pool); `run's own`: the read-ahead and write-back threads it started.",
+        "the loop's thread). Stages: mean wall time, on whichever thread ran them (overlapped: "
+        "`read` and `write` off the loop). `other`: threads alive before the run (interpreter "
+        "workers, a BLAS pool); `run's own`: the read-ahead and write-back threads it started.",
         "",
     ]
     return "\n".join(lines)
@@ -170,11 +201,15 @@ def _markdown(report: dict) -> str:
 @click.option("--threads", default=1, help="Interpreter threads.")
 @click.option("--mode", "modes", type=click.Choice([*MODES, "both"]), default="both",
               help="Frames in turn, or read ahead and written behind as edge-seg run does.")  # fmt: skip
+@click.option("--outputs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Where the run writes its masks and telemetry (a temporary "
+              "folder inside; e.g. /dev/shm to leave the disk out) [default: the system's "
+              "temporary folder].")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for frame_cpu.json and frame_cpu.md.")  # fmt: skip
 @click.option("--json", "json_to", type=click.File("w"), default=None,
               help="Also write the report as JSON here ('-': stdout).")  # fmt: skip
-def main(model, camera_dir, frames, threads, modes, out, json_to) -> None:
+def main(model, camera_dir, frames, threads, modes, outputs, out, json_to) -> None:
     """Measure a frame's CPU time by thread in the rover loop (Linux)."""
     if not Path("/proc/self/task").is_dir():
         raise click.ClickException("per-thread CPU times come from /proc/self/task: Linux only")
@@ -188,7 +223,11 @@ def main(model, camera_dir, frames, threads, modes, out, json_to) -> None:
             "threads": threads,
             "frames": frames,
             "frames_from": str(camera_dir) if camera_dir else "synthetic 256x256 PNGs",
-            "modes": {m: measure(model, frame_dir, frames, threads, MODES[m]) for m in chosen},
+            "outputs_on": _filesystem(outputs or Path(tempfile.gettempdir())),
+            "modes": {
+                m: measure(model, frame_dir, frames, threads, MODES[m], outputs=outputs)
+                for m in chosen
+            },
         }
     if out:
         out.mkdir(parents=True, exist_ok=True)
