@@ -264,6 +264,30 @@ def test_the_hazard_table_finds_labelled_rocks_and_counts_the_flag(band_models, 
     assert "| p(rock) >= 0.2 | 100 | 300 | - | 0.0 % | 100.0 % |" in markdown([row], "")
 
 
+def test_the_hazard_table_says_where_a_false_alarm_lies(band_models, tmp_path):
+    """A rock the model sees where the labels say soil is wrong by the labels; where they say
+    nothing (unlabelled), it cannot be judged; the table keeps the two apart."""
+    from tools.hazard_table import markdown, measure, segment_all
+
+    cam, labels = tmp_path / "cam", tmp_path / "labels"
+    cam.mkdir()
+    labels.mkdir()
+    image, truth = band_terrain(True)
+    for name, value in (("soil", SOIL), ("unlabelled", 0), ("rock", ROCK)):
+        write_png(cam / f"{name}.png", image)
+        write_png(labels / f"{name}.png", np.where(truth == ROCK, value, truth).astype(np.uint8))
+    write_png(cam / "plain.png", band_terrain(False)[0])
+    write_png(labels / "plain.png", band_terrain(False)[1])
+    _, label_set, segmented = segment_all(cam, labels, band_models["int8"], None)
+    row = measure(segmented, label_set, 0.2, 100, DEFAULT_HAZARD_AREA_PX)
+    assert row["true_hazard_frames"] == 1 and row["hazard_recall"] == 1.0
+    assert row["other_frames"] == 3 and row["false_alarm_rate"] == pytest.approx(2 / 3)
+    assert row["false_alarms_by_ground"] == {
+        "labelled_rock": 0, "labelled_terrain": 1, "unlabelled": 1}  # fmt: skip
+    assert row["false_alarm_rate_on_labelled_terrain"] == pytest.approx(1 / 3)
+    assert "| 66.7 % | 1 (33.3 %); 0; 1 |" in markdown([row], "")
+
+
 @pytest.mark.parametrize("crop", ["none", "centre"])
 @pytest.mark.parametrize("shape", [(64, 128), (128, 256), (100, 150), (256, 256)])
 def test_the_analysis_of_model_size_maps_equals_that_of_the_restored_frame(

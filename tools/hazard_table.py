@@ -14,7 +14,10 @@ hazard rule then come from :class:`edge.run.hazards.RegionAnalyzer`, as in ``edg
   rocks and most of the far field unlabelled, so a rock on unlabelled ground cannot be judged).
 - A frame is a **true hazard** when its labels hold a rock of at least the rule's ``min_area_px``
   touching the corridor (the rule applied to the labels); the flag is the rule on the predicted
-  rocks.
+  rocks. A **false alarm** (the flag on another frame) is judged by the rocks that fired it: on
+  *labelled rock* when one of them covers labelled rock (a rock the labels hold smaller than the
+  rule, or outside the corridor), on *labelled terrain* when every one lies on labelled ground
+  without rock (wrong by the labels), else on *unlabelled ground* (cannot be judged).
 
 ``--sweep`` tries rock confidences, smallest rock and rule sizes and prints each operating
 point; ``--out`` writes ``hazards.md`` and ``hazards.json``.
@@ -83,11 +86,13 @@ def measure(segmented, label_set, min_probability: float | None, min_area_px: in
     false_labelled = false_any = 0
     rock_free_frames = false_on_rock_free = false_any_on_rock_free = 0
     flags = {"true": [0, 0], "false": [0, 0]}  # frames, flag fired
+    alarms = {"labelled_rock": 0, "labelled_terrain": 0, "unlabelled": 0}  # false alarms, by ground
     predicted_total = 0
     for name, small, top, pixel_map, truth, rock_p in segmented:
         result = analyzer.analyze_mapped(small, top, pixel_map, rock_p)
         geometry = FrameGeometry(pixel_map, small.shape)
-        predicted = find_rocks(small, top, geometry, rock, config.rocks, rock_p)
+        # the rover's own rocks (the ignored label is never rock), in its order: ids match
+        predicted = find_rocks(small, top, geometry, rock, config.rocks, rock_p, label_set.ignore)
         predicted_total += len(predicted)
         masks = [np.isin(pixel_map, r["pixels"]) for r in predicted]
         if name not in cache:
@@ -118,6 +123,9 @@ def measure(segmented, label_set, min_probability: float | None, min_area_px: in
         is_true = truth_rule.analyze(truth, np.ones(truth.shape, np.float32))["hazard"]
         flags["true" if is_true else "false"][0] += 1
         flags["true" if is_true else "false"][1] += int(result["hazard"])
+        if result["hazard"] and not is_true:
+            fired = {i for h in result["hazards"] for i in h.get("rocks", [])}
+            alarms[_alarm_ground([masks[i] for i in fired], truth == rock, labelled, overlap)] += 1
     frames = len(segmented)
     return {
         "min_probability": min_probability,
@@ -144,7 +152,23 @@ def measure(segmented, label_set, min_probability: float | None, min_area_px: in
         "hazard_recall": flags["true"][1] / flags["true"][0] if flags["true"][0] else None,
         "other_frames": flags["false"][0],
         "false_alarm_rate": flags["false"][1] / flags["false"][0] if flags["false"][0] else None,
+        "false_alarms_by_ground": alarms,
+        "false_alarm_rate_on_labelled_terrain": alarms["labelled_terrain"] / flags["false"][0]
+        if flags["false"][0]
+        else None,
     }
+
+
+def _alarm_ground(fired: list[np.ndarray], rock: np.ndarray, labelled: np.ndarray,
+                  overlap: float) -> str:  # fmt: skip
+    """Where the rocks (frame-size masks) that fired a false alarm lie: ``labelled_rock`` when
+    one covers labelled rock, ``labelled_terrain`` when all lie on labelled ground (at least
+    half of each), else ``unlabelled``."""
+    if any((m & rock).sum() > overlap * m.sum() for m in fired):
+        return "labelled_rock"
+    if all((m & labelled).sum() >= 0.5 * m.sum() for m in fired):
+        return "labelled_terrain"
+    return "unlabelled"
 
 
 def _pixels(row: dict) -> str:
@@ -159,16 +183,19 @@ def _pct(value) -> str:
 
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "",
-             "| rock pixels | smallest rock px | rule px | recall 0-100 | 100-400 | 400+ | false rocks / rock-free frame (labelled ground; any) | hazard recall | false alarms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| rock pixels | smallest rock px | rule px | recall 0-100 | 100-400 | 400+ | false rocks / rock-free frame (labelled ground; any) | hazard recall | false alarms | false alarm frames on labelled terrain; labelled rock; unlabelled ground |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         rec = [v["recall"] for v in r["recall_by_size"].values()]
+        ground = r["false_alarms_by_ground"]
         lines.append(
             f"| {_pixels(r)} | {r['min_area_px']} | {r['rule_min_area_px']} | "
             f"{_pct(rec[0])} | {_pct(rec[1])} | {_pct(rec[2])} | "
             f"{r['false_rocks_per_rock_free_frame_on_labelled_ground']:.2f}; "
             f"{r['false_rocks_per_rock_free_frame_any']:.2f} | {_pct(r['hazard_recall'])} | "
-            f"{_pct(r['false_alarm_rate'])} |"
+            f"{_pct(r['false_alarm_rate'])} | {ground['labelled_terrain']} "
+            f"({_pct(r['false_alarm_rate_on_labelled_terrain'])}); {ground['labelled_rock']}; "
+            f"{ground['unlabelled']} |"
         )
     first = rows[0]
     counts = ", ".join(f"{k}: {v['rocks']}" for k, v in first["recall_by_size"].items())
