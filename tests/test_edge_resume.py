@@ -203,3 +203,32 @@ def test_an_empty_start_on_another_folder_does_not_borrow_the_first_ones_lines(
     names = make_camera(tmp_path / "camB", 3, seed=9)
     summary = run(band_models["int8"], tmp_path / "camB", out)
     assert summary["resumed"] is None and summary["frames"] + summary["errors"] == len(names)
+
+
+def test_a_restart_keeps_the_run_on_its_model_and_says_when_it_changes(
+    band_models, tmp_path, caplog
+):
+    """--precision auto times the files at every start; a run restarted by its supervisor must
+    not flip between int8 and float32 on a timing that came out the other way."""
+    import shutil
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for p in ("int8", "float32"):
+        shutil.copy(band_models[p], folder / f"model_{p}.tflite")
+    models = {"float32": {"pixel_agreement": 1.0}, "int8": {"pixel_agreement": 0.999}}
+    (folder / "parity.json").write_text(json.dumps({"models": models}))
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    make_camera(cam, 2)
+    run(folder, cam, out, "--precision", "float32", "--reprocess")
+    state = json.loads((out / "run.json").read_text())
+    assert state["model"]["precision"] == "float32"
+    assert state["model"]["file"] == str((folder / "model_float32.tflite").resolve())
+    kept = run(folder, cam, out, "--reprocess")  # auto: the earlier start's file, untimed
+    assert kept["execution"]["precision"]["chosen_by"] == "kept from the run's earlier start"
+    assert {r["model"]["precision"] for r in records(out) if "model" in r} == {"float32"}
+    with caplog.at_level("WARNING"):
+        run(folder, cam, out, "--precision", "int8", "--reprocess")
+    assert "it now runs" in caplog.text and "(int8, sha256" in caplog.text
+    assert json.loads((out / "run.json").read_text())["model"]["precision"] == "int8"
+    assert records(out)[-1]["model"]["precision"] == "int8"

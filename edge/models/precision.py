@@ -91,12 +91,16 @@ def choose_precision(
     runtime: str = "auto",
     kernels: str = "auto",
     runs: int = 30,
+    keep: str | Path | None = None,
 ) -> tuple[Path, str, PrecisionChoice]:
     """Resolve ``--model`` and ``--precision``: the file to run, where it came from, and why.
 
     ``auto`` on a folder times each file that passes parity in a child process (the same worker
     as the kernel calibration, ``runs`` invokes after warm-up) and takes the fastest; a single
-    contender is taken untimed. A named precision takes that file.
+    contender is taken untimed. A named precision takes that file. ``keep``: the file an
+    earlier start of the same run ran; ``auto`` takes it again, untimed, while it is one of
+    the folder's files that may run, so that a restart never switches models on a timing that
+    came out the other way.
 
     Raises:
         ValueError: for an unknown precision, a precision asked of a file that is another, or a
@@ -128,6 +132,11 @@ def choose_precision(
     if not allowed:  # only an int8 without parity: run it, and say so
         only = next(iter(found))
         return found[only], origin, PrecisionChoice(only, "the only file", None, agreement, refused)
+    kept = [p for p in allowed if keep is not None and _same_file(found[p], keep)]
+    if kept and len(allowed) > 1:
+        choice = PrecisionChoice(kept[0], "kept from the run's earlier start", None, agreement,
+                                 refused)  # fmt: skip
+        return found[kept[0]], origin, choice
     if len(allowed) == 1:
         reason = "the only file at parity" if refused else "the only file"
         choice = PrecisionChoice(allowed[0], reason, None, agreement, refused)
@@ -139,6 +148,13 @@ def choose_precision(
     }
     choice = by_timing(timings, agreement, refused)
     return found[choice.precision], origin, choice
+
+
+def _same_file(path: Path, other: str | Path) -> bool:
+    try:
+        return Path(path).resolve() == Path(other).resolve()
+    except OSError:
+        return False
 
 
 def by_timing(

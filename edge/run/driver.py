@@ -138,10 +138,13 @@ class RoverRun:
 
         opts.check()
         self.opts, self.say = opts, say
+        # what an earlier start of this run ran: --precision auto keeps it (one run, one model)
+        before = RunIdentity.previous_state(opts.out).get("model")
+        before = before if isinstance(before, dict) else {}
         try:
             self.model, self.origin, self.precision = choose_precision(
                 opts.model, opts.precision, threads=opts.threads, runtime=opts.runtime,
-                kernels=opts.kernels,
+                kernels=opts.kernels, keep=before.get("file"),
             )  # fmt: skip
             if self.origin != "given" or self.precision.chosen_by != "a file was given":
                 say(f"model: {self.model} ({self.origin}; {_precision_line(self.precision)})")
@@ -227,7 +230,16 @@ class RoverRun:
             "name": meta.info.get("name") or self.model.stem,
             "sha256": file_sha256(self.model),
         }
-        short = {**self.model_info, "sha256": self.model_info["sha256"][:16]}
+        precision = meta.info.get("precision") or self.precision.precision
+        self._note_model_change(before, precision)
+        self.identity.model = {"file": str(self.model.resolve()), **self.model_info,
+                               "precision": precision}  # fmt: skip
+        self.identity.save()
+        short = {
+            **self.model_info,
+            "sha256": self.model_info["sha256"][:16],
+            "precision": precision,
+        }
         self.context = RunContext(self.identity.run_id, short, self.identity, self.analyzer,
                                   self.identity.camera_dir)  # fmt: skip
         if self.untaught:
@@ -240,6 +252,19 @@ class RoverRun:
                 if self.hazards
                 else "its hazard flags are off (give --regions with hazard rules to force them)",
             )
+
+    def _note_model_change(self, before: dict, precision: str) -> None:
+        """Warn when this start of a run runs another model than the last start did: its frames
+        are then told apart only by the telemetry's ``model`` field."""
+        if not before.get("sha256") or before["sha256"] == self.model_info["sha256"]:
+            return
+        log.warning(
+            "run %s ran %s (%s, sha256 %s) before this start; it now runs %s (%s, sha256 %s): "
+            "the telemetry's model field tells their frames apart (a new --out starts a new "
+            "run; --model and --precision fix the choice)",
+            self.identity.run_id, before.get("file"), before.get("precision"),
+            before["sha256"][:16], self.model, precision, self.model_info["sha256"][:16],
+        )  # fmt: skip
 
     def _dispose(self, path: Path) -> None:
         """--delete-consumed/--move-consumed for a frame the earlier run handled."""

@@ -99,10 +99,22 @@ class RunIdentity:
         ]
         self.next_index = max(known, default=0)
         self.created_utc = state.get("created_utc") or utc_now()
+        # the model the previous start ran ({file, name, sha256, precision}); None before any
+        self.previous_model = state.get("model") if isinstance(state.get("model"), dict) else None
+        self.model: dict | None = None  # this start's: set by the driver, saved with the rest
+
+    @staticmethod
+    def previous_state(out_dir: Path) -> dict:
+        """What ``run.json`` in ``out_dir`` holds ({} when there is none or it is unreadable)."""
+        return RunIdentity._read_file(Path(out_dir) / "run.json")
 
     def _read(self) -> dict:
+        return self._read_file(self.path)
+
+    @staticmethod
+    def _read_file(path: Path) -> dict:
         try:
-            state = json.loads(self.path.read_text())
+            state = json.loads(path.read_text())
             return state if isinstance(state, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -122,6 +134,7 @@ class RunIdentity:
                     "restarts": self.restarts,
                     "next_frame_index": self.next_index,
                     "camera_dir": self.camera_dir,
+                    "model": self.model or self.previous_model,
                 },
                 durable=True,
             )
