@@ -416,7 +416,7 @@ def test_split_from_refuses_frames_the_data_lacks_or_a_folder_without_a_split(tm
     assert anew.tolist() == D.clean_and_split(data, DataConfig())[2].tolist()
 
 
-def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_path):
+def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_path, caplog):
     """Fine-tuning from a model (at another size, say) must not train on the frames that model
     was validated on; the new run then validates on those frames wherever it is moved."""
     import json
@@ -435,10 +435,14 @@ def test_init_from_a_run_keeps_its_split_and_evaluation_finds_it_in_the_run(tmp_
         tmp_path / "npz-run", ["frame_of_other_data"])))  # fmt: skip
     _split_like_init(other, data)
     assert other.data.split_from is None  # another data set's split: split anew
-    # --limit cut off one of the init's frames: split anew (with a warning), never fail
-    limited = TrainConfig(data=DataConfig(path=str(root), limit=5), init=str(init))
-    _split_like_init(limited, D.clean_frames(data, limited.data)[0])
-    assert limited.data.split_from is None
+    # --limit cut off one or all of the init's frames: split anew, with a warning, never fail
+    for limit, cut in ((5, 1), (3, 2)):
+        limited = TrainConfig(data=DataConfig(path=str(root), limit=limit), init=str(init))
+        with caplog.at_level("WARNING"):
+            _split_like_init(limited, D.clean_frames(data, limited.data)[0], data.names)
+        assert limited.data.split_from is None
+        assert f"validated on 2 frames, {cut} of them not among these" in caplog.text
+        caplog.clear()
     # --split-from none: split anew although the init recorded a split
     refused = TrainConfig(data=DataConfig(path=str(root), split_from="none"), init=str(init))
     _split_like_init(refused, data)

@@ -61,10 +61,14 @@ class DataConfig:
         "Validate on the frames another run (its data.json) or a shipped model folder (its "
         "manifest.json) validated on, and train on the rest, instead of splitting anew: the "
         "split is stratified on big rock as seen at the frame size, so a new size moves frames "
-        "across it; none: split by --split-seed. With --init, the init's split when it "
-        "recorded one of these frames [default: split by --split-seed].",
+        "across it; none: split by --split-seed. A recorded split replaces --val-fraction, "
+        "--split-seed and --group-split. With --init, the init's split when every frame of it "
+        "is among these after --limit and outlier removal (else a warning, and a split by "
+        "--split-seed) [default: split by --split-seed].",
     )
-    split_seed: int = setting(0, "Seed of the split (fixed when the training seed changes).")
+    split_seed: int = setting(
+        0, "Seed of the split (fixed when the training seed changes; a --split-from overrides it)."
+    )
     group_split: bool = setting(
         True, "Keep AI4Mars frames of one rover position (site/drive) on one side of the split."
     )

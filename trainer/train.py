@@ -290,7 +290,7 @@ def prepare_data(cfg: TrainConfig, own_split: Path | None = None) -> Prepared:
         if mars.names is not None and RunDir(own_split).data_record().get("val_names"):
             split_cfg = replace(cfg.data, split_from=str(own_split))
     else:
-        _split_like_init(cfg, mars)
+        _split_like_init(cfg, mars, loaded.names)
     train_idx, val_idx = D.split_frames(mars, split_cfg)
     if len(train_idx) * (2 if cfg.data.flip else 1) < cfg.batch_size:
         raise ValueError(
@@ -350,25 +350,35 @@ def prepare_data(cfg: TrainConfig, own_split: Path | None = None) -> Prepared:
     )
 
 
-def _split_like_init(cfg: TrainConfig, mars: D.MarsData) -> None:
+def _split_like_init(
+    cfg: TrainConfig, mars: D.MarsData, loaded_names: list[str] | None = None
+) -> None:
     """With ``--init`` and no ``--split-from``: keep the init's validation frames when it
     recorded a split of these (cleaned) frames, set in ``cfg`` so that config.json records it.
     A new split would put some of the frames the init's weights were validated on into
-    training, and the new run's score would count them."""
-    if not cfg.init or cfg.data.split_from or mars.names is None:
-        return
+    training, and the new run's score would count them.
+
+    Args:
+        cfg: the run's configuration (``cfg.data.split_from`` is set here).
+        mars: the frames after ``--limit`` and outlier removal.
+        loaded_names: the frames as loaded, before those: the init's split is of this data when
+            its frames are among them, even if ``--limit`` cut every one off.
+    """
+    if not cfg.init or cfg.data.split_from or mars.names is None or not Path(cfg.init).exists():
+        return  # (a missing --init fails where its weights are loaded, with its own message)
     names = D.recorded_val_names(cfg.init)
     if not names:
         return
     present = set(mars.names)
     inside = sum(n in present for n in names)
-    if inside == 0:
+    loaded = set(loaded_names if loaded_names is not None else mars.names)
+    if inside == 0 and not any(n in loaded for n in names):
         return  # another data set's split: nothing of it to keep
     if inside < len(names):
         log.warning(
-            "--init %s validated on %d frames, %d of them not in these frames (--limit?): "
-            "splitting anew, so validation may count frames the init was trained on "
-            "(--split-from to choose a split)",
+            "--init %s validated on %d frames, %d of them not among these after --limit and "
+            "outlier removal: splitting anew, so validation may count frames the init was "
+            "trained on (--split-from to choose a split)",
             cfg.init,
             len(names),
             len(names) - inside,

@@ -285,8 +285,8 @@ def split_from_record(mars: MarsData, source: str | Path) -> tuple[np.ndarray, n
     if missing:
         raise ValueError(
             f"{len(missing)} of the {len(names)} validation frames of {source} are not in "
-            f"{mars.source} (e.g. {missing[0]}): pass the data set it used, without a --limit "
-            "that cuts them off"
+            f"{mars.source} after --limit and outlier removal (e.g. {missing[0]}): pass the "
+            "data set it used, without a --limit that cuts them off"
         )
     val_idx = np.sort(np.array([position[n] for n in names], dtype=np.int64))
     log.info("validation split: the %d frames %s validated on", len(val_idx), source)
