@@ -128,6 +128,8 @@ def test_colour_messages_become_the_luminance_a_colour_file_gets():
     Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
     header = Header(stamp=Time(sec=0, nanosec=0), frame_id="")
     rgb = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    # half-way cases ((299 R + 587 G + 114 B) % 1000 == 500), which a float path rounds down
+    rgb[0, :4] = [[54, 206, 188], [221, 89, 177], [170, 28, 81], [62, 222, 32]]
     as_rgb = Img(header=header, height=6, width=5, encoding="rgb8", is_bigendian=0, step=15,
                  data=rgb.ravel())  # fmt: skip
     as_bgr = Img(header=header, height=6, width=5, encoding="bgr8", is_bigendian=0, step=15,
@@ -135,5 +137,7 @@ def test_colour_messages_become_the_luminance_a_colour_file_gets():
     grey = decode_message(as_rgb)
     assert grey.dtype == np.uint8 and grey.shape == (6, 5)
     np.testing.assert_array_equal(decode_message(as_bgr), grey)
+    fixed = (rgb.astype(np.uint32) @ np.array([299, 587, 114], np.uint32) + 500) // 1000
+    np.testing.assert_array_equal(grey, fixed)  # a colour file's luminance, rounded half up
     pillow = np.asarray(Image.fromarray(rgb).convert("L"), np.int16)
     assert np.abs(grey.astype(np.int16) - pillow).max() <= 1  # Pillow's own fixed point

@@ -276,16 +276,29 @@ def test_the_hazard_table_says_where_a_false_alarm_lies(band_models, tmp_path):
     for name, value in (("soil", SOIL), ("unlabelled", 0), ("rock", ROCK)):
         write_png(cam / f"{name}.png", image)
         write_png(labels / f"{name}.png", np.where(truth == ROCK, value, truth).astype(np.uint8))
+    # the labels hold a rock smaller than the rule's 300 px where the model sees 512 px
+    write_png(cam / "small.png", image)
+    small = np.where(truth == ROCK, SOIL, truth).astype(np.uint8)
+    small[48:64, 48:56] = ROCK  # 128 px, a quarter of the rock seen
+    write_png(labels / "small.png", small)
+    # two rocks fire: one on labelled soil, one on unlabelled ground: it cannot be judged
+    two = terrain((48, 64, 40, 62))
+    two[48:64, 68:90] = ROCK
+    values = np.round(np.array(BAND_CENTRES) * 255).astype(np.uint8)
+    write_png(cam / "two.png", values[two])
+    two_truth = np.where(two == ROCK, SOIL, two).astype(np.uint8)
+    two_truth[48:64, 68:90] = 0
+    write_png(labels / "two.png", two_truth)
     write_png(cam / "plain.png", band_terrain(False)[0])
     write_png(labels / "plain.png", band_terrain(False)[1])
     _, label_set, segmented = segment_all(cam, labels, band_models["int8"], None)
     row = measure(segmented, label_set, 0.2, 100, DEFAULT_HAZARD_AREA_PX)
     assert row["true_hazard_frames"] == 1 and row["hazard_recall"] == 1.0
-    assert row["other_frames"] == 3 and row["false_alarm_rate"] == pytest.approx(2 / 3)
+    assert row["other_frames"] == 5 and row["false_alarm_rate"] == pytest.approx(4 / 5)
     assert row["false_alarms_by_ground"] == {
-        "labelled_rock": 0, "labelled_terrain": 1, "unlabelled": 1}  # fmt: skip
-    assert row["false_alarm_rate_on_labelled_terrain"] == pytest.approx(1 / 3)
-    assert "| 66.7 % | 1 (33.3 %); 0; 1 |" in markdown([row], "")
+        "labelled_rock": 1, "labelled_terrain": 1, "unlabelled": 2}  # fmt: skip
+    assert row["false_alarm_rate_on_labelled_terrain"] == pytest.approx(1 / 5)
+    assert "| 80.0 % | 1 (20.0 %); 1; 2 |" in markdown([row], "")
 
 
 @pytest.mark.parametrize("crop", ["none", "centre"])
@@ -330,8 +343,39 @@ def test_a_label_past_the_label_set_is_refused_not_counted_elsewhere():
     labels = np.zeros((16, 16), np.uint8)
     assert analyzer.analyze(labels, None)["class_fractions"]["background"] == 1.0
     labels[3, 4] = MARS.num_classes  # one past the last class
-    with pytest.raises(ValueError, match="holds label 5; the label set has 5 classes"):
+    with pytest.raises(ValueError, match=r"holds labels 0\.\.5; the label set has 5 classes"):
         analyzer.analyze(labels, None)
+    signed = np.zeros((16, 16), np.int8)
+    signed[0, 0] = -1  # would land in the previous column's last class
+    with pytest.raises(ValueError, match=r"holds labels -1\.\.0"):
+        analyzer.analyze(signed, None)
+
+
+@pytest.mark.parametrize("crop", ["none", "centre"])
+@pytest.mark.parametrize("shape", [(64, 128), (100, 150), (300, 90), (37, 53)])
+def test_region_counts_are_exactly_a_weighted_count_per_region(crop, shape):
+    """The one histogram over (weight column, class) against the plain definition: per region,
+    the frame pixels of each class, those outside the model's view as the ignored label; on
+    the model-size map through the pixel map and on the frame's own map, with a region the
+    view leaves out (the top of a tall frame under a centre crop)."""
+    from edge.contract.preprocess import Preprocessing
+
+    regions = {**RegionConfig().regions, "sky": [[0, 0], [1, 0], [1, 0.1], [0, 0.1]],
+               "overlap": [[0.2, 0.4], [0.9, 0.4], [0.9, 1], [0.2, 1]]}  # fmt: skip
+    analyzer = RegionAnalyzer(RegionConfig(regions=regions), MARS)
+    h, w = 32, 48
+    pixel_map = Preprocessing(h, w, crop=crop).restore(
+        np.arange(h * w, dtype=np.int32).reshape(h, w), shape, fill=-1
+    )
+    rng = np.random.default_rng(sum(shape))
+    small = rng.integers(0, MARS.num_classes, (h, w)).astype(np.uint8)
+    frame = np.where(pixel_map >= 0, small.ravel()[pixel_map], MARS.ignore or 0).astype(np.uint8)
+    masks = [np.ones(shape, bool), *analyzer.masks(shape).values()]
+    expected = np.array([np.bincount(frame[m], minlength=MARS.num_classes) for m in masks])
+    mapped = analyzer._class_counts(small.ravel(), analyzer._geometry(shape, pixel_map, h * w))
+    own = analyzer._class_counts(frame.ravel(), analyzer._geometry(shape, None))
+    np.testing.assert_array_equal(mapped, expected)
+    np.testing.assert_array_equal(own, expected)
 
 
 def test_one_pass_over_int8_logits_gives_argmax_and_top_probability(band_models):

@@ -16,8 +16,9 @@ hazard rule then come from :class:`edge.run.hazards.RegionAnalyzer`, as in ``edg
   touching the corridor (the rule applied to the labels); the flag is the rule on the predicted
   rocks. A **false alarm** (the flag on another frame) is judged by the rocks that fired it: on
   *labelled rock* when one of them covers labelled rock (a rock the labels hold smaller than the
-  rule, or outside the corridor), on *labelled terrain* when every one lies on labelled ground
-  without rock (wrong by the labels), else on *unlabelled ground* (cannot be judged).
+  rule, or outside the corridor), on *labelled terrain* when every one lies at least half on
+  labelled ground and at most ``--overlap`` on labelled rock (wrong by the labels), else on
+  *unlabelled ground* (cannot be judged).
 
 ``--sweep`` tries rock confidences, smallest rock and rule sizes and prints each operating
 point; ``--out`` writes ``hazards.md`` and ``hazards.json``.
@@ -163,7 +164,10 @@ def _alarm_ground(fired: list[np.ndarray], rock: np.ndarray, labelled: np.ndarra
                   overlap: float) -> str:  # fmt: skip
     """Where the rocks (frame-size masks) that fired a false alarm lie: ``labelled_rock`` when
     one covers labelled rock, ``labelled_terrain`` when all lie on labelled ground (at least
-    half of each), else ``unlabelled``."""
+    half of each), else ``unlabelled`` (also when no rock fired it: a rule on a class's
+    share, which no rock can judge)."""
+    if not fired:
+        return "unlabelled"
     if any((m & rock).sum() > overlap * m.sum() for m in fired):
         return "labelled_rock"
     if all((m & labelled).sum() >= 0.5 * m.sum() for m in fired):

@@ -487,30 +487,48 @@ class RegionAnalyzer:
                 ).astype(np.float64)
                 outside = np.array([m.sum() - v.sum() for m, v in zip(masks, seen)], np.float64)
             area = np.maximum([m.sum() for m in masks], 1).astype(np.float64)
-            # the few distinct weight columns (a dozen for the default regions): a pixel's
-            # column code and its class make one histogram index (see _analyze)
-            columns, code = np.unique(weights.T, axis=0, return_inverse=True)
+            # the few distinct weight columns (13 for the default regions at 256x256, about 100
+            # for a megapixel frame): a pixel's column code and its class make one histogram
+            # index (see _class_counts)
+            if pixel_map is None:  # 0/1 columns: the regions a pixel is in, as bits
+                bits = sum(m.ravel().astype(np.int64) << i for i, m in enumerate(masks))
+                codes, code = np.unique(bits, return_inverse=True)
+                columns = ((codes[None, :] >> np.arange(len(masks))[:, None]) & 1).astype(float)
+            else:
+                columns, code = np.unique(weights.T, axis=0, return_inverse=True)
+                columns = columns.T.copy()
             index = code.reshape(-1).astype(np.intp) * self.labels.num_classes
-            self._geometries[key] = (weights, outside, area, columns.T.copy(), index)
+            self._geometries[key] = (weights, outside, area, columns, index)
         return self._geometries[key]
 
+    def _class_counts(self, flat: np.ndarray, geometry: tuple) -> np.ndarray:
+        """(1 + regions, C) frame pixels of each class in the frame and each region, those
+        outside the model's view counted as the ignored label.
+
+        Raises:
+            ValueError: for a label outside the label set (it would count in another column).
+        """
+        _, outside, _, columns, index = geometry
+        n = self.labels.num_classes
+        if flat.size and (int(flat.max()) >= n or (flat.dtype.kind == "i" and int(flat.min()) < 0)):
+            raise ValueError(
+                f"class map holds labels {int(flat.min())}..{int(flat.max())}; the label set "
+                f"has {n} classes, 0..{n - 1} (a model for another label set?)"
+            )
+        # pixels counted by (weight column, class) in one integer histogram, then each column's
+        # count times its weights. Not a matrix product: numpy hands that to OpenBLAS, whose
+        # threads then spin on the other cores after every call (here they doubled the CPU
+        # time of a frame; benchmarks/frame_cpu.py, tests/test_frame_cpu.py)
+        hist = np.bincount(index + flat, minlength=columns.shape[1] * n).reshape(-1, n)
+        counts = (columns[:, :, None] * hist[None]).sum(axis=1)
+        counts[:, self.labels.ignore or 0] += outside
+        return counts
+
     def _analyze(self, flat: np.ndarray, top: np.ndarray | None, geometry: tuple) -> dict:
-        weights, outside, area, columns, index = geometry
+        weights, outside, area = geometry[:3]
         names = self.labels.names
         ignored = self.labels.ignore or 0  # the class of pixels outside the model's view
-        if flat.size and int(flat.max()) >= len(names):  # it would count in the next column
-            raise ValueError(
-                f"class map holds label {int(flat.max())}; the label set has {len(names)} "
-                "classes (a model for another label set?)"
-            )
-        # (1 + regions, C): pixels counted by (weight column, class) in one integer histogram,
-        # then each column's count times its weights. Not a matrix product: numpy hands that to
-        # OpenBLAS, whose threads then spin on the other cores after every call (here they
-        # doubled the CPU time of a frame; benchmarks/frame_cpu.py, tests/test_frame_cpu.py)
-        hist = np.bincount(index + flat, minlength=columns.shape[1] * len(names))
-        counts = (columns[:, :, None] * hist.reshape(-1, len(names))[None]).sum(axis=1)
-        counts[:, ignored] += outside
-        fractions = counts / area[:, None]
+        fractions = self._class_counts(flat, geometry) / area[:, None]
         out_regions = {
             region: {c: round(float(f), 4) for c, f in zip(names, row)}
             for region, row in zip(self.config.regions, fractions[1:])
@@ -522,12 +540,12 @@ class RegionAnalyzer:
         for rule in self.rules:
             if rule.on_objects:  # decided on the rocks (_objects)
                 continue
-            row, index = rows[rule.region], self.labels.index(rule.cls)
-            hit = flat == index
+            row, cls = rows[rule.region], self.labels.index(rule.cls)
+            hit = flat == cls
             if confident is not None:
                 hit &= confident
             value = float(weights[row][hit].sum())
-            if index == ignored and (confident is None or outside_confident):
+            if cls == ignored and (confident is None or outside_confident):
                 value += float(outside[row])
             fraction = float(value / area[row])
             hazards.append(
