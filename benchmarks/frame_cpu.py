@@ -168,18 +168,19 @@ def _markdown(report: dict) -> str:
         "| ms per frame | " + " | ".join(m.replace("_", " ") for m in report["modes"]) + " |",
         "|---" * (1 + len(report["modes"])) + "|",
     ]
-    rows = ["wall_ms", "invoke_ms", "wall_beyond_invoke_ms", "cpu_ms", "cpu_beyond_invoke_ms"]
-    threads = sorted({k for m in report["modes"].values() for k in m["cpu_by_thread_ms"]})
-    for row in rows:
-        lines.append(f"| {row.replace('_ms', '').replace('_', ' ')} | "
-                     + " | ".join(f"{m[row]:.2f}" for m in report["modes"].values()) + " |")  # fmt: skip
-    stages = [k for k in next(iter(report["modes"].values()))["stages_ms"] if k != "invoke"]
-    for stage in stages:
-        lines.append(f"| stage `{stage}` | " + " | ".join(
-            f"{m['stages_ms'].get(stage, 0.0):.2f}" for m in report["modes"].values()) + " |")  # fmt: skip
-    for name in threads:
-        lines.append(f"| CPU of thread `{name}` | " + " | ".join(
-            f"{m['cpu_by_thread_ms'].get(name, 0.0):.2f}" for m in report["modes"].values()) + " |")  # fmt: skip
+    modes = list(report["modes"].values())
+
+    def row(label: str, values) -> str:
+        return f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
+
+    for key in ["wall_ms", "invoke_ms", "wall_beyond_invoke_ms", "cpu_ms", "cpu_beyond_invoke_ms"]:
+        lines.append(row(key.replace("_ms", "").replace("_", " "), [m[key] for m in modes]))
+    for stage in [k for k in modes[0]["stages_ms"] if k != "invoke"]:
+        lines.append(row(f"stage `{stage}`", [m["stages_ms"].get(stage, 0.0) for m in modes]))
+    for name in sorted({k for m in modes for k in m["cpu_by_thread_ms"]}):
+        lines.append(
+            row(f"CPU of thread `{name}`", [m["cpu_by_thread_ms"].get(name, 0.0) for m in modes])
+        )
     lines += [
         "",
         "CPU is user + system time of the threads, in clock ticks (10 ms) summed over the run; "
@@ -193,14 +194,27 @@ def _markdown(report: dict) -> str:
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=ROOT / "edge" / "models" / "model_int8.tflite", help="The model to run.")  # fmt: skip
-@click.option("--camera-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Frame files to run on [default: synthetic 256x256 PNGs].")  # fmt: skip
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=ROOT / "edge" / "models" / "model_int8.tflite",
+    help="The model to run.",
+)
+@click.option(
+    "--camera-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Frame files to run on [default: synthetic 256x256 PNGs].",
+)
 @click.option("--frames", default=400, help="Frames timed per mode (after 20 of warm-up).")
 @click.option("--threads", default=1, help="Interpreter threads.")
-@click.option("--mode", "modes", type=click.Choice([*MODES, "both"]), default="both",
-              help="Frames in turn, or read ahead and written behind as edge-seg run does.")  # fmt: skip
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice([*MODES, "both"]),
+    default="both",
+    help="Frames in turn, or read ahead and written behind as edge-seg run does.",
+)
 @click.option("--outputs", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Where the run writes its masks and telemetry (a temporary "
               "folder inside; e.g. /dev/shm to leave the disk out) [default: the system's "
