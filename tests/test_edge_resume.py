@@ -232,3 +232,32 @@ def test_a_restart_keeps_the_run_on_its_model_and_says_when_it_changes(
     assert "it now runs" in caplog.text and "(int8, sha256" in caplog.text
     assert json.loads((out / "run.json").read_text())["model"]["precision"] == "int8"
     assert records(out)[-1]["model"]["precision"] == "int8"
+
+
+def test_a_restart_keeps_the_earlier_summary_and_totals_the_run(band_models, tmp_path):
+    """A restart that finds every frame handled writes a summary of no frame: the earlier
+    start's summary is kept in summaries/, and run_totals counts the run as a whole."""
+    rng = np.random.default_rng(2)
+    cam, labels, out = tmp_path / "cam", tmp_path / "labels", tmp_path / "out"
+    cam.mkdir()
+    labels.mkdir()
+    for i in range(3):
+        image, truth = band_frame(rng)
+        write_png(cam / f"f{i}.png", image)
+        write_png(labels / f"f{i}.png", truth)
+    first = run(band_models["int8"], cam, out, "--labels", str(labels))
+    assert first["frames"] == 3 and first["miou"] is not None
+    assert first["run_totals"]["frames"] == 3 and first["run_totals"]["starts"] == 1
+    second = run(band_models["int8"], cam, out, "--labels", str(labels))
+    assert second["frames"] == 0 and second["miou"] is None  # everything was handled
+    kept = json.loads((out / "summaries" / "summary-0000.json").read_text())
+    assert kept["frames"] == 3 and kept["run_id"] == second["run_id"]
+    totals = second["run_totals"]
+    assert (totals["starts"], totals["starts_summarised"], totals["frames"]) == (2, 2, 3)
+    assert totals["miou"] == pytest.approx(first["miou"], abs=1e-4)
+    assert totals["since_utc"] == first["started_utc"]
+    redone = run(band_models["int8"], cam, out, "--labels", str(labels), "--reprocess")
+    assert redone["run_totals"]["frames"] == 3  # the frames done again count once
+    assert redone["run_totals"]["starts_summarised"] == 1
+    assert sorted(p.name for p in (out / "summaries").iterdir()) == [
+        "summary-0000.json", "summary-0001.json"]  # fmt: skip

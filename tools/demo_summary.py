@@ -64,7 +64,7 @@ def summary_text(out: Path, seconds: int | None = None) -> str:
         f"rover run (int8, {edge['config']['threads']} threads): {edge['frames']} frames, "
         f"{edge['errors']} errors, {edge['fps']:.0f} fps, p50 "
         f"{edge['latency_ms']['total']['p50']:.2f} ms, p99 {edge['latency_ms']['total']['p99']:.2f} ms"
-        + (f", mIoU {edge['miou']:.4f}" if "miou" in edge else "")
+        + (f", mIoU {edge['miou']:.4f}" if edge.get("miou") is not None else "")
         + (f", peak RSS {edge['peak_rss_mb']:.0f} MiB" if edge.get("peak_rss_mb") else ""),
         "",
         "where things are:",

@@ -225,6 +225,9 @@ class RoverRun:
                 f"{self.resume.last}) are skipped (--reprocess: do them again)"
             )
         self.identity.save()
+        from edge.run.history import archive_previous
+
+        archive_previous(opts.out, self.identity.run_id)  # an earlier start's summary is kept
         meta = seg.metadata
         self.model_info = {
             "name": meta.info.get("name") or self.model.stem,
@@ -415,6 +418,9 @@ class RoverRun:
             "reprocess": opts.reprocess,
             "mcap": [str(p) for p in self._mcap_files] or None,
         }
+        from edge.run.history import run_totals
+
+        summary["run_totals"] = run_totals(opts.out, summary, seg.labels)
         return summary
 
     def outputs(self, written: bool) -> str:

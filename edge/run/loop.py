@@ -142,11 +142,13 @@ class RunStats:
             "labels_missing": self.labels_missing,
             "hazard_frames": self.hazard_frames,
         }
+        out["miou"] = None  # present without labels too: a reader need not guess
         if self.scored_frames:
             report = report_from_confusion(self.confusion, self.label_set).as_dict()
             out["miou"] = report["mean_iou"]
             out["iou"] = report["per_class_iou"]
             out["hazards"] = report["hazards"]
+            out["confusion"] = self.confusion.tolist()  # rows: labels; the run's totals add them
         return out
 
 
@@ -499,13 +501,22 @@ def format_summary(summary: dict) -> str:
                 f"{stage:<12}"
                 + "".join(f"{row[k]:8.2f}" for k in ("mean", "p50", "p90", "p99", "max"))
             )
-    if "miou" in summary:
+    if summary.get("miou") is not None:
         per_class = "  ".join(
             f"{name} {'-' if v is None else f'{v:.3f}'}" for name, v in summary["iou"].items()
         )
         lines.append(
             f"mIoU {summary['miou']:.4f} over {summary['scored_frames']} labelled frames  "
             f"({per_class})"
+        )
+    totals = summary.get("run_totals") or {}
+    if totals.get("starts_summarised", 1) > 1:
+        miou = "" if totals.get("miou") is None else f", mIoU {totals['miou']:.4f}"
+        lines.append(
+            f"the run since {totals.get('since_utc')}, {totals['starts_summarised']} of its "
+            f"{totals['starts']} starts summarised: frames {totals['frames']}, errors "
+            f"{totals['errors']}, hazard frames {totals['hazard_frames']}{miou} (run_totals; "
+            "each start's summary in summaries/)"
         )
     if summary.get("telemetry_failures"):
         lines.append(
