@@ -324,7 +324,7 @@ def run(
       130  a second Ctrl-C: stopped at once, without the summary
     """
     from edge.run.driver import OutputError, RoverRun, RunOptions, StartError
-    from edge.run.loop import format_summary, outcome
+    from edge.run.loop import exit_reason, format_summary, outcome
     from edge.run.memory import limit_arenas
 
     limit_arenas()  # before any thread (the model's, the watcher's) takes an arena of its own
@@ -354,6 +354,7 @@ def run(
     click.echo(rover.outputs(written))
     code = outcome(summary, written)
     if code:
+        click.echo(exit_reason(code, summary), err=True)
         sys.exit(code)
 
 

@@ -200,6 +200,7 @@ def test_an_empty_start_on_another_folder_does_not_borrow_the_first_ones_lines(
     result = CliRunner().invoke(main, ["run", "--camera-dir", str(tmp_path / "camB"),
                                        "--model", str(band_models["int8"]), "--out", str(out)])  # fmt: skip
     assert result.exit_code == 3  # no frame
+    assert "exit 3: the input held no frame" in result.output  # said, not only returned
     names = make_camera(tmp_path / "camB", 3, seed=9)
     summary = run(band_models["int8"], tmp_path / "camB", out)
     assert summary["resumed"] is None and summary["frames"] + summary["errors"] == len(names)

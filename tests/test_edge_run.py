@@ -292,3 +292,16 @@ def test_the_closing_line_names_summary_json_only_when_it_was_written(band_model
     assert rover.outputs(False).endswith("(masks/, telemetry.jsonl)")  # e.g. after a full disk
     with pytest.raises(StartError, match="--idle-timeout only applies with --watch"):
         RoverRun(RunOptions(camera_dir=tmp_path / "cam", idle_timeout=1.0))
+
+
+def test_a_folder_of_only_bad_frames_exits_4_and_says_why(band_models, tmp_path):
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    (cam / "a.png").write_bytes(b"not a png")
+    (cam / "b.png").write_bytes(b"")
+    result = CliRunner().invoke(
+        main, ["run", "--camera-dir", str(cam), "--model", str(band_models["int8"]),
+               "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 4
+    assert "exit 4: none of the 2 frames could be segmented" in result.output

@@ -549,3 +549,18 @@ def outcome(summary: dict, summary_written: bool = True) -> int:
     if not summary["frames"] and not (summary.get("resumed") or {}).get("skipped"):
         return EXIT_NO_FRAMES  # (a restart that finds only frames already handled is fine)
     return EXIT_OK
+
+
+def exit_reason(code: int, summary: dict) -> str:
+    """One line for the log: why a run ends with ``code`` (an exit status other than 0 must
+    never come without a word)."""
+    lost = summary.get("telemetry_lost", 0) + summary.get("telemetry_unsaved", 0)
+    reasons = {
+        EXIT_OUTPUT: f"outputs not all written ({summary.get('unwritten', 0)} frames' files, "
+        f"{lost} telemetry lines; the disk full or read-only?)",
+        EXIT_ALL_FAILED: f"none of the {summary.get('errors', 0)} frames could be segmented "
+        "(the warnings above say why)",
+        EXIT_IDLE: "no new frame within --idle-timeout",
+        EXIT_NO_FRAMES: "the input held no frame (see skipped_files in summary.json)",
+    }
+    return f"exit {code}: {reasons.get(code, 'see summary.json')}"
