@@ -383,13 +383,26 @@ def run(
     "the eval frames, written as PNG].",
 )
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts, comma-separated.")
-@click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--runs",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Timed invokes per model and thread count, and frames of each pipeline mode.",
+)
+@click.option(
+    "--warmup",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Untimed invokes first (caches, the kernels' packing).",
+)
 @click.option(
     "--runtime",
     type=click.Choice(["auto", "litert", "tflite-runtime"]),
     default="auto",
     show_default=True,
+    help="The interpreter package: auto takes LiteRT, else tflite-runtime.",
 )
 @click.option(
     "--kernels",
@@ -418,6 +431,8 @@ def run(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("report/bench"),
     show_default=True,
+    help="Folder for report.json, report.md and the charts (overwritten: in a checkout the "
+    "default holds the committed report, so give another folder to keep it).",
 )
 @click.option("--emulated", is_flag=True, help="Mark the timings as emulated (qemu), not board.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic eval set.")

@@ -87,6 +87,9 @@ def write_markdown(report: dict) -> str:
     ]
     accuracy = [report["models"][n].get("accuracy") for n in names]
     if all(accuracy):
+        if str(report.get("data", "")).startswith("synthetic"):
+            lines += ["", "Accuracy on the synthetic frames (a smoke test of agreement, not the "
+                      "models' accuracy on Mars: give --data an eval npz of real frames):"]  # fmt: skip
         lines += ["", f"| | {' | '.join(names)} | {change_head} |", rule]
         lines.append(_accuracy_row("mIoU", [a["mean_iou"] for a in accuracy]))
         for cls in accuracy[0]["per_class_iou"]:
