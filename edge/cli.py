@@ -72,22 +72,32 @@ def main(log_level: str, verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--tensors", is_flag=True, help="Also list every tensor with its quantization.")
 def info(model: Path, tensors: bool) -> None:
-    """Describe MODEL (.tflite): input/output, quantization, classes, preprocessing, ops, size.
+    """Describe MODEL (.tflite, or a model folder as `run --model` takes it: each of its files):
+    input/output, quantization, classes, preprocessing, ops, size.
 
     Exit codes: 0 described, 2 not a readable model.
     """
+    from edge.models import model_files
     from edge.runtimes.info import describe
     from edge.runtimes.interpreter import RuntimeUnavailable
 
-    if not model.is_file():
+    if model.is_dir():
+        files = list(model_files(model).values())
+        if not files:
+            raise Fatal(f"no model_<precision>.tflite in {model} (trainer convert writes them)")
+    elif model.is_file():
+        files = [model]
+    else:
         raise Fatal(f"no model at {model}")
     try:
-        click.echo(describe(model, tensors))
+        click.echo("\n\n".join(
+            (f"== {f}\n" if len(files) > 1 else "") + describe(f, tensors) for f in files
+        ))  # fmt: skip
     except (ValueError, OSError, RuntimeUnavailable) as err:
-        raise Fatal(str(err)) from err
+        raise Fatal(f"{files[0] if len(files) == 1 else model}: {err}") from err
 
 
 @main.command()

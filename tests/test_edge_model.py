@@ -183,6 +183,20 @@ def test_info_shows_the_metadata(band_models):
     assert band_metadata("int8").labels == MARS
 
 
+def test_info_describes_each_file_of_a_model_folder(band_models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for p in ("int8", "float32"):
+        shutil.copy(band_models[p], folder / f"model_{p}.tflite")
+    result = CliRunner().invoke(main, ["info", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("== ") == 2 and "precision float32" in result.output
+    empty = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert empty.exit_code == 2 and "no model_<precision>.tflite in" in empty.output
+
+
 def test_the_generic_classes_warning_names_the_model_and_the_classes(band_models, caplog):
     with caplog.at_level(logging.WARNING):
         Segmenter(band_models["bare"])
