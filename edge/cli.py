@@ -320,7 +320,7 @@ def run(
     the summary (frames, errors, p50/p90/p99 latency, fps, mIoU with --labels) is printed and
     written to OUT/summary.json. Every telemetry line carries the schema, run id, model hash,
     a frame index that continues across restarts on the same OUT, region fractions, hazard flags
-    and confidence (see the README for the schema). A restart on the same OUT and camera folder
+    and confidence (docs/rover.md; JSON Schemas in edge/schemas/). A restart on the same OUT and camera folder
     resumes after the last frame its telemetry records (--reprocess: from the start).
 
     \b

@@ -428,6 +428,9 @@ class RoverRun:
         parts = ["masks/"] if self.opts.masks else []
         parts += ["overlays/"] if self.opts.overlay else []
         parts += ["telemetry.jsonl"] + (["summary.json"] if written else [])
+        parts += ["run.json"] + (["status.json"] if self.opts.heartbeat else [])
+        if (self.opts.out / "summaries").is_dir():
+            parts.append("summaries/")
         line = f"outputs in {self.opts.out}/ ({', '.join(parts)})"
         if self._mcap_files:
             line += "; MCAP: " + ", ".join(str(p) for p in self._mcap_files)

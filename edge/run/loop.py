@@ -484,9 +484,10 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("skipped_files"):
         kinds = summary["skipped_files"]
+        count = sum(kinds.values())
+        what = "file that is not a frame" if count == 1 else "files that are not frames"
         lines.append(
-            f"skipped {sum(kinds.values())} files that are not frames: "
-            + ", ".join(f"{n} {suffix}" for suffix, n in kinds.items())
+            f"skipped {count} {what}: " + ", ".join(f"{n} {suffix}" for suffix, n in kinds.items())
         )
     if summary.get("resumed"):
         resumed = summary["resumed"]
