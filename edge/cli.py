@@ -92,12 +92,17 @@ def info(model: Path, tensors: bool) -> None:
         files = [model]
     else:
         raise Fatal(f"no model at {model}")
-    try:
-        click.echo("\n\n".join(
-            (f"== {f}\n" if len(files) > 1 else "") + describe(f, tensors) for f in files
-        ))  # fmt: skip
-    except (ValueError, OSError, RuntimeUnavailable) as err:
-        raise Fatal(f"{files[0] if len(files) == 1 else model}: {err}") from err
+    failed = []
+    for i, file in enumerate(files):
+        try:
+            text = describe(file, tensors)
+        except (ValueError, OSError, RuntimeUnavailable) as err:
+            failed.append(f"{file}: {err}")
+            continue
+        header = f"{chr(10) if i else ''}== {file}\n" if len(files) > 1 else ""
+        click.echo(header + text)
+    if failed:  # every readable file described first, then each failure
+        raise Fatal("; ".join(failed))
 
 
 @main.command()
@@ -364,7 +369,7 @@ def run(
     click.echo(rover.outputs(written))
     code = outcome(summary, written)
     if code:
-        click.echo(exit_reason(code, summary), err=True)
+        click.echo(exit_reason(code, summary, written), err=True)
         sys.exit(code)
 
 

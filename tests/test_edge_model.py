@@ -195,6 +195,10 @@ def test_info_describes_each_file_of_a_model_folder(band_models, tmp_path):
     assert result.output.count("== ") == 2 and "precision float32" in result.output
     empty = CliRunner().invoke(main, ["info", str(tmp_path)])
     assert empty.exit_code == 2 and "no model_<precision>.tflite in" in empty.output
+    (folder / "model_float16.tflite").write_bytes(b"not a model")  # one bad file of three
+    partly = CliRunner().invoke(main, ["info", str(folder)])
+    assert partly.exit_code == 2 and partly.output.count("== ") == 2  # the others described
+    assert "model_float16.tflite:" in partly.output
 
 
 def test_the_generic_classes_warning_names_the_model_and_the_classes(band_models, caplog):

@@ -233,6 +233,10 @@ def test_a_restart_keeps_the_run_on_its_model_and_says_when_it_changes(
     assert "it now runs" in caplog.text and "(int8, sha256" in caplog.text
     assert json.loads((out / "run.json").read_text())["model"]["precision"] == "int8"
     assert records(out)[-1]["model"]["precision"] == "int8"
+    # the timing depended on the thread count: another one times the files again
+    threads = json.loads((out / "run.json").read_text())["model"]["threads"]
+    other = run(folder, cam, out, "--reprocess", "--threads", str(3 - threads))
+    assert other["execution"]["precision"]["chosen_by"] == "timing"
 
 
 def test_a_restart_keeps_the_earlier_summary_and_totals_the_run(band_models, tmp_path):
@@ -251,14 +255,22 @@ def test_a_restart_keeps_the_earlier_summary_and_totals_the_run(band_models, tmp
     assert first["run_totals"]["frames"] == 3 and first["run_totals"]["starts"] == 1
     second = run(band_models["int8"], cam, out, "--labels", str(labels))
     assert second["frames"] == 0 and second["miou"] is None  # everything was handled
-    kept = json.loads((out / "summaries" / "summary-0000.json").read_text())
-    assert kept["frames"] == 3 and kept["run_id"] == second["run_id"]
+    (kept_file,) = (out / "summaries").iterdir()
+    kept = json.loads(kept_file.read_text())
+    assert kept == first and kept_file.name.startswith("summary-000000-")
     totals = second["run_totals"]
     assert (totals["starts"], totals["starts_summarised"], totals["frames"]) == (2, 2, 3)
     assert totals["miou"] == pytest.approx(first["miou"], abs=1e-4)
     assert totals["since_utc"] == first["started_utc"]
+    assert totals["models"] == [first["model"]["sha256"][:16]]
     redone = run(band_models["int8"], cam, out, "--labels", str(labels), "--reprocess")
     assert redone["run_totals"]["frames"] == 3  # the frames done again count once
     assert redone["run_totals"]["starts_summarised"] == 1
-    assert sorted(p.name for p in (out / "summaries").iterdir()) == [
-        "summary-0000.json", "summary-0001.json"]  # fmt: skip
+    assert len(list((out / "summaries").iterdir())) == 2
+    # a summary that does not add up is left out, never fatal; and it is kept all the same
+    broken = json.loads((out / "summary.json").read_text())
+    broken["run_totals"]["confusion"] = [[1, 2], [3, 4]]  # another label set's size
+    (out / "summary.json").write_text(json.dumps(broken))
+    fourth = run(band_models["int8"], cam, out, "--labels", str(labels))
+    assert fourth["run_totals"]["starts_summarised"] == 1 and fourth["run_totals"]["starts"] == 4
+    assert len(list((out / "summaries").iterdir())) == 3

@@ -288,8 +288,11 @@ def test_the_closing_line_names_summary_json_only_when_it_was_written(band_model
     (tmp_path / "cam").mkdir()
     opts = RunOptions(camera_dir=tmp_path / "cam", model=band_models["int8"], out=tmp_path / "o")
     rover = RoverRun(opts, say=lambda line: None)
-    assert rover.outputs(True).endswith("(masks/, telemetry.jsonl, summary.json)")
-    assert rover.outputs(False).endswith("(masks/, telemetry.jsonl)")  # e.g. after a full disk
+    assert rover.outputs(True).endswith("(masks/, telemetry.jsonl, summary.json, run.json, "
+                                        "status.json)")  # fmt: skip
+    assert rover.outputs(False).endswith(
+        "(masks/, telemetry.jsonl, run.json, status.json)"
+    )  # e.g. after a full disk
     with pytest.raises(StartError, match="--idle-timeout only applies with --watch"):
         RoverRun(RunOptions(camera_dir=tmp_path / "cam", idle_timeout=1.0))
 

@@ -92,6 +92,38 @@ class RunOptions:
             raise StartError("--keep applies to masks and overlays, and both are off")
 
 
+def _recorded_model(record) -> dict:
+    """run.json's ``model``, its fields checked (a damaged file must not stop every start)."""
+    if not isinstance(record, dict):
+        return {}
+    text = ("file", "sha256", "precision", "kernels", "runtime", "name")
+    kept = {k: record[k] for k in text if isinstance(record.get(k), str)}
+    if isinstance(record.get("threads"), int) and not isinstance(record.get("threads"), bool):
+        kept["threads"] = record["threads"]
+    return kept
+
+
+def _keepable(before: dict, opts) -> tuple[str | None, str | None]:
+    """``(file, None)`` when ``--precision auto`` may take the earlier start's file again
+    untimed: the same file, unchanged, under the same threads, kernels and runtime (which the
+    timing depended on); else ``(None, why not)``."""
+    from edge.run.telemetry import file_sha256
+
+    file = before.get("file")
+    if not file or opts.precision != "auto":
+        return None, None
+    changed = [k for k in ("threads", "kernels", "runtime") if before.get(k, getattr(opts, k))
+               != getattr(opts, k)]  # fmt: skip
+    if changed:
+        return None, f"{', '.join(changed)} changed, so the files were timed again"
+    try:
+        if file_sha256(Path(file)) != before.get("sha256"):
+            return None, f"{file} was replaced since"
+    except OSError:
+        return None, f"{file} is gone"
+    return file, None
+
+
 def _precision_line(choice) -> str:
     """``int8, timing: float32 3.90 ms, int8 1.10 ms`` and the like."""
     line = f"{choice.precision}, {choice.chosen_by}"
@@ -139,15 +171,16 @@ class RoverRun:
         opts.check()
         self.opts, self.say = opts, say
         # what an earlier start of this run ran: --precision auto keeps it (one run, one model)
-        before = RunIdentity.previous_state(opts.out).get("model")
-        before = before if isinstance(before, dict) else {}
+        before = _recorded_model(RunIdentity.previous_state(opts.out).get("model"))
+        keep, self._not_kept = _keepable(before, opts)
         try:
             self.model, self.origin, self.precision = choose_precision(
                 opts.model, opts.precision, threads=opts.threads, runtime=opts.runtime,
-                kernels=opts.kernels, keep=before.get("file"),
+                kernels=opts.kernels, keep=keep,
             )  # fmt: skip
             if self.origin != "given" or self.precision.chosen_by != "a file was given":
                 say(f"model: {self.model} ({self.origin}; {_precision_line(self.precision)})")
+            model_sha256 = file_sha256(self.model)  # before loading: the file that runs
             self.segmenter = Segmenter(
                 self.model, threads=opts.threads, runtime=opts.runtime, kernels=opts.kernels
             )
@@ -205,6 +238,7 @@ class RoverRun:
                     f"cannot write --mcap {opts.mcap}: {err.strerror or err}"
                 ) from err
         self.started_utc = utc_now()
+        self._previous: dict | None = None  # the summary.json found at the end, kept then
         last = self.writer.telemetry.last_record if self.writer.telemetry else None
         self.identity = RunIdentity(
             opts.out, last.get("frame_index") if last else None, opts.camera_dir or opts.bag
@@ -225,18 +259,14 @@ class RoverRun:
                 f"{self.resume.last}) are skipped (--reprocess: do them again)"
             )
         self.identity.save()
-        from edge.run.history import archive_previous
-
-        archive_previous(opts.out, self.identity.run_id)  # an earlier start's summary is kept
         meta = seg.metadata
-        self.model_info = {
-            "name": meta.info.get("name") or self.model.stem,
-            "sha256": file_sha256(self.model),
-        }
+        self.model_info = {"name": meta.info.get("name") or self.model.stem, "sha256": model_sha256}
         precision = meta.info.get("precision") or self.precision.precision
         self._note_model_change(before, precision)
-        self.identity.model = {"file": str(self.model.resolve()), **self.model_info,
-                               "precision": precision}  # fmt: skip
+        self.identity.model = {
+            "file": str(self.model.resolve()), **self.model_info, "precision": precision,
+            "threads": opts.threads, "kernels": opts.kernels, "runtime": opts.runtime,
+        }  # fmt: skip
         self.identity.save()
         short = {
             **self.model_info,
@@ -262,11 +292,12 @@ class RoverRun:
         if not before.get("sha256") or before["sha256"] == self.model_info["sha256"]:
             return
         log.warning(
-            "run %s ran %s (%s, sha256 %s) before this start; it now runs %s (%s, sha256 %s): "
+            "run %s ran %s (%s, sha256 %s) before this start; it now runs %s (%s, sha256 %s)%s: "
             "the telemetry's model field tells their frames apart (a new --out starts a new "
-            "run; --model and --precision fix the choice)",
+            "run)",
             self.identity.run_id, before.get("file"), before.get("precision"),
             before["sha256"][:16], self.model, precision, self.model_info["sha256"][:16],
+            f", not kept: {self._not_kept}" if self._not_kept else "",
         )  # fmt: skip
 
     def _dispose(self, path: Path) -> None:
@@ -330,6 +361,8 @@ class RoverRun:
         )
         if self.truth is not None:
             self.say(self.truth.describe())
+        from edge.run.history import archive
+
         ended = None
         notifier.send("READY=1", f"STATUS=segmenting {opts.input_name} with {self.model.name}")
         watchdog.start()
@@ -341,6 +374,8 @@ class RoverRun:
                 self.identity.save()
                 summary = rounded(self.summary(stats))
                 try:
+                    if self._previous is not None:  # kept in summaries/ (edge/run/history.py)
+                        archive(opts.out, self._previous)
                     self.writer.write_json("summary.json", summary)
                     written = True
                 except OSError as err:
@@ -418,9 +453,14 @@ class RoverRun:
             "reprocess": opts.reprocess,
             "mcap": [str(p) for p in self._mcap_files] or None,
         }
-        from edge.run.history import run_totals
+        from edge.run.history import previous_summary, run_totals
 
-        summary["run_totals"] = run_totals(opts.out, summary, seg.labels)
+        self._previous = previous_summary(opts.out)
+        try:
+            summary["run_totals"] = run_totals(self._previous, summary, seg.labels)
+        except (ValueError, TypeError, OverflowError) as err:  # never at the price of the summary
+            log.warning("run totals left out: %s", err)
+            summary["run_totals"] = None
         return summary
 
     def outputs(self, written: bool) -> str:

@@ -511,13 +511,13 @@ def format_summary(summary: dict) -> str:
             f"({per_class})"
         )
     totals = summary.get("run_totals") or {}
-    if totals.get("starts_summarised", 1) > 1:
+    if totals.get("starts", 1) > 1:
         miou = "" if totals.get("miou") is None else f", mIoU {totals['miou']:.4f}"
         lines.append(
-            f"the run since {totals.get('since_utc')}, {totals['starts_summarised']} of its "
-            f"{totals['starts']} starts summarised: frames {totals['frames']}, errors "
-            f"{totals['errors']}, hazard frames {totals['hazard_frames']}{miou} (run_totals; "
-            "each start's summary in summaries/)"
+            f"the run: start {totals['starts']}; since {totals.get('since_utc')} "
+            f"{totals['starts_summarised']} start(s) summarised: frames {totals['frames']}, "
+            f"errors {totals['errors']}, dropped {totals['dropped']}, hazard frames "
+            f"{totals['hazard_frames']}{miou} (run_totals; earlier summaries in summaries/)"
         )
     if summary.get("telemetry_failures"):
         lines.append(
@@ -552,16 +552,19 @@ def outcome(summary: dict, summary_written: bool = True) -> int:
     return EXIT_OK
 
 
-def exit_reason(code: int, summary: dict) -> str:
+def exit_reason(code: int, summary: dict, summary_written: bool = True) -> str:
     """One line for the log: why a run ends with ``code`` (an exit status other than 0 must
     never come without a word)."""
     lost = summary.get("telemetry_lost", 0) + summary.get("telemetry_unsaved", 0)
+    missing = [f"{summary.get('unwritten', 0)} frames' files"] if summary.get("unwritten") else []
+    missing += [f"{lost} telemetry lines"] if lost else []
+    missing += [] if summary_written else ["summary.json"]
     reasons = {
-        EXIT_OUTPUT: f"outputs not all written ({summary.get('unwritten', 0)} frames' files, "
-        f"{lost} telemetry lines; the disk full or read-only?)",
+        EXIT_OUTPUT: f"outputs not all written ({', '.join(missing) or 'see above'}; the disk "
+        "full or read-only?)",
         EXIT_ALL_FAILED: f"none of the {summary.get('errors', 0)} frames could be segmented "
         "(the warnings above say why)",
         EXIT_IDLE: "no new frame within --idle-timeout",
-        EXIT_NO_FRAMES: "the input held no frame (see skipped_files in summary.json)",
+        EXIT_NO_FRAMES: "the input held no frame",
     }
     return f"exit {code}: {reasons.get(code, 'see summary.json')}"
