@@ -89,6 +89,16 @@ def atomic_write_json(
     return Path(path)
 
 
+def read_json_object(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable, not JSON or not an
+    object (a state file a crash may have left half-written or that another tool replaced)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def remove_stale_temporaries(folder: Path) -> int:
     """Remove the temporary files (``.NAME.PID.tmp``) of processes that no longer run.
 

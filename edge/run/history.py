@@ -18,7 +18,6 @@ warning, never fatal: a bad file must not stop every later start.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.contract.labels import LabelSet
+from edge.io.sinks import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ MAX_MODELS = 10  # the distinct models the totals name
 def previous_summary(out_dir: Path) -> dict | None:
     """The ``summary.json`` an earlier start left in ``out_dir`` (of this run or another: both
     are kept by :func:`archive`; only this run's carries its totals on), or None."""
-    return _read(Path(out_dir) / "summary.json")
+    return read_json_object(Path(out_dir) / "summary.json")
 
 
 def run_totals(previous: dict | None, summary: dict, label_set: LabelSet) -> dict:
@@ -145,11 +145,3 @@ def _stamp(started_utc) -> str:
     if isinstance(started_utc, str) and started_utc:
         return "".join(c for c in started_utc if c.isalnum())[:20]
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None

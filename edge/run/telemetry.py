@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import platform
 import threading
@@ -19,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from edge.io.sinks import atomic_write_json
+from edge.io.sinks import atomic_write_json, read_json_object
 
 TELEMETRY_SCHEMA = "marsseg-edge/telemetry/2"  # 2: capture, rocks, grid, rules on rocks
 SUMMARY_SCHEMA = "marsseg-edge/summary/1"
@@ -113,11 +112,7 @@ class RunIdentity:
 
     @staticmethod
     def _read_file(path: Path) -> dict:
-        try:
-            state = json.loads(path.read_text())
-            return state if isinstance(state, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return read_json_object(path) or {}
 
     def take_index(self) -> int:
         index, self.next_index = self.next_index, self.next_index + 1
