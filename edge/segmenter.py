@@ -65,10 +65,14 @@ class Segmenter:
         xnnpack: use the XNNPACK delegate (when ``kernels`` is not given).
         kernels: ``auto``, ``xnnpack``, ``xnnpack-no-amx`` or ``builtin``
             (:func:`edge.runtimes.interpreter.choose_kernels`); what ran is in :attr:`execution`.
+        flip_average: segment each frame twice, as it is and mirrored left to right, and decide
+            on the mean of the two passes' logits (the training's flip, at inference: a second
+            opinion for a second invoke; ``invoke`` times both). Needs a logits output.
 
     Raises:
         ValueError: if the model has more than one input, its input is not (1, H, W, 1), its
-            output not (1, H, W, C), or its metadata disagrees with its tensors.
+            output not (1, H, W, C), its metadata disagrees with its tensors, or
+            ``flip_average`` is asked of a model whose output is not logits.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class Segmenter:
         runtime: str = "auto",
         xnnpack: bool = True,
         kernels: str | None = None,
+        flip_average: bool = False,
     ):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -136,6 +141,12 @@ class Segmenter:
         # the output's levels spent on the logits that decide a class (trainer/logit_window.py):
         # it is relu6 of the logits mapped from [low, high] onto [0, 6]; None: the logits whole
         self.logit_window = self._logit_window()
+        if flip_average and self.output_kind != "logits":
+            raise ValueError(
+                f"{name}: flip averaging needs logits, and this model's output is "
+                f"{self.output_kind} (a rover graph from `trainer convert` has logits)"
+            )
+        self.flip_average = flip_average
         # grey level -> input value, computed once: quantizing a frame is then one table lookup
         self._lut = self._input_table()
 
@@ -212,9 +223,17 @@ class Segmenter:
     @functools.cached_property
     def _exp_steps(self) -> np.ndarray:
         """exp(-k * scale) for k = 0..255: the softmax terms of int8 logits k steps below the top."""
+        return self._exp_table(1)
+
+    @functools.cached_property
+    def _exp_half_steps(self) -> np.ndarray:
+        """The same for the sum of two passes' int8 logits (k = 0..510, half a step each)."""
+        return self._exp_table(2)
+
+    def _exp_table(self, passes: int) -> np.ndarray:
         scale = np.float32(self.output_quant[0]) if self.output_quant else np.float32(1.0)
-        scale *= self._logit_gain
-        return np.exp(-np.arange(256, dtype=np.float32) * scale).astype(np.float32)
+        scale *= self._logit_gain / np.float32(passes)
+        return np.exp(-np.arange(255 * passes + 1, dtype=np.float32) * scale).astype(np.float32)
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """uint8 (any size) frame -> the model's input tensor (1, H, W, 1)."""
@@ -276,13 +295,17 @@ class Segmenter:
         t0 = time.perf_counter_ns()
         tensor = self.preprocess(frame)
         t1 = time.perf_counter_ns()
-        self.interpreter.set_tensor(self.input_index, tensor)
-        self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self._output["index"])[0]
+        raw = self._invoke(tensor)
+        passes = 1
+        if self.flip_average:
+            raw, passes = self._with_mirror(raw, tensor)
         t2 = time.perf_counter_ns()
         wanted = with_confidence or class_probability is not None
-        small, top, chosen = self._classes(raw, wanted, class_probability)
-        probs = self.probabilities(raw) if with_probabilities else None
+        small, top, chosen = self._classes(raw, wanted, class_probability, passes)
+        if with_probabilities:  # from the mean logits (dequantize is affine)
+            probs = self.probabilities(raw.astype(np.float32) / passes if passes > 1 else raw)
+        else:
+            probs = None
         if class_probability is not None:
             if chosen is None:  # float outputs: from the softmax
                 chosen = (probs if probs is not None else self.probabilities(raw))[
@@ -310,6 +333,23 @@ class Segmenter:
         }
         return Segmentation(labels, probs, timings, small, top, restore, chosen)
 
+    def _invoke(self, tensor: np.ndarray) -> np.ndarray:
+        """One inference: the output (H, W, C), a copy the next invoke leaves alone."""
+        self.interpreter.set_tensor(self.input_index, tensor)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output["index"])[0]
+
+    def _with_mirror(self, raw: np.ndarray, tensor: np.ndarray) -> tuple[np.ndarray, int]:
+        """``raw`` combined with the mirrored frame's output, mirrored back, and the passes in
+        it: int8 logits as their int16 sum (exact; :meth:`_classes` reads it in half steps),
+        float ones as their mean."""
+        mirrored = self._invoke(np.ascontiguousarray(tensor[:, :, ::-1]))[:, ::-1]
+        if raw.dtype.kind in "iu":
+            total = raw.astype(np.int16)
+            total += mirrored
+            return total, 2
+        return (raw + mirrored) * np.float32(0.5), 1
+
     def top_class(
         self, raw: np.ndarray, with_confidence: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -324,14 +364,19 @@ class Segmenter:
         labels, top, _ = self._classes(raw, with_confidence)
         return labels, top
 
-    def _classes(self, raw: np.ndarray, with_confidence: bool, index: int | None = None):
+    def _classes(
+        self, raw: np.ndarray, with_confidence: bool, index: int | None = None, passes: int = 1
+    ):
         """:meth:`top_class`, and for int8 logits class ``index``'s probability from the same
-        pass (its softmax term times the top probability); None otherwise."""
+        pass (its softmax term times the top probability); None otherwise. ``passes`` 2: ``raw``
+        is the int16 sum of two passes' int8 logits (:meth:`_with_mirror`)."""
         int8_logits = (
             self.output_kind == "logits" and self.output_dtype.kind in "iu"
-            and raw.dtype.itemsize == 1 and raw.shape[-1] <= 255
+            and raw.dtype.itemsize == passes and raw.shape[-1] <= 255
         )  # fmt: skip
         if not int8_logits:
+            if passes > 1:  # the mean logits: the generic path reads one pass's values
+                raw = raw.astype(np.float32) / passes
             labels = raw.argmax(axis=-1).astype(np.uint8)
             return labels, self.top_probability(raw) if with_confidence else None, None
         best = raw[..., 0].copy()
@@ -342,18 +387,21 @@ class Segmenter:
             np.maximum(best, plane, out=best)
         if not with_confidence:
             return labels, None, None
-        top, term = self._top_from_steps(raw, best, index)
+        top, term = self._top_from_steps(raw, best, index, passes)
         return labels, top, None if term is None else term * top
 
-    def _top_from_steps(self, raw: np.ndarray, best: np.ndarray, index: int | None = None):
+    def _top_from_steps(
+        self, raw: np.ndarray, best: np.ndarray, index: int | None = None, passes: int = 1
+    ):
         """``(1 / sum_c exp(l_c - l_max), exp(l_index - l_max) or None)`` for int8 logits
         ``raw`` (H, W, C) and their maximum ``best`` (H, W): l_max - l_c is a step count in
-        0..255, so each term is a lookup."""
+        0..255 (0..510 half steps for the sum of two passes), so each term is a lookup."""
+        table = self._exp_steps if passes == 1 else self._exp_half_steps
         best = best.astype(np.int16)
         total = np.zeros(best.shape, np.float32)
         kept = None
         for c in range(raw.shape[-1]):
-            term = self._exp_steps.take(best - raw[..., c])
+            term = table.take(best - raw[..., c])
             total += term
             if c == index:
                 kept = term

@@ -75,3 +75,96 @@ def test_edge_seg_run_without_model_takes_the_shipped_one(tmp_path):
     assert summary["frames"] == 3
     assert summary["model"]["file"] == str(shipped_model(precision))
     assert summary["model"]["chosen"] == "the shipped model set"
+
+
+def _reference_flip_average(model, frame: np.ndarray):
+    """The mean logits of a frame and its mirror image, computed by hand: a bare interpreter,
+    the output dequantized by its own tensor parameters, the metadata's logit window applied."""
+    from edge.runtimes.interpreter import make_interpreter
+    from edge.segmenter import Segmenter
+
+    seg = Segmenter(model)  # for its preprocessing and metadata only
+    interpreter, _ = make_interpreter(model, 1, "auto", True)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = out["quantization"]
+
+    def logits(tensor):
+        interpreter.set_tensor(inp["index"], tensor)
+        interpreter.invoke()
+        values = interpreter.get_tensor(out["index"])[0].astype(np.float64)
+        if scale:
+            values = (values - zero) * scale
+        window = seg.metadata.info.get("logit_window")
+        if window:
+            values = window["low"] + values * (window["high"] - window["low"]) / 6.0
+        return values
+
+    tensor = seg.preprocess(frame)
+    mean = (logits(tensor) + logits(np.ascontiguousarray(tensor[:, :, ::-1]))[:, ::-1]) / 2
+    exp = np.exp(mean - mean.max(axis=-1, keepdims=True))
+    return mean, exp / exp.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_flip_average_decides_on_the_mean_logits_of_the_frame_and_its_mirror(precision):
+    from edge.io.decode import read_frame
+    from edge.segmenter import Segmenter
+
+    model = shipped_model(precision)
+    frame = read_frame(
+        sorted((SHIPPED_DIR.parents[1] / "docs/samples/ai4mars/frames").iterdir())[0]
+    )
+    mean, probs = _reference_flip_average(model, frame)
+    seg = Segmenter(model, flip_average=True)
+    rock = seg.labels.names.index("big_rock")
+    got = seg.segment(frame, with_confidence=True, class_probability=rock)
+    once = Segmenter(model).segment(frame).model_labels
+    # the reference's arg max, except where two classes tie to rounding (a float64 mean)
+    ordered = np.sort(mean, axis=-1)
+    clear = ordered[..., -1] - ordered[..., -2] > 1e-4
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(got.model_labels[clear], mean.argmax(axis=-1)[clear])
+    assert (got.model_labels != once).any()  # the mirror's opinion changed some pixels
+    np.testing.assert_allclose(got.model_top / 255.0, probs.max(axis=-1), atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(
+        got.model_class_probability / 255.0, probs[..., rock], atol=0.5 / 255 + 1e-6
+    )
+    assert got.labels.shape == frame.shape
+
+
+def test_flip_average_needs_a_logits_output(band_models):
+    from edge.segmenter import Segmenter
+
+    with pytest.raises(ValueError, match=r"flip averaging needs logits.*probabilities"):
+        Segmenter(band_models["int8"], flip_average=True)
+
+
+def test_edge_seg_run_records_flip_average(band_models, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 128), np.uint8)).save(frames / f"f{i}.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["run", "--camera-dir", str(frames), "--out", str(out), "--flip-average",
+         "--model", str(band_models["logits"])],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "flip average: each frame segmented as it is and mirrored" in result.output
+    schemas = SHIPPED_DIR.parents[0] / "schemas"
+    lines = [json.loads(x) for x in (out / "telemetry.jsonl").read_text().splitlines()]
+    assert [x["model"].get("flip_average") for x in lines] == [True, True]
+    for line in lines:
+        jsonschema.validate(line, json.loads((schemas / "telemetry.schema.json").read_text()))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["flip_average"] is True and summary["config"]["flip_average"]
+    plain = CliRunner().invoke(
+        main, ["run", "--camera-dir", str(frames), "--out", str(tmp_path / "plain"),
+               "--model", str(band_models["logits"])],
+    )  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    line = json.loads((tmp_path / "plain" / "telemetry.jsonl").read_text().splitlines()[0])
+    assert "flip_average" not in line["model"]

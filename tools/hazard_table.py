@@ -39,16 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 SIZE_BANDS = ((0, 100), (100, 400), (400, None))  # frame pixels (the 256x256 copies' frames)
 
 
-def segment_all(frames: Path, labels: Path, model: Path | None, precision: str | None):
-    """Each labelled frame once: ``[(name, model_labels, model_top, pixel_map, truth,
-    rock probability)]``."""
+def segment_all(frames: Path, labels: Path, model: Path | None, precision: str | None,
+                flip_average: bool = False):  # fmt: skip
+    """Each labelled frame once (``flip_average``: as ``edge-seg run --flip-average``):
+    ``[(name, model_labels, model_top, pixel_map, truth, rock probability)]``."""
     from edge.io.decode import is_candidate, read_frame
     from edge.io.labels import LabelReader
     from edge.models import resolve_model
     from edge.segmenter import Segmenter
 
     path, _ = resolve_model(model, precision)
-    seg = Segmenter(path, threads=2)
+    seg = Segmenter(path, threads=2, flip_average=flip_average)
     reader = LabelReader(labels, seg.labels.num_classes)
     out = []
     for file in sorted(p for p in frames.iterdir() if is_candidate(p)):
@@ -231,14 +232,19 @@ def markdown(rows: list[dict], header: str) -> str:
 @click.option("--overlap", default=0.1, show_default=True,
               help="Share of a rock another must cover to match it.")  # fmt: skip
 @click.option("--sweep", is_flag=True, help="Try several operating points.")
+@click.option(
+    "--flip-average",
+    is_flag=True,
+    help="Segment as `edge-seg run --flip-average` does (frame and mirror image).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write hazards.md and hazards.json here.")  # fmt: skip
 def main(frames, labels, model, precision, probability, confidence, min_area, rule_area, overlap,
-         sweep, out):  # fmt: skip
+         sweep, flip_average, out):  # fmt: skip
     """Rocks found by size, false rocks and the hazard flag against labelled frames."""
     t0 = time.perf_counter()
     try:
-        path, label_set, segmented = segment_all(frames, labels, model, precision)
+        path, label_set, segmented = segment_all(frames, labels, model, precision, flip_average)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
     points = [(probability or None, min_area, rule_area)]
@@ -249,7 +255,8 @@ def main(frames, labels, model, precision, probability, confidence, min_area, ru
     rows = [measure(segmented, label_set, p, a, r, overlap, cache, confidence)
             for p, a, r in points]  # fmt: skip
     header = (
-        f"{len(segmented)} labelled frames of {frames}; model {path}; a labelled rock is found "
+        f"{len(segmented)} labelled frames of {frames}; model {path}"
+        f"{' (flip average: the frame and its mirror image)' if flip_average else ''}; a labelled rock is found "
         f"when one predicted rock covers {100 * overlap:g} % of it; the hazard rule: a rock of at "
         f"least the rule's size touching the corridor ({time.perf_counter() - t0:.0f} s)."
     )

@@ -51,6 +51,7 @@ class RunOptions:
     runtime: str = "auto"
     kernels: str = "auto"
     precision: str = "auto"
+    flip_average: bool = False  # two invokes a frame, the mean of it and its mirror image
     labels: Path | None = None
     label_format: str = "auto"
     regions_file: Path | None = None
@@ -182,8 +183,11 @@ class RoverRun:
                 say(f"model: {self.model} ({self.origin}; {_precision_line(self.precision)})")
             model_sha256 = file_sha256(self.model)  # before loading: the file that runs
             self.segmenter = Segmenter(
-                self.model, threads=opts.threads, runtime=opts.runtime, kernels=opts.kernels
-            )
+                self.model, threads=opts.threads, runtime=opts.runtime, kernels=opts.kernels,
+                flip_average=opts.flip_average,
+            )  # fmt: skip
+            if opts.flip_average:
+                say("flip average: each frame segmented as it is and mirrored (two invokes)")
             seg = self.segmenter
             self.truth = (
                 None
@@ -273,6 +277,8 @@ class RoverRun:
             "sha256": self.model_info["sha256"][:16],
             "precision": precision,
         }
+        if opts.flip_average:  # its frames are told apart from a start without it
+            short["flip_average"] = True
         self.context = RunContext(self.identity.run_id, short, self.identity, self.analyzer,
                                   self.identity.camera_dir)  # fmt: skip
         if self.untaught:
@@ -428,6 +434,7 @@ class RoverRun:
                 "metadata": meta.source,
                 "input_hw": list(seg.input_shape),
                 "classes": list(seg.labels.names),
+                "flip_average": opts.flip_average,
             },
             "software": software_versions(seg.runtime),
             "execution": {**seg.execution, "precision": self.precision.record()},
@@ -444,6 +451,7 @@ class RoverRun:
             "threads": opts.threads,
             "kernels": opts.kernels,
             "precision": opts.precision,
+            "flip_average": opts.flip_average,
             "watch": opts.watch,
             "notify": self.source.mode if opts.watch else None,
             "max_fps": opts.max_fps,
