@@ -302,10 +302,11 @@ class Segmenter:
         t2 = time.perf_counter_ns()
         wanted = with_confidence or class_probability is not None
         small, top, chosen = self._classes(raw, wanted, class_probability, passes)
-        if with_probabilities:  # from the mean logits (dequantize is affine)
-            probs = self.probabilities(raw.astype(np.float32) / passes if passes > 1 else raw)
-        else:
-            probs = None
+        if passes > 1 and (
+            with_probabilities or (class_probability is not None and chosen is None)
+        ):
+            raw = raw.astype(np.float32) / passes  # the mean (dequantize is affine)
+        probs = self.probabilities(raw) if with_probabilities else None
         if class_probability is not None:
             if chosen is None:  # float outputs: from the softmax
                 chosen = (probs if probs is not None else self.probabilities(raw))[
@@ -341,14 +342,14 @@ class Segmenter:
 
     def _with_mirror(self, raw: np.ndarray, tensor: np.ndarray) -> tuple[np.ndarray, int]:
         """``raw`` combined with the mirrored frame's output, mirrored back, and the passes in
-        it: int8 logits as their int16 sum (exact; :meth:`_classes` reads it in half steps),
-        float ones as their mean."""
+        it: 8-bit logits as their int16 sum (exact; :meth:`_classes` reads it in half steps),
+        any other output as the mean."""
         mirrored = self._invoke(np.ascontiguousarray(tensor[:, :, ::-1]))[:, ::-1]
-        if raw.dtype.kind in "iu":
+        if raw.dtype.kind in "iu" and raw.dtype.itemsize == 1:
             total = raw.astype(np.int16)
             total += mirrored
             return total, 2
-        return (raw + mirrored) * np.float32(0.5), 1
+        return (raw.astype(np.float32) + mirrored) * np.float32(0.5), 1
 
     def top_class(
         self, raw: np.ndarray, with_confidence: bool = True

@@ -117,7 +117,7 @@ def test_flip_average_decides_on_the_mean_logits_of_the_frame_and_its_mirror(pre
     mean, probs = _reference_flip_average(model, frame)
     seg = Segmenter(model, flip_average=True)
     rock = seg.labels.names.index("big_rock")
-    got = seg.segment(frame, with_confidence=True, class_probability=rock)
+    got = seg.segment(frame, with_probabilities=True, with_confidence=True, class_probability=rock)
     once = Segmenter(model).segment(frame).model_labels
     # the reference's arg max, except where two classes tie to rounding (a float64 mean)
     ordered = np.sort(mean, axis=-1)
@@ -129,6 +129,7 @@ def test_flip_average_decides_on_the_mean_logits_of_the_frame_and_its_mirror(pre
     np.testing.assert_allclose(
         got.model_class_probability / 255.0, probs[..., rock], atol=0.5 / 255 + 1e-6
     )
+    np.testing.assert_allclose(got.probabilities, probs, atol=1e-5)
     assert got.labels.shape == frame.shape
 
 
@@ -168,3 +169,21 @@ def test_edge_seg_run_records_flip_average(band_models, tmp_path):
     assert plain.exit_code == 0, plain.output
     line = json.loads((tmp_path / "plain" / "telemetry.jsonl").read_text().splitlines()[0])
     assert "flip_average" not in line["model"]
+    assert summary["run_totals"]["models"][-1].endswith("+flip")
+
+
+def test_a_restart_that_switches_flip_average_says_so(band_models, tmp_path, caplog):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.full((64, 128), 90, np.uint8)).save(frames / "a.png")
+    model = str(band_models["logits"])
+    first = ["run", "--camera-dir", str(frames), "--out", str(tmp_path / "out"), "--model", model]
+    assert CliRunner().invoke(main, first).exit_code == 0
+    Image.fromarray(np.full((64, 128), 200, np.uint8)).save(frames / "b.png")
+    with caplog.at_level("WARNING"):
+        again = CliRunner().invoke(main, [*first, "--flip-average"])
+    assert again.exit_code == 0, again.output
+    assert "ran without --flip-average before this start; it now runs with it" in caplog.text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    sha = summary["model"]["sha256"][:16]
+    assert summary["run_totals"]["models"] == [sha, sha + "+flip"]

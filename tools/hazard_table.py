@@ -268,7 +268,9 @@ def main(frames, labels, model, precision, probability, confidence, min_area, ru
         (out / "hazards.md").write_text(
             f"# Rocks and hazards at the object level\n\n    {command}\n\n{text}\n"
         )
-        (out / "hazards.json").write_text(json.dumps({"model": str(path), "rows": rows}, indent=1))
+        (out / "hazards.json").write_text(
+            json.dumps({"model": str(path), "flip_average": flip_average, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ def _recorded_model(record) -> dict:
     kept = {k: record[k] for k in text if isinstance(record.get(k), str)}
     if isinstance(record.get("threads"), int) and not isinstance(record.get("threads"), bool):
         kept["threads"] = record["threads"]
+    if isinstance(record.get("flip_average"), bool):
+        kept["flip_average"] = record["flip_average"]
     return kept
 
 
@@ -270,6 +272,7 @@ class RoverRun:
         self.identity.model = {
             "file": str(self.model.resolve()), **self.model_info, "precision": precision,
             "threads": opts.threads, "kernels": opts.kernels, "runtime": opts.runtime,
+            "flip_average": opts.flip_average,
         }  # fmt: skip
         self.identity.save()
         short = {
@@ -293,8 +296,17 @@ class RoverRun:
             )
 
     def _note_model_change(self, before: dict, precision: str) -> None:
-        """Warn when this start of a run runs another model than the last start did: its frames
-        are then told apart only by the telemetry's ``model`` field."""
+        """Warn when this start of a run runs another model, or the same with --flip-average
+        switched, than the last start did: its frames are then told apart only by the
+        telemetry's ``model`` field."""
+        flip = before.get("flip_average")
+        if isinstance(flip, bool) and flip != self.opts.flip_average:
+            log.warning(
+                "run %s ran %s --flip-average before this start; it now runs %s: the telemetry's "
+                "model.flip_average tells their frames apart (a new --out starts a new run)",
+                self.identity.run_id, "with" if flip else "without",
+                "with it" if self.opts.flip_average else "without it",
+            )  # fmt: skip
         if not before.get("sha256") or before["sha256"] == self.model_info["sha256"]:
             return
         log.warning(

@@ -82,8 +82,10 @@ def run_totals(previous: dict | None, summary: dict, label_set: LabelSet) -> dic
         totals["miou"] = report_from_confusion(confusion, label_set).as_dict()["mean_iou"]
     totals["confusion"] = None if confusion is None else confusion.tolist()
     model = (summary.get("model") or {}).get("sha256")
-    models = [m for m in (carried or {}).get("models", []) if m != str(model)[:16]]
-    totals["models"] = (models + ([str(model)[:16]] if model else []))[-MAX_MODELS:]
+    if model:  # with --flip-average a model answers otherwise: counted as another
+        model = str(model)[:16] + ("+flip" if config.get("flip_average") else "")
+    models = [m for m in (carried or {}).get("models", []) if m != model]
+    totals["models"] = (models + ([model] if model else []))[-MAX_MODELS:]
     return totals
 
 
