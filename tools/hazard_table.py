@@ -221,7 +221,7 @@ def markdown(rows: list[dict], header: str) -> str:
               help="Which file of a model folder.")  # fmt: skip
 @click.option(
     "--probability",
-    default=0.1,
+    default=0.06,
     show_default=True,
     help="A rock pixel's probability of rock (0: by arg max and --confidence).",
 )
@@ -249,7 +249,7 @@ def main(frames, labels, model, precision, probability, confidence, min_area, ru
         raise click.ClickException(str(err)) from err
     points = [(probability or None, min_area, rule_area)]
     if sweep:
-        points = [(p, a, r) for r in (200, 300, 400) for p in (None, 0.1, 0.15, 0.2, 0.3)
+        points = [(p, a, r) for r in (200, 300, 400) for p in (None, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)
                   for a in (50, 100, 200) if a <= r]  # fmt: skip
     cache: dict = {}
     rows = [measure(segmented, label_set, p, a, r, overlap, cache, confidence)

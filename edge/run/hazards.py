@@ -8,9 +8,10 @@ towards the middle of the frame. The ignored label (background: sky, rover parts
 hazard.
 
 Rocks are objects (:mod:`edge.run.rocks`): the connected components of the pixels the model gives
-the rock class at least ``rocks.min_probability`` (0.1: a hazard detector errs towards seeing
-rocks; pixels it calls background excluded), each with its box, centroid, base point, area and
-mean rock probability in the input frame's pixels. Where no class probability is at hand
+the rock class at least ``rocks.min_probability`` (0.06, chosen for the shipped model by
+``tools/hazard_table.py``: a hazard detector errs towards seeing rocks; pixels it calls
+background excluded), each with its box, centroid, base point, area and mean rock probability in
+the input frame's pixels. Where no class probability is at hand
 (:meth:`RegionAnalyzer.analyze` of a bare class map) the rock pixels are those whose arg max is
 rock with a top probability of at least ``rocks.min_confidence``. A hazard rule is either on *objects* (a rock of at least ``min_area_px`` frame pixels, or
 ``min_size_m`` metres wide with a camera model, touching the region) or on a *share* (the class
@@ -26,7 +27,7 @@ A regions file is JSON (every key optional)::
     {"regions": {"near_field": [[0, 0.75], [1, 0.75], [1, 1], [0, 1]], ...},
      "hazards": [{"class": "big_rock", "region": "corridor", "min_area_px": 300},
                  {"class": "big_rock", "region": "near_field", "min_fraction": 0.05}],
-     "rocks": {"min_probability": 0.1, "min_area_px": 100},
+     "rocks": {"min_probability": 0.06, "min_area_px": 100},
      "camera": {"height_m": 1.9, "pitch_deg": 30, "hfov_deg": 45},
      "grid": {"cell_m": 0.5, "forward_m": 10, "lateral_m": 5},
      "min_confidence": 0.5, "low_confidence": 0.5}

@@ -74,14 +74,15 @@ class RockSettings:
         cls: the class whose components are objects (the model's first hazard class).
         min_probability: a pixel is rock when the model gives the class at least this
             probability, even where another class is likelier (a hazard detector should err
-            towards seeing rocks; ``tools/hazard_table.py`` measured the default). None: the
+            towards seeing rocks; ``tools/hazard_table.py`` chose the default for the shipped
+            model). None: the
             pixels whose arg max is the class, with ``min_confidence``.
         min_confidence: with ``min_probability`` None, the top probability a rock pixel needs.
         min_area_px: components smaller than this, in input-frame pixels, are not reported.
     """
 
     cls: str | None = None
-    min_probability: float | None = 0.1
+    min_probability: float | None = 0.06
     min_confidence: float = 0.5
     min_area_px: int = 100
 
