@@ -32,6 +32,17 @@ def small_npz(tmp_path_factory) -> Path:
     return path
 
 
+def noise_frames(folder: Path, n: int = 2, seed: int = 0, shape=(64, 128)) -> Path:
+    """``folder`` made and filled with ``n`` PNG frames of uniform noise (``f0.png``...)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, shape, np.uint8)).save(folder / f"f{i}.png")
+    return folder
+
+
 def write_course_npz(path: Path, training_set: np.ndarray, **extra) -> Path:
     """Write an npz the way the course file was written (np.savez_compressed)."""
     np.savez_compressed(path, training_set=training_set, **extra)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from edge.cli import main
 from edge.models.precision import MIN_AGREEMENT, choose_precision, contenders
+from tests.conftest import noise_frames
 
 
 def _folder(tmp_path, band_models, agreement: float | None, precisions=("int8", "float32")):
@@ -84,11 +83,7 @@ def test_a_file_is_its_own_precision(band_models):
 
 def test_edge_seg_run_records_the_choice(band_models, tmp_path):
     folder = _folder(tmp_path, band_models, agreement=0.999)
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (64, 128), np.uint8)).save(frames / f"f{i}.png")
+    frames = noise_frames(tmp_path / "frames")
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main, ["run", "--camera-dir", str(frames), "--model", str(folder), "--out", str(out)]

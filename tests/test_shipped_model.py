@@ -12,6 +12,7 @@ from PIL import Image
 
 from edge.cli import main
 from edge.models import SHIPPED_DIR, model_files, resolve_model, shipped_model
+from tests.conftest import noise_frames
 
 
 def test_a_run_folder_gives_its_int8_model_else_the_float_one(band_models, tmp_path):
@@ -142,11 +143,7 @@ def test_flip_average_needs_a_logits_output(band_models):
 
 def test_edge_seg_run_records_flip_average(band_models, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (64, 128), np.uint8)).save(frames / f"f{i}.png")
+    frames = noise_frames(tmp_path / "frames", seed=2)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main,
