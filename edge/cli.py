@@ -270,8 +270,9 @@ def info(model: Path, tensors: bool) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="JSON regions, rocks, hazard rules and an optional camera model [default: near field "
-    "= bottom quarter, corridor = the path ahead; a big rock of 300 px or more touching the "
-    "corridor is a hazard; see docs/rover.md].",
+    "= bottom quarter, corridor = the path ahead; rocks = pixels the model gives rock at least "
+    "0.06, 100 px or more; a rock of 300 px or more touching the corridor is a hazard; see "
+    "docs/rover.md].",
 )
 @click.option(
     "--heartbeat",
