@@ -180,7 +180,12 @@ def test_info_shows_the_metadata(band_models):
     assert result.exit_code == 0, result.output
     assert "classes: background, soil, bedrock, sand, big_rock" in result.output
     assert "preprocessing: 64x128, crop none" in result.output
+    assert "output: probabilities (softmax in the graph; --flip-average needs logits)" in (
+        result.output
+    )
     assert band_metadata("int8").labels == MARS
+    logits = CliRunner().invoke(main, ["info", str(band_models["logits"])])
+    assert "output: logits (--flip-average can average them)" in logits.output
 
 
 def test_info_describes_each_file_of_a_model_folder(band_models, tmp_path):

@@ -303,7 +303,8 @@ class RoverRun:
         if isinstance(flip, bool) and flip != self.opts.flip_average:
             log.warning(
                 "run %s ran %s --flip-average before this start; it now runs %s: the telemetry's "
-                "model.flip_average tells their frames apart (a new --out starts a new run)",
+                "model.flip_average (present only with it) tells their frames apart (a new --out "
+                "starts a new run)",
                 self.identity.run_id, "with" if flip else "without",
                 "with it" if self.opts.flip_average else "without it",
             )  # fmt: skip

@@ -69,6 +69,9 @@ def _metadata_lines(path: Path) -> list[str]:
         + (f" (not scored: {labels.names[labels.ignore]})" if labels.ignore is not None else ""),
         f"hazard classes: {', '.join(labels.hazards) or 'none'}",
         f"preprocessing: {p.height}x{p.width}, crop {p.crop}, grey level x {p.scale:.6g}",
+        "output: logits (--flip-average can average them)"
+        if meta.info.get("output") == "logits"
+        else "output: probabilities (softmax in the graph; --flip-average needs logits)",
     ]
     if meta.info.get("predicts_ignored_label") is False:
         lines.append(
