@@ -249,14 +249,16 @@ def main(frames, labels, model, precision, probability, confidence, min_area, ru
         raise click.ClickException(str(err)) from err
     points = [(probability or None, min_area, rule_area)]
     if sweep:
-        points = [(p, a, r) for r in (200, 300, 400) for p in (None, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)
+        probabilities = (None, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)  # None: by arg max
+        points = [(p, a, r) for r in (200, 300, 400) for p in probabilities
                   for a in (50, 100, 200) if a <= r]  # fmt: skip
     cache: dict = {}
     rows = [measure(segmented, label_set, p, a, r, overlap, cache, confidence)
             for p, a, r in points]  # fmt: skip
     header = (
         f"{len(segmented)} labelled frames of {frames}; model {path}"
-        f"{' (flip average: the frame and its mirror image)' if flip_average else ''}; a labelled rock is found "
+        f"{' (flip average: the frame and its mirror image)' if flip_average else ''}; "
+        "a labelled rock is found "
         f"when one predicted rock covers {100 * overlap:g} % of it; the hazard rule: a rock of at "
         f"least the rule's size touching the corridor ({time.perf_counter() - t0:.0f} s)."
     )
