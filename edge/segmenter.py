@@ -302,9 +302,7 @@ class Segmenter:
         t2 = time.perf_counter_ns()
         wanted = with_confidence or class_probability is not None
         small, top, chosen = self._classes(raw, wanted, class_probability, passes)
-        if passes > 1 and (
-            with_probabilities or (class_probability is not None and chosen is None)
-        ):
+        if passes > 1 and with_probabilities:
             raw = raw.astype(np.float32) / passes  # the mean (dequantize is affine)
         probs = self.probabilities(raw) if with_probabilities else None
         if class_probability is not None:
@@ -343,9 +341,9 @@ class Segmenter:
     def _with_mirror(self, raw: np.ndarray, tensor: np.ndarray) -> tuple[np.ndarray, int]:
         """``raw`` combined with the mirrored frame's output, mirrored back, and the passes in
         it: 8-bit logits as their int16 sum (exact; :meth:`_classes` reads it in half steps),
-        any other output as the mean."""
+        any other output as the mean (which the generic path reads as one pass)."""
         mirrored = self._invoke(np.ascontiguousarray(tensor[:, :, ::-1]))[:, ::-1]
-        if raw.dtype.kind in "iu" and raw.dtype.itemsize == 1:
+        if raw.dtype.kind in "iu" and raw.dtype.itemsize == 1 and raw.shape[-1] <= 255:
             total = raw.astype(np.int16)
             total += mirrored
             return total, 2
@@ -376,8 +374,6 @@ class Segmenter:
             and raw.dtype.itemsize == passes and raw.shape[-1] <= 255
         )  # fmt: skip
         if not int8_logits:
-            if passes > 1:  # the mean logits: the generic path reads one pass's values
-                raw = raw.astype(np.float32) / passes
             labels = raw.argmax(axis=-1).astype(np.uint8)
             return labels, self.top_probability(raw) if with_confidence else None, None
         best = raw[..., 0].copy()
